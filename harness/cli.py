@@ -1,0 +1,75 @@
+"""Entry point `python -m harness`: Hydra composes the config, the pipeline runs one cell.
+
+Errors in the user's input (ours and Hydra's) end as one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from harness import REPO_ROOT
+from harness.config import register_resolvers
+from harness.errors import HarnessError
+
+GROUP_NOUNS = {"selector": "selector", "model": "model", "data": "data pool", "eval": "evaluation suite"}
+
+
+@hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "conf"), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    from harness.pipeline import run
+
+    try:
+        run(cfg, HydraConfig.get().runtime.output_dir)
+    except HarnessError as exc:  # inside the job, so Hydra adds nothing to the one line
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+def explain(exc: BaseException) -> str:
+    """One line for an error in the command line or config, saying what to fix."""
+    if isinstance(exc, MissingConfigException) and getattr(exc, "missing_cfg_file", None):
+        group, _, option = str(exc.missing_cfg_file).rpartition("/")
+        options = sorted(getattr(exc, "options", None) or [])
+        if group:
+            noun = GROUP_NOUNS.get(group, f"'{group}' option")
+            return (
+                f"unknown {noun} '{option}'; available: {', '.join(options)} "
+                f"(add conf/{group}/{option}.yaml to define it)"
+            )
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    cause = exc.__cause__
+    if cause is not None and str(cause).strip():
+        detail = str(cause).strip().splitlines()[0]
+        if detail not in first:
+            first = f"{first}: {detail}"
+    if "Could not override" in first or "not in struct" in first:
+        first += " (check the key's spelling; `python -m harness --cfg job` prints every key)"
+    return first
+
+
+def main() -> None:
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach us, so we can say them in one line
+    register_resolvers()
+    try:
+        _hydra_main()
+    except HarnessError as exc:
+        logging.getLogger("harness").debug("user error", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except (
+        MissingConfigException,
+        ConfigCompositionException,
+        OverrideParseException,
+        HydraException,
+        OmegaConfBaseException,
+    ) as exc:
+        print(f"error: {explain(exc)}", file=sys.stderr)
+        sys.exit(2)

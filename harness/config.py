@@ -1,0 +1,298 @@
+"""Typed schemas for the composed config, custom resolvers, and validation into one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from harness.errors import HarnessError
+
+
+@dataclass
+class LoraSchema:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+@dataclass
+class ScratchModelSchema:
+    name: str = "tiny_llama"
+    source: str = "scratch"
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    max_length: int = 64
+    vocab_size: int = 512
+    add_bos_token: bool = False
+    dtype: str = "float32"
+    lora: LoraSchema = field(default_factory=LoraSchema)
+
+
+@dataclass
+class PretrainedModelSchema:
+    name: str = "hf"
+    source: str = "pretrained"
+    name_or_path: str = "???"
+    revision: str | None = None
+    max_length: int = 1024
+    add_bos_token: bool = True
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    lora: LoraSchema = field(default_factory=LoraSchema)
+
+
+@dataclass
+class TrainSchema:
+    epochs: int = 3
+    global_batch_size: int = 32
+    micro_batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    scheduler: str = "cosine"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"
+    checkpoint_every: int = 100
+
+
+def _testbed_schema() -> type:
+    """data=testbed: name, source, delimiter, plus every field of the generator's TestbedConfig."""
+    from harness.testbed import TestbedConfig
+
+    hints = typing.get_type_hints(TestbedConfig)
+    extra = [
+        (f.name, hints[f.name], field(default_factory=f.default_factory))
+        if f.default_factory is not dataclasses.MISSING
+        else (f.name, hints[f.name], f.default)
+        for f in dataclasses.fields(TestbedConfig)
+    ]
+    base = [("name", str, "testbed"), ("source", str, "testbed"), ("delimiter", str, " ")]
+    return dataclasses.make_dataclass("TestbedDataSchema", base + extra)
+
+
+@dataclass
+class JsonlDataSchema:
+    name: str = "jsonl"
+    source: str = "jsonl"
+    path: str = "???"
+    validation_path: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    template: str = "{prompt}"
+    default_task: str = "all"
+    delimiter: str = " "
+    chat_template: bool = False
+
+
+@dataclass
+class HubDataSchema:
+    name: str = "hub"
+    source: str = "hub"
+    dataset: str = "???"
+    subset: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    data_files: Any = None
+    validation_split: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    template: str = "{prompt}"
+    default_task: str = "all"
+    delimiter: str = " "
+    chat_template: bool = False
+
+
+@dataclass
+class EvalSchema:
+    name: str = "testbed"
+    suite: str = "testbed"
+    tasks: list[str] = field(default_factory=list)
+    batch_size: int = 64
+    limit: int | None = None
+    num_fewshot: int = 0
+
+
+@dataclass
+class WandbSchema:
+    name: str = "wandb"
+    project: str = "data-selection-harness"
+    entity: str | None = None
+    mode: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NoLoggerSchema:
+    name: str = "none"
+
+
+DATA_SCHEMAS = {
+    "testbed": _testbed_schema(),
+    "jsonl": JsonlDataSchema,
+    "hub": HubDataSchema,
+}
+MODEL_SCHEMAS = {"scratch": ScratchModelSchema, "pretrained": PretrainedModelSchema}
+LOGGER_SCHEMAS = {"none": NoLoggerSchema, "wandb": WandbSchema}
+TOP_LEVEL_KEYS = {
+    "data",
+    "model",
+    "train",
+    "selector",
+    "eval",
+    "logger",
+    "budget",
+    "seed",
+    "seeds",
+    "rerun",
+    "paths",
+    "plugins",
+}
+CHOICES = {
+    "train.scheduler": ("linear", "cosine", "constant_with_warmup"),
+    "train.mixed_precision": ("auto", "no", "bf16"),
+    "eval.suite": ("testbed", "lm_eval"),
+}
+
+
+def _slug(text: str) -> str:
+    """A folder-safe name, e.g. for a hub model id."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "model"
+
+
+def cell_name(data: str, model: str, selector: str, budget: Any, seed: Any) -> str:
+    """Readable run-directory name of one cell of a sweep: data/model/selector/budget_seed."""
+    b = "all" if selector == "full" else f"b{budget}"
+    return f"{data}/{model}/{selector}/{b}_s{seed}"
+
+
+def register_resolvers() -> None:
+    """Resolvers used by conf/ (safe to call more than once)."""
+    if not OmegaConf.has_resolver("harness.cell"):
+        OmegaConf.register_new_resolver("harness.cell", cell_name)
+    if not OmegaConf.has_resolver("harness.slug"):
+        OmegaConf.register_new_resolver("harness.slug", _slug)
+
+
+def parse_budget(value: Any) -> float:
+    """The budget as a float in (0, 1], or a one-line error saying what to pass."""
+    if isinstance(value, bool):
+        raise HarnessError(
+            f"budget must be a number in (0, 1], got {value!r}; pass e.g. budget=0.15"
+        )
+    try:
+        b = float(value)
+    except (TypeError, ValueError):
+        raise HarnessError(
+            f"budget must be a number in (0, 1], got {value!r}; pass e.g. budget=0.15"
+        ) from None
+    if not 0.0 < b <= 1.0:
+        raise HarnessError(
+            f"budget must be in (0, 1] (the fraction of the pool kept), got {value!r}; "
+            "pass e.g. budget=0.15, or selector=full for the whole pool"
+        )
+    return b
+
+
+def _one_line(exc: OmegaConfBaseException) -> str:
+    """OmegaConf's error as one line: 'key: what is wrong'."""
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    key = getattr(exc, "full_key", None)
+    return f"{key}: {msg}" if key and key not in msg else msg
+
+
+def _typed(group: str, node: Any, schema: type) -> DictConfig:
+    """Merge one group onto its schema so wrong types and unknown keys fail."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+    except OmegaConfBaseException as exc:
+        raise HarnessError(
+            f"bad config in '{group}': {_one_line(exc)}; fix the override or conf/{group}/*.yaml"
+        ) from None
+    return merged
+
+
+def _pick(group: str, node: Any, key: str, schemas: dict[str, type]) -> type:
+    value = node.get(key) if isinstance(node, DictConfig) else None
+    if value not in schemas:
+        raise HarnessError(
+            f"{group}.{key} must be one of {sorted(schemas)}, got {value!r}; fix conf/{group}/*.yaml"
+        )
+    return schemas[value]
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Resolve and type-check the composed config; raises HarnessError with one line on any problem."""
+    if cfg.model.get("source") == "pretrained" and OmegaConf.is_missing(
+        cfg.model, "name_or_path"
+    ):
+        raise HarnessError(
+            "model=hf needs model.name_or_path=<hub id or local directory>"
+        )
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise HarnessError(f"config cannot be resolved: {_one_line(exc)}") from None
+    unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise HarnessError(
+            f"unknown config key(s) {unknown}; the top level takes {sorted(TOP_LEVEL_KEYS)}"
+        )
+    out = OmegaConf.create(OmegaConf.to_container(cfg))
+    out.data = _typed("data", cfg.data, _pick("data", cfg.data, "source", DATA_SCHEMAS))
+    out.model = _typed(
+        "model", cfg.model, _pick("model", cfg.model, "source", MODEL_SCHEMAS)
+    )
+    out.logger = _typed(
+        "logger", cfg.logger, _pick("logger", cfg.logger, "name", LOGGER_SCHEMAS)
+    )
+    out.train = _typed("train", cfg.train, TrainSchema)
+    out.eval = _typed("eval", cfg.eval, EvalSchema)
+    if "name" not in cfg.selector:
+        raise HarnessError(
+            "selector config has no 'name'; every conf/selector/*.yaml names its selector"
+        )
+    out.budget = parse_budget(cfg.budget)
+    for key in ("seed", "seeds.selection", "seeds.init", "seeds.order"):
+        value = OmegaConf.select(cfg, key)
+        if value is None and key != "seed":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise HarnessError(
+                f"{key} must be a non-negative integer, got {value!r}; pass e.g. {key}=0"
+            )
+    if not isinstance(cfg.rerun, bool):
+        raise HarnessError(f"rerun must be true or false, got {cfg.rerun!r}")
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(out, key)
+        if value not in allowed:
+            raise HarnessError(f"{key} must be one of {list(allowed)}, got {value!r}")
+    for key in (
+        "train.epochs",
+        "train.global_batch_size",
+        "train.micro_batch_size",
+        "eval.batch_size",
+    ):
+        if OmegaConf.select(out, key) < 1:
+            raise HarnessError(
+                f"{key} must be at least 1, got {OmegaConf.select(out, key)}"
+            )
+    required = {"jsonl": "path", "hub": "dataset"}.get(out.data.source)
+    if required and OmegaConf.is_missing(out.data, required):
+        raise HarnessError(
+            f"data={out.data.source} needs data.{required}=...; pass the pool to load"
+        )
+    return out

@@ -1,0 +1,53 @@
+"""Stage 2: the pool, from the embedded testbed, a local JSONL file or a Hugging Face dataset."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from harness.loaders import load_hub_pool, load_jsonl_pool
+from harness.pool import Pool
+from harness.testbed import TestbedConfig, generate_testbed
+
+TESTBED_FIELDS = {f.name for f in dataclasses.fields(TestbedConfig)}
+
+
+def testbed_config(data_cfg: DictConfig) -> TestbedConfig:
+    """The generator's settings from the data config (every TestbedConfig field may be overridden)."""
+    values = OmegaConf.to_container(data_cfg, resolve=True)
+    return TestbedConfig(**{k: v for k, v in values.items() if k in TESTBED_FIELDS})
+
+
+def load_pool(data_cfg: DictConfig) -> Pool:
+    """Dispatch on data.source; every loader returns the same Pool shape."""
+    if data_cfg.source == "testbed":
+        pool = generate_testbed(testbed_config(data_cfg))
+        pool.delimiter = data_cfg.delimiter
+        return pool
+    common = dict(
+        columns=OmegaConf.to_container(data_cfg.columns) or None,
+        template=data_cfg.template,
+        default_task=data_cfg.default_task,
+        delimiter=data_cfg.delimiter,
+        chat_template=data_cfg.chat_template,
+    )
+    if data_cfg.source == "jsonl":
+        validation = data_cfg.validation_path
+        return load_jsonl_pool(
+            to_absolute_path(data_cfg.path),
+            validation_path=to_absolute_path(validation) if validation else None,
+            name=data_cfg.name,
+            **common,
+        )
+    data_files = OmegaConf.to_container(data_cfg.data_files) if OmegaConf.is_config(data_cfg.data_files) else data_cfg.data_files
+    return load_hub_pool(
+        data_cfg.dataset,
+        split=data_cfg.split,
+        subset=data_cfg.subset,
+        revision=data_cfg.revision,
+        validation_split=data_cfg.validation_split,
+        data_files=data_files,
+        **common,
+    )

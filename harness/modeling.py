@@ -1,0 +1,180 @@
+"""The proxy model and its tokenizer: a tiny Llama built from a config with a tokenizer trained on the
+pool (cached), or any causal LM by hub id or local directory, with optional LoRA."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from harness.storage import atomic_dir
+from harness.errors import HarnessError
+from harness.hub import require_online
+from harness.pool import Pool
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+
+
+def _corpus(pool: Pool) -> list[str]:
+    """Text the scratch tokenizer is trained on: every pool and validation example as it is trained."""
+    texts = []
+    for frame in (pool.examples, pool.validation):
+        texts.extend(p + pool.delimiter + r for p, r in zip(frame["prompt"], frame["response"]))
+    return texts
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE with single-digit pre-splitting (numbers stay digit by digit, as in Llama)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+
+
+def scratch_tokenizer(pool: Pool, model_cfg: DictConfig, cache_dir: Path) -> PreTrainedTokenizerFast:
+    """The pool's own tokenizer, trained once per (pool, vocab size) and reused from the cache."""
+    key = hashlib.sha256(f"{pool.fingerprint()}:{model_cfg.vocab_size}:bpe-digits-v1".encode()).hexdigest()[:16]
+    path = Path(cache_dir) / "tokenizers" / key
+
+    def build(tmp: Path) -> None:
+        log.info("training a %d-token BPE tokenizer on the pool", model_cfg.vocab_size)
+        train_tokenizer(_corpus(pool), model_cfg.vocab_size).save_pretrained(tmp)
+
+    atomic_dir(path, build)
+    return PreTrainedTokenizerFast.from_pretrained(path)
+
+
+def _check_pretrained(name_or_path: str) -> None:
+    if not Path(name_or_path).expanduser().exists():
+        require_online(
+            "model",
+            name_or_path,
+            "download it on a machine with network (huggingface-cli download) or set model.name_or_path to a local directory",
+        )
+
+
+def load_tokenizer(pool: Pool, model_cfg: DictConfig, cache_dir: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer for the configured model; a pad token is guaranteed."""
+    if model_cfg.source == "scratch":
+        return scratch_tokenizer(pool, model_cfg, cache_dir)
+    _check_pretrained(model_cfg.name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            model_cfg.name_or_path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+        )
+    except OSError as exc:
+        raise HarnessError(
+            f"cannot load a tokenizer from model '{model_cfg.name_or_path}': {str(exc).splitlines()[0]}; "
+            "check model.name_or_path"
+        ) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """'auto' means bf16 where a GPU supports it, else float32."""
+    if name == "auto":
+        use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if use_bf16 else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16}[
+            name
+        ]
+    except KeyError:
+        raise HarnessError(f"model.dtype must be auto, float32, bfloat16 or float16, got {name!r}") from None
+
+
+def build_model(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, init_seed: int) -> PreTrainedModel:
+    """A fresh proxy model (scratch: seeded random init) or a pretrained one, wrapped with LoRA if asked."""
+    if model_cfg.source == "scratch":
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=model_cfg.hidden_size,
+            intermediate_size=model_cfg.intermediate_size,
+            num_hidden_layers=model_cfg.num_hidden_layers,
+            num_attention_heads=model_cfg.num_attention_heads,
+            num_key_value_heads=model_cfg.num_key_value_heads,
+            max_position_embeddings=model_cfg.max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=True,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model = LlamaForCausalLM(config)
+        model.to(resolve_dtype(model_cfg.dtype))
+    else:
+        _check_pretrained(model_cfg.name_or_path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                model_cfg.name_or_path,
+                revision=model_cfg.revision,
+                dtype=resolve_dtype(model_cfg.dtype),
+                trust_remote_code=model_cfg.trust_remote_code,
+            )
+        except OSError as exc:
+            raise HarnessError(
+                f"cannot load model '{model_cfg.name_or_path}': {str(exc).splitlines()[0]}; check model.name_or_path"
+            ) from None
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+    if model_cfg.lora.enabled:
+        model = add_lora(model, model_cfg.lora, init_seed)
+    return model
+
+
+def add_lora(model: PreTrainedModel, lora_cfg: DictConfig, init_seed: int) -> PreTrainedModel:
+    """Wrap the model with LoRA adapters (peft); only the adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=list(lora_cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        return get_peft_model(model, config)
+
+
+def for_evaluation(model: Any) -> PreTrainedModel:
+    """A plain transformers model for lm-eval: LoRA adapters merged into the weights."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model.eval()
+
+
+def model_description(model_cfg: DictConfig) -> dict[str, Any]:
+    """What identifies the model in the record."""
+    return json.loads(json.dumps(OmegaConf.to_container(model_cfg, resolve=True)))

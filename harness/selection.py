@@ -1,0 +1,199 @@
+"""Selections, the selector registry, and loading selector files as plugins."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness import REPO_ROOT
+from harness.errors import HarnessError
+from harness.pool import PoolView
+from harness.seeding import stage_rng
+
+
+@dataclass
+class Selection:
+    """What a selector returns: a fixed set of ids, or one set of ids per epoch, plus optional scores."""
+
+    ids: list[str] | None = None
+    epochs: list[list[str]] | None = None
+    scores: pd.Series | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    cost_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (self.ids is None) == (self.epochs is None):
+            raise ValueError("a Selection has either ids (fixed subset) or epochs (per-epoch schedule)")
+        if self.ids is not None:
+            self.ids = [str(i) for i in self.ids]
+        else:
+            self.epochs = [[str(i) for i in e] for e in self.epochs]
+
+    @property
+    def kind(self) -> str:
+        return "fixed" if self.ids is not None else "schedule"
+
+    @property
+    def distinct_ids(self) -> list[str]:
+        """Every id used at least once, in first-use order."""
+        if self.ids is not None:
+            return list(dict.fromkeys(self.ids))
+        return list(dict.fromkeys(i for epoch in self.epochs for i in epoch))
+
+    def sha256(self) -> str:
+        """Hash of the selected ids in order (per epoch for schedules)."""
+        h = hashlib.sha256()
+        for part in [self.ids] if self.ids is not None else self.epochs:
+            h.update("\n".join(part).encode())
+            h.update(b"\x00")
+        return h.hexdigest()
+
+
+@dataclass
+class SelectionContext:
+    """Everything a selector may rely on; the hidden truth of the testbed is not here."""
+
+    pool: PoolView
+    budget: float
+    k: int
+    seed: int
+    signals: Any = None
+
+    def rng(self, stream: str = "selection") -> np.random.Generator:
+        """A generator seeded by the selection seed (and a stream name, for several streams)."""
+        return stage_rng(self.seed, stream)
+
+
+SelectFn = Callable[..., Selection]
+
+
+@dataclass(frozen=True)
+class SelectorSpec:
+    name: str
+    fn: SelectFn
+    uses_budget: bool
+    budget_unit: str
+    source: str
+
+    def params(self) -> dict[str, inspect.Parameter]:
+        sig = inspect.signature(self.fn)
+        return {n: p for n, p in list(sig.parameters.items())[1:] if p.kind is p.KEYWORD_ONLY}
+
+
+_REGISTRY: dict[str, SelectorSpec] = {}
+
+
+def register(name: str, *, uses_budget: bool = True, budget_unit: str = "run") -> Callable[[SelectFn], SelectFn]:
+    """Decorator that registers `fn(ctx, *, **params) -> Selection` under `name`.
+
+    `budget_unit` is "run" for a fixed subset or "epoch" when the budget is per epoch (RS2).
+    """
+    if budget_unit not in ("run", "epoch"):
+        raise ValueError("budget_unit is 'run' or 'epoch'")
+
+    def wrap(fn: SelectFn) -> SelectFn:
+        source = inspect.getsourcefile(fn) or "?"
+        old = _REGISTRY.get(name)
+        if old is not None and Path(old.source).resolve() != Path(source).resolve():
+            raise HarnessError(f"selector '{name}' is defined twice: {old.source} and {source}; rename one")
+        _REGISTRY[name] = SelectorSpec(name, fn, uses_budget, budget_unit, source)
+        return fn
+
+    return wrap
+
+
+def plugin_dirs(extra: list[str] | tuple[str, ...] = ()) -> list[Path]:
+    """The repository's selectors/ folder followed by the user's extra folders."""
+    dirs = [REPO_ROOT / "selectors"]
+    for d in extra:
+        p = Path(d).expanduser().resolve()
+        if not p.is_dir():
+            raise HarnessError(f"plugin folder {d!r} does not exist; fix plugins=[...]")
+        dirs.append(p)
+    return dirs
+
+
+def load_plugins(extra: list[str] | tuple[str, ...] = ()) -> dict[str, SelectorSpec]:
+    """Import every selectors/*.py (and extra folders) under private module names, so that the
+    folder never shadows the standard library's `selectors` module."""
+    for folder in plugin_dirs(extra):
+        for path in sorted(folder.glob("*.py")):
+            if path.name.startswith("_"):
+                continue
+            digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+            module_name = f"harness_plugins.{path.stem}_{digest}"
+            if module_name in sys.modules:
+                continue
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except HarnessError:
+                raise
+            except Exception as exc:
+                del sys.modules[module_name]
+                raise HarnessError(f"selector file {path} failed to load: {type(exc).__name__}: {exc}") from exc
+    return dict(_REGISTRY)
+
+
+def get_selector(name: str) -> SelectorSpec:
+    """The registered selector, or a one-line error listing the available ones."""
+    if name not in _REGISTRY:
+        raise HarnessError(
+            f"unknown selector '{name}'; available: {', '.join(sorted(_REGISTRY))} "
+            f"(add selectors/{name}.py and conf/selector/{name}.yaml to define it)"
+        )
+    return _REGISTRY[name]
+
+
+def check_params(spec: SelectorSpec, params: dict[str, Any]) -> None:
+    """Unknown selector parameters are an error, not silently ignored."""
+    allowed = spec.params()
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise HarnessError(
+            f"selector '{spec.name}' has no parameter(s) {unknown}; it takes {sorted(allowed) or 'none'}"
+        )
+
+
+def budget_to_k(budget: float, n: int) -> int:
+    """k = round(budget * N), the number of examples kept; at least one, or an error."""
+    k = int(round(budget * n))
+    if k < 1:
+        raise HarnessError(
+            f"budget={budget} keeps 0 of {n} pool examples; use budget >= {0.5 / n:.2g} (at least one example)"
+        )
+    return k
+
+
+def run_selector(spec: SelectorSpec, ctx: SelectionContext, params: dict[str, Any]) -> Selection:
+    """Call the selector, time it, and check that what it returned is a valid selection of the pool."""
+    check_params(spec, params)
+    start = time.perf_counter()
+    selection = spec.fn(ctx, **params)
+    elapsed = time.perf_counter() - start
+    if not isinstance(selection, Selection):
+        raise TypeError(f"selector '{spec.name}' returned {type(selection).__name__}, not a Selection")
+    selection.cost_seconds += elapsed
+    known = set(ctx.pool.ids)
+    parts = [selection.ids] if selection.ids is not None else selection.epochs
+    for part in parts:
+        if not part:
+            raise ValueError(f"selector '{spec.name}' selected no examples")
+        bad = next((i for i in part if i not in known), None)
+        if bad is not None:
+            raise ValueError(f"selector '{spec.name}' selected unknown id {bad!r}")
+        if len(set(part)) != len(part):
+            raise ValueError(f"selector '{spec.name}' selected an id twice within one set")
+    return selection

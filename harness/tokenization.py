@@ -1,0 +1,121 @@
+"""Tokenize the pool once (cached): prompt tokens, then the response tokens the loss is taken on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from harness.pool import Pool
+from harness.storage import atomic_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenizedPool:
+    """Token ids of every pool example, flat with offsets; `prompt_len[i]` tokens carry no loss."""
+
+    ids: np.ndarray  # int32, all examples back to back
+    offsets: np.ndarray  # int64, len n + 1
+    prompt_len: np.ndarray  # int32
+    truncated: int
+
+    @property
+    def n(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def example(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Identity of a tokenizer: its vocabulary and special tokens."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    payload = json.dumps([vocab, tokenizer.all_special_tokens, tokenizer.chat_template or ""])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def format_prompts(pool: Pool, frame_prompts: list[str], tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The prompt as the model sees it (inside the tokenizer's chat template when the pool asks)."""
+    if not pool.chat_template:
+        return list(frame_prompts)
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in frame_prompts
+    ]
+
+
+def encode_examples(
+    prompts: list[str],
+    responses: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+    delimiter: str,
+    max_length: int,
+    add_bos: bool,
+) -> tuple[list[list[int]], list[int], int]:
+    """Token ids and prompt lengths, split the way lm-eval splits context from continuation
+    (encode the whole text and the context; the continuation is what the whole adds), plus eos."""
+    contexts, continuations = [], []
+    for p, r in zip(prompts, responses):
+        cont = delimiter + r
+        stripped = p.rstrip()
+        contexts.append(stripped)
+        continuations.append(p[len(stripped) :] + cont)
+    whole = tokenizer([c + k for c, k in zip(contexts, continuations)], add_special_tokens=False)["input_ids"]
+    ctx = tokenizer(contexts, add_special_tokens=False)["input_ids"]
+    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+    out, plen, truncated = [], [], 0
+    for w, c in zip(whole, ctx):
+        prompt = bos + c
+        response = w[len(c) :] + [tokenizer.eos_token_id]
+        if len(prompt) + len(response) > max_length:
+            truncated += 1
+            keep_prompt = max(1, max_length - len(response))
+            prompt = prompt[-keep_prompt:]
+            response = response[: max_length - len(prompt)]
+        out.append(prompt + response)
+        plen.append(len(prompt))
+    return out, plen, truncated
+
+
+def tokenize_pool(
+    pool: Pool, tokenizer: PreTrainedTokenizerBase, max_length: int, add_bos: bool, cache_dir: Path
+) -> TokenizedPool:
+    """Tokenized pool, computed once per (pool, tokenizer, max_length) and shared through the cache."""
+    key = hashlib.sha256(
+        f"{pool.fingerprint()}:{tokenizer_fingerprint(tokenizer)}:{max_length}:{add_bos}:v1".encode()
+    ).hexdigest()[:16]
+    path = Path(cache_dir) / "tokenized" / key
+
+    def build(tmp: Path) -> None:
+        prompts = format_prompts(pool, pool.examples["prompt"].tolist(), tokenizer)
+        seqs, plen, truncated = encode_examples(
+            prompts, pool.examples["response"].tolist(), tokenizer, pool.delimiter, max_length, add_bos
+        )
+        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(s) for s in seqs])
+        np.save(tmp / "ids.npy", np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=offsets[-1]))
+        np.save(tmp / "offsets.npy", offsets)
+        np.save(tmp / "prompt_len.npy", np.asarray(plen, dtype=np.int32))
+        (tmp / "meta.json").write_text(json.dumps({"truncated": truncated, "n": len(seqs)}))
+
+    atomic_dir(path, build)
+    meta = json.loads((path / "meta.json").read_text())
+    if meta["truncated"]:
+        log.warning("%d pool examples were longer than %d tokens and were truncated", meta["truncated"], max_length)
+    return TokenizedPool(
+        ids=np.load(path / "ids.npy"),
+        offsets=np.load(path / "offsets.npy"),
+        prompt_len=np.load(path / "prompt_len.npy"),
+        truncated=meta["truncated"],
+    )

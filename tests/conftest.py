@@ -1,0 +1,69 @@
+"""Shared test setup: no network, small configs, and a way to run the CLI in-process."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+os.environ.update(OFFLINE)
+
+MICRO = [
+    "data.n_pool=300",
+    "data.n_validation_per_task=20",
+    "data.n_eval_per_task=12",
+    "data.n_facts=16",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_hidden_layers=1",
+    "model.num_attention_heads=2",
+    "model.num_key_value_heads=2",
+    "model.vocab_size=300",
+    "train.epochs=2",
+    "train.global_batch_size=16",
+    "train.micro_batch_size=8",
+    "train.checkpoint_every=2",
+    "eval.batch_size=32",
+]
+"""Overrides that shrink the default job to seconds: a small pool, a one-layer model."""
+
+
+def run_harness(args: list[str], tmp_path: Path) -> tuple[int, str, str]:
+    """Run `python -m harness ARGS` in-process with results under tmp_path; returns (code, out, err)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from harness.cli import main
+
+    argv = ["harness", f"paths.results={tmp_path / 'results'}", *args]
+    out, err = io.StringIO(), io.StringIO()
+    old = sys.argv
+    sys.argv = argv
+    code = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old
+        GlobalHydra.instance().clear()
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def harness_cli(tmp_path):
+    """Call as harness_cli([...overrides]); results go under tmp_path/results."""
+    return lambda args: run_harness(args, tmp_path)

@@ -1,0 +1,73 @@
+"""Bad input: one clear line on stderr naming the problem and the fix, exit code 2, no results file."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from conftest import MICRO
+
+
+def assert_one_line_error(code: int, err: str, tmp_path, *fragments: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (code, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert not list(tmp_path.rglob("results.csv"))
+
+
+@pytest.mark.parametrize(
+    "override,fragments",
+    [
+        ("budget=0", ["budget", "(0, 1]"]),
+        ("budget=1.5", ["budget", "(0, 1]"]),
+        ("budget=abc", ["budget", "'abc'"]),
+        ("budget=0.0001", ["keeps 0 of", "budget >="]),
+        ("selector=nope", ["unknown selector 'nope'", "random", "balanced_random", "full"]),
+        ("model=nope", ["unknown model 'nope'", "tiny_llama"]),
+        ("eval=nope", ["unknown evaluation suite 'nope'", "testbed"]),
+        ("train.lr=fast", ["train", "lr"]),
+        ("trian.lr=0.1", ["trian"]),
+    ],
+)
+def test_bad_overrides(harness_cli, tmp_path, override, fragments):
+    code, _, err = harness_cli([*MICRO, override])
+    assert_one_line_error(code, err, tmp_path, *fragments)
+
+
+def test_unknown_lm_eval_task(harness_cli, tmp_path):
+    code, _, err = harness_cli([*MICRO, "eval=lm_eval", "eval.tasks=[no_such_task_xyz]"])
+    assert_one_line_error(code, err, tmp_path, "no_such_task_xyz")
+
+
+def test_unknown_testbed_task(harness_cli, tmp_path):
+    code, _, err = harness_cli([*MICRO, "eval.tasks=[calculus]"])
+    assert_one_line_error(code, err, tmp_path, "calculus")
+
+
+def test_jsonl_missing_field(harness_cli, tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n" + json.dumps({"prompt": "c"}) + "\n")
+    code, _, err = harness_cli([*MICRO, "data=jsonl", f"data.path={pool}", "eval=lm_eval"])
+    assert_one_line_error(code, err, tmp_path, "line 2", "response")
+
+
+def test_jsonl_empty_file(harness_cli, tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("")
+    code, _, err = harness_cli([*MICRO, "data=jsonl", f"data.path={pool}", "eval=lm_eval"])
+    assert_one_line_error(code, err, tmp_path, "empty")
+
+
+def test_hub_dataset_while_offline_fails_fast(harness_cli, tmp_path):
+    start = time.perf_counter()
+    code, _, err = harness_cli([*MICRO, "data=hub", "data.dataset=someone/some-pool", "eval=lm_eval"])
+    assert_one_line_error(code, err, tmp_path, "offline", "someone/some-pool")
+    assert time.perf_counter() - start < 60
+
+
+def test_hub_model_while_offline_fails_fast(harness_cli, tmp_path):
+    code, _, err = harness_cli([*MICRO, "model=hf", "model.name_or_path=someone/some-model"])
+    assert_one_line_error(code, err, tmp_path, "offline", "someone/some-model")

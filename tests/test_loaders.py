@@ -1,0 +1,322 @@
+"""Pools from JSONL files and datasets datasets: mapping, templates, one-line errors, and no hangs offline."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import hub
+from harness.errors import HarnessError
+from harness.loaders import load_hub_pool, load_jsonl_pool
+from harness.pool import PUBLIC_COLUMNS
+
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+ALPACA = [
+    {"instruction": "Add the numbers.", "input": "2 + 2", "output": 4, "category": "math"},
+    {"instruction": "Reverse the word.", "input": "abc", "output": "cba", "category": "strings"},
+    {"instruction": "Is it even?", "input": "7", "output": False, "category": "math"},
+]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in OFFLINE_VARS:
+        monkeypatch.setenv(var, "1")
+
+
+def write_jsonl(path: Path, rows: list[dict] | list[str]) -> Path:
+    """Write rows (objects, or raw lines as strings) one per line."""
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def error_of(call, *args, **kwargs) -> str:
+    """The HarnessError message of a call, checked to be a single line."""
+    with pytest.raises(HarnessError) as info:
+        call(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and "\r" not in message, message
+    return message
+
+
+# ---------------------------------------------------------------------------------------------- JSONL
+
+
+def test_jsonl_mapping_and_template(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "alpaca.jsonl", ALPACA)
+    pool = load_jsonl_pool(
+        path, {"response": "output", "task": "category"}, "{instruction}\n\n{input}", delimiter="\n", name="alp"
+    )
+    ex = pool.examples
+    assert list(ex.columns) == list(PUBLIC_COLUMNS) and pool.n == 3 and pool.name == "alp"
+    assert ex.loc[0, "prompt"] == "Add the numbers.\n\n2 + 2"
+    assert list(ex["response"]) == ["4", "cba", "False"]  # non-strings coerced to text
+    assert list(ex["task"]) == ["math", "strings", "math"] and pool.tasks == ["math", "strings"]
+    assert pool.delimiter == "\n" and all(isinstance(v, str) for v in ex.to_numpy().ravel())
+    assert list(pool.validation.columns) == list(PUBLIC_COLUMNS) and pool.validation.empty
+
+
+def test_template_reads_mapped_and_raw_names(tmp_path: Path) -> None:
+    rows = [{"uid": 7, "question": "2+3?", "src": "gsm", "answer": "5", "choices": ["4", "5"]}]
+    path = write_jsonl(tmp_path / "qa.jsonl", rows)
+    columns = {"id": "uid", "prompt": "question", "response": "answer", "task": None}
+    pool = load_jsonl_pool(path, columns, "[{src}] Q: {prompt} A or B: {choices[0]}/{choices[1]} ({task})")
+    row = pool.examples.iloc[0]
+    assert row["id"] == "7" and row["task"] == "all"
+    assert row["prompt"] == "[gsm] Q: 2+3? A or B: 4/5 (all)"
+
+
+def test_default_template_and_columns(tmp_path: Path) -> None:
+    rows = [{"id": "a", "task": "t1", "prompt": "p", "response": "r", "extra": 1}]
+    pool = load_jsonl_pool(write_jsonl(tmp_path / "plain.jsonl", rows))
+    assert pool.examples.to_dict("records") == [{"id": "a", "task": "t1", "prompt": "p", "response": "r"}]
+    assert pool.name == "plain"
+
+
+def test_ids_generated_when_absent(tmp_path: Path) -> None:
+    rows = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(3)]
+    path = write_jsonl(tmp_path / "pool.jsonl", ["", *map(json.dumps, rows[:2]), "   ", json.dumps(rows[2])])
+    first, second = load_jsonl_pool(path), load_jsonl_pool(path)
+    assert list(first.examples["id"]) == ["pool-000000", "pool-000001", "pool-000002"]
+    assert list(first.examples["task"]) == ["all"] * 3
+    assert first.fingerprint() == second.fingerprint()
+    assert list(load_jsonl_pool(path, default_task="chat").examples["task"]) == ["chat"] * 3
+
+
+def test_missing_field_names_line_and_fix(tmp_path: Path) -> None:
+    rows = [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}, {"prompt": "e"}]
+    path = write_jsonl(tmp_path / "pool.jsonl", rows)
+    message = error_of(load_jsonl_pool, path)
+    assert "pool.jsonl line 3 has no field 'response'" in message
+    assert "add it or map another field with data.columns.response=<field>" in message
+
+
+def test_missing_mapped_and_template_fields(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "alpaca.jsonl", [*ALPACA, {"instruction": "x", "output": "y"}])
+    message = error_of(load_jsonl_pool, path, {"response": "answer"}, "{instruction}")
+    assert "line 1 has no field 'answer' named by data.columns.response" in message and "'output'" in message
+    message = error_of(load_jsonl_pool, path, {"response": "output"}, "{instruction}: {input}")
+    assert "line 4 has no field 'input' used by data.template" in message and "change data.template" in message
+    message = error_of(load_jsonl_pool, path, {"response": "output"})
+    assert "line 1 has no field 'prompt'" in message and "data.template" in message
+
+
+def test_task_needed_without_default(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "pool.jsonl", [{"prompt": "a", "response": "b"}])
+    message = error_of(load_jsonl_pool, path, default_task=None)
+    assert "line 1 has no field 'task'" in message and "data.default_task" in message
+
+
+def test_task_in_first_row_is_needed_in_every_row(tmp_path: Path) -> None:
+    rows = [{"task": "t", "prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]
+    assert "line 2 has no field 'task'" in error_of(load_jsonl_pool, write_jsonl(tmp_path / "p.jsonl", rows))
+
+
+def test_null_and_structured_values(tmp_path: Path) -> None:
+    null = write_jsonl(tmp_path / "null.jsonl", [{"prompt": "a", "response": None}])
+    assert "line 1 has field 'response' set to null" in error_of(load_jsonl_pool, null)
+    listed = write_jsonl(tmp_path / "list.jsonl", [{"prompt": "a", "response": ["b", "c"]}])
+    assert "line 1 field 'response' is a list, not text" in error_of(load_jsonl_pool, listed)
+    nested = write_jsonl(tmp_path / "obj.jsonl", [{"prompt": {"text": "a"}, "response": "b"}])
+    assert "line 1 field 'prompt' is an object, not text" in error_of(load_jsonl_pool, nested)
+    ok = load_jsonl_pool(nested, template="{prompt[text]}!")
+    assert ok.examples.loc[0, "prompt"] == "a!"
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert "pool file" in (message := error_of(load_jsonl_pool, empty)) and "has no examples" in message
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n  \n\n")
+    assert "has no examples" in error_of(load_jsonl_pool, blank)
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    message = error_of(load_jsonl_pool, tmp_path / "nope.jsonl")
+    assert "nope.jsonl' not found" in message and "data.path" in message
+    assert "is a directory" in error_of(load_jsonl_pool, tmp_path)
+
+
+def test_bad_json_line(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "pool.jsonl", ['{"prompt": "a", "response": "b"}', '{"prompt": "c",', "{}"])
+    message = error_of(load_jsonl_pool, path)
+    assert "pool.jsonl line 2 is not valid JSON" in message and "one JSON object per line" in message
+    arrays = write_jsonl(tmp_path / "arrays.jsonl", ["[1, 2]"])
+    assert "arrays.jsonl line 1 is a list, not an object" in error_of(load_jsonl_pool, arrays)
+
+
+def test_duplicate_ids(tmp_path: Path) -> None:
+    rows = [{"id": "a", "prompt": "p", "response": "r"}, {"id": "b", "prompt": "p", "response": "r"}] * 2
+    message = error_of(load_jsonl_pool, write_jsonl(tmp_path / "pool.jsonl", rows))
+    assert "pool.jsonl line 3 repeats id 'a' of" in message and "line 1" in message and "unique" in message
+
+
+def test_bad_mapping_and_template(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "pool.jsonl", [{"prompt": "a", "response": "b"}])
+    assert "unknown pool field 'answer'" in error_of(load_jsonl_pool, path, {"answer": "x"})
+    assert "not a valid format string" in error_of(load_jsonl_pool, path, None, "{prompt")
+    assert "positional field" in error_of(load_jsonl_pool, path, None, "{} {prompt}")
+
+
+def test_validation_jsonl(tmp_path: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", ALPACA)
+    rows = [{"instruction": "Sum.", "input": "1 + 1", "output": 2, "category": "math"}]
+    val = write_jsonl(tmp_path / "val.jsonl", rows)
+    columns = {"response": "output", "task": "category"}
+    pool = load_jsonl_pool(train, columns, "{instruction} {input}", validation_path=val)
+    assert pool.validation.to_dict("records") == [
+        {"id": "val-000000", "task": "math", "prompt": "Sum. 1 + 1", "response": "2"}
+    ]
+    assert set(pool.view().validation_by_task()) == {"math"}
+    missing = error_of(load_jsonl_pool, train, columns, "{instruction}", validation_path=tmp_path / "nope.jsonl")
+    assert "validation file" in missing and "data.validation_path" in missing
+    no_task = write_jsonl(tmp_path / "val2.jsonl", [{"instruction": "x", "output": "y"}])
+    message = error_of(load_jsonl_pool, train, columns, "{instruction}", validation_path=no_task)
+    assert "val2.jsonl line 1 has no field 'category' named by data.columns.task" in message
+
+
+# ------------------------------------------------------------------------------------ datasets / hub
+
+
+def test_hub_pool_from_saved_dataset(tmp_path: Path) -> None:
+    import datasets
+
+    rows = {key: [r[key] for r in ALPACA] for key in ("instruction", "input", "category")}
+    rows["output"] = [str(r["output"]) for r in ALPACA]
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "single"))
+    pool = load_hub_pool(str(tmp_path / "single"), {"response": "output", "task": "category"}, "{instruction} {input}")
+    assert pool.n == 3 and pool.examples.loc[1, "prompt"] == "Reverse the word. abc"
+    assert list(pool.examples["id"]) == ["single-train-000000", "single-train-000001", "single-train-000002"]
+
+
+def test_hub_pool_from_saved_dataset_dict(tmp_path: Path) -> None:
+    import datasets
+
+    train = datasets.Dataset.from_dict({"q": ["a", "b"], "a": ["1", "2"], "skill": ["x", "y"]})
+    val = datasets.Dataset.from_dict({"q": ["c"], "a": ["3"], "skill": ["y"]})
+    datasets.DatasetDict({"train": train, "dev": val}).save_to_disk(str(tmp_path / "dd"))
+    columns = {"prompt": "q", "response": "a", "task": "skill"}
+    pool = load_hub_pool(str(tmp_path / "dd"), columns, validation_split="dev")
+    assert list(pool.examples["prompt"]) == ["a", "b"] and pool.tasks == ["x", "y"]
+    assert pool.validation.to_dict("records") == [{"id": "dd-dev-000000", "task": "y", "prompt": "c", "response": "3"}]
+    message = error_of(load_hub_pool, str(tmp_path / "dd"), columns, split="test")
+    assert "has no split 'test'" in message and "'train', 'dev'" in message
+    message = error_of(load_hub_pool, str(tmp_path / "dd"), {"prompt": "q", "response": "answer"})
+    assert "split 'train' row 0 has no field 'answer' named by data.columns.response" in message
+    assert "'q', 'a', 'skill'" in message
+
+
+def test_hub_pool_through_json_builder(tmp_path: Path) -> None:
+    rows = [{"id": f"e{i}", "text": f"t{i}", "label": f"l{i}", "task": "k"} for i in range(4)]
+    path = write_jsonl(tmp_path / "data.jsonl", rows)
+    cache = str(tmp_path / "cache")
+    columns = {"prompt": "text", "response": "label"}
+    pool = load_hub_pool("json", columns, "Text: {prompt}", data_files=str(path), cache_dir=cache)
+    assert list(pool.examples["id"]) == ["e0", "e1", "e2", "e3"] and pool.examples.loc[2, "prompt"] == "Text: t2"
+    split_files = {"train": str(path), "validation": str(path)}
+    both = load_hub_pool("json", columns, data_files=split_files, validation_split="validation", cache_dir=cache)
+    assert both.validation["id"].tolist() == ["e0", "e1", "e2", "e3"]
+    by_path = load_hub_pool(str(path), columns, cache_dir=cache)  # a local data file names its builder itself
+    assert by_path.fingerprint() == load_hub_pool("json", columns, data_files=str(path), cache_dir=cache).fingerprint()
+    message = error_of(load_hub_pool, "json", columns, data_files=str(tmp_path / "gone.jsonl"), cache_dir=cache)
+    assert "cannot load dataset 'json' split 'train'" in message and "gone.jsonl" in message
+
+
+def test_hub_id_offline_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    for datasets_offline in (True, False):  # datasets' own offline flag: cache lookup only / not even that
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", datasets_offline)
+        start = time.monotonic()
+        message = error_of(load_hub_pool, "someone/some-dataset")
+        assert time.monotonic() - start < 5
+        assert message.startswith(
+            "dataset 'someone/some-dataset' is not a local path and the Hugging Face hub is offline "
+            "(HF_HUB_OFFLINE=1 / no network); "
+        )
+
+
+def test_hub_id_offline_never_calls_load_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("load_dataset must not be reached offline")
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets, "load_dataset", forbidden)
+    assert "hub is offline" in error_of(load_hub_pool, "someone/some-dataset")
+
+
+def test_not_a_path_nor_hub_id(tmp_path: Path) -> None:
+    message = error_of(load_hub_pool, str(tmp_path / "missing" / "folder"))
+    assert "neither an existing local path nor a hub id" in message
+
+
+def test_require_online_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = error_of(hub.require_online, "model", "org/model", "pass a local checkpoint folder")
+    assert message == (
+        "model 'org/model' is not a local path and the Hugging Face hub is offline "
+        "(HF_HUB_OFFLINE=1 / no network); pass a local checkpoint folder"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ hub
+
+
+@pytest.mark.parametrize("var", OFFLINE_VARS)
+@pytest.mark.parametrize("value", ["1", "true", "YES", "on"])
+def test_hub_offline_respects_env(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+    for other in OFFLINE_VARS:
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setattr(hub, "_reachable", lambda *a, **k: pytest.fail("no probe when an offline variable is set"))
+    monkeypatch.setenv(var, value)
+    assert hub.hub_offline() and hub.offline_by_env()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def no_offline_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in (*OFFLINE_VARS, *PROXY_VARS):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(OFFLINE_VARS[0], "0")  # falsy values do not mean offline
+
+
+def test_hub_offline_probe_reachable(monkeypatch: pytest.MonkeyPatch, no_offline_env: None) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert not hub.offline_by_env() and hub.hub_offline() is False
+
+
+def test_hub_offline_probe_unreachable_is_fast_and_cached(
+    monkeypatch: pytest.MonkeyPatch, no_offline_env: None
+) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    start = time.monotonic()
+    assert hub.hub_offline() is True
+    assert time.monotonic() - start < 5
+    monkeypatch.setattr(hub, "_reachable", lambda *a, **k: pytest.fail("the probe result is cached per process"))
+    assert hub.hub_offline() is True
+
+
+def test_looks_like_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("someone/some-dataset", "EleutherAI/pythia-1.4b", "gpt2", "tatsu-lab/alpaca"):
+        assert hub.looks_like_hub_id(name), name
+    for name in ("", "./data", "/abs/path", "a/b/c", "pool.jsonl", "org/-bad", "org/na..me", "~/x", "a b"):
+        assert not hub.looks_like_hub_id(name), name
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "local").mkdir(parents=True)
+    assert not hub.looks_like_hub_id("org/local")  # an existing folder is a path

@@ -1,0 +1,150 @@
+"""The training recipe: response-only loss, fixed global batch, seeded order, checkpoint and resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from omegaconf import OmegaConf
+
+from harness.config import TrainSchema
+from harness.modeling import build_model, train_tokenizer
+from harness.testbed import TestbedConfig, generate_testbed
+from harness.tokenization import encode_examples, tokenize_pool
+from harness.training import collate, global_batches, latest_checkpoint, train
+
+MODEL = OmegaConf.create(
+    {
+        "source": "scratch",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "max_length": 64,
+        "dtype": "float32",
+        "lora": {"enabled": False},
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    pool = generate_testbed(TestbedConfig(n_pool=200, n_eval_per_task=100, n_validation_per_task=20, n_facts=16))
+    texts = [p + " " + r for p, r in zip(pool.examples["prompt"], pool.examples["response"])]
+    tok = train_tokenizer(texts, 300)
+    data = tokenize_pool(pool, tok, 64, False, tmp_path_factory.mktemp("cache"))
+    return pool, tok, data
+
+
+def recipe(**kw):
+    base = OmegaConf.structured(TrainSchema(global_batch_size=16, micro_batch_size=8, checkpoint_every=2, epochs=2))
+    return OmegaConf.merge(base, kw)
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def fresh(tok):
+    return build_model(MODEL, tok, init_seed=7)
+
+
+def test_labels_cover_only_the_response(setup):
+    pool, tok, data = setup
+    batch = collate(data, np.array([0, 1, 2]), tok.pad_token_id)
+    for j, row in enumerate([0, 1, 2]):
+        labelled = batch["labels"][j][batch["labels"][j] != -100].tolist()
+        seq = data.example(row).tolist()
+        assert labelled == seq[data.prompt_len[row] :]
+        assert labelled[-1] == tok.eos_token_id
+        decoded = tok.decode(labelled[:-1])
+        assert decoded.strip() == pool.examples["response"][row]
+
+
+def test_split_matches_lm_eval_context_continuation(setup):
+    _, tok, _ = setup
+    seqs, plen, _ = encode_examples(["add 12 30 ="], ["42"], tok, " ", 64, False)
+    whole = tok("add 12 30 = 42", add_special_tokens=False)["input_ids"]
+    ctx = tok("add 12 30 =", add_special_tokens=False)["input_ids"]
+    assert seqs[0][: plen[0]] == ctx and seqs[0][plen[0] : -1] == whole[len(ctx) :]
+
+
+def test_batches_have_the_global_size_and_a_seeded_order():
+    epochs = [np.arange(40), np.arange(40)]
+    a, b, c = global_batches(epochs, 1, 16), global_batches(epochs, 1, 16), global_batches(epochs, 2, 16)
+    assert [len(r) for _, r in a] == [16, 16, 8, 16, 16, 8]
+    assert all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    assert not all(np.array_equal(x[1], y[1]) for x, y in zip(a, c))
+    assert sorted(np.concatenate([r for e, r in a if e == 0]).tolist()) == list(range(40))
+
+
+def test_micro_batch_size_does_not_change_the_result(setup, tmp_path):
+    """Gradient accumulation: the global batch, not the micro batch, defines the update."""
+    _, tok, data = setup
+    rows = np.arange(64)
+    results = []
+    for micro in (16, 4):
+        model = fresh(tok)
+        train(model, data, [rows, rows], recipe(micro_batch_size=micro), 3, tmp_path / f"m{micro}", Accelerator(), tok.pad_token_id)
+        results.append(weights(model))
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-4, atol=1e-5)
+
+
+def test_same_seed_same_weights_and_loss_drops(setup, tmp_path):
+    _, tok, data = setup
+    rows = np.arange(96)
+    outs, ws = [], []
+    for name in ("a", "b"):
+        model = fresh(tok)
+        outs.append(train(model, data, [rows] * 3, recipe(lr=3e-3), 5, tmp_path / name, Accelerator(), tok.pad_token_id))
+        ws.append(weights(model))
+    assert all(torch.equal(ws[0][k], ws[1][k]) for k in ws[0])
+    log = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == outs[0].steps == 18
+    assert np.mean([e["loss"] for e in log[-3:]]) < np.mean([e["loss"] for e in log[:3]])
+    assert log[-1]["lr"] < max(e["lr"] for e in log)  # warm-up then decay
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_weights(setup, tmp_path):
+    _, tok, data = setup
+    rows = np.arange(80)
+    plan = [rows, rows]
+
+    reference = fresh(tok)
+    train(reference, data, plan, recipe(), 11, tmp_path / "straight", Accelerator(), tok.pad_token_id)
+
+    def die_at_step_5(step, loss):
+        if step == 5:
+            raise Interrupt
+
+    interrupted = fresh(tok)
+    with pytest.raises(Interrupt):
+        train(interrupted, data, plan, recipe(), 11, tmp_path / "cut", Accelerator(), tok.pad_token_id, on_step=die_at_step_5)
+    assert latest_checkpoint(tmp_path / "cut" / "checkpoints").name == "step-00000005"
+
+    resumed = fresh(tok)
+    outcome = train(resumed, data, plan, recipe(), 11, tmp_path / "cut", Accelerator(), tok.pad_token_id)
+    assert outcome.resumed_from_step == 5 and outcome.steps == 10
+    assert outcome.examples_seen == 160
+    final_ref, final_res = weights(reference), weights(resumed)
+    assert all(torch.equal(final_ref[k], final_res[k]) for k in final_ref)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))
+
+
+def test_checkpoint_of_another_plan_is_refused(setup, tmp_path):
+    from harness.errors import HarnessError
+
+    _, tok, data = setup
+    train(fresh(tok), data, [np.arange(32)], recipe(), 1, tmp_path, Accelerator(), tok.pad_token_id)
+    with pytest.raises(HarnessError, match="different selection"):
+        train(fresh(tok), data, [np.arange(1, 33)], recipe(), 1, tmp_path, Accelerator(), tok.pad_token_id)
