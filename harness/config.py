@@ -20,9 +20,7 @@ class LoraSchema:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
-    )
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 @dataclass
@@ -190,15 +188,11 @@ def register_resolvers() -> None:
 def parse_budget(value: Any) -> float:
     """The budget as a float in (0, 1], or a one-line error saying what to pass."""
     if isinstance(value, bool):
-        raise HarnessError(
-            f"budget must be a number in (0, 1], got {value!r}; pass e.g. budget=0.15"
-        )
+        raise HarnessError(f"budget must be a number in (0, 1], got {value!r}; pass e.g. budget=0.15")
     try:
         b = float(value)
     except (TypeError, ValueError):
-        raise HarnessError(
-            f"budget must be a number in (0, 1], got {value!r}; pass e.g. budget=0.15"
-        ) from None
+        raise HarnessError(f"budget must be a number in (0, 1], got {value!r}; pass e.g. budget=0.15") from None
     if not 0.0 < b <= 1.0:
         raise HarnessError(
             f"budget must be in (0, 1] (the fraction of the pool kept), got {value!r}; "
@@ -228,52 +222,36 @@ def _typed(group: str, node: Any, schema: type) -> DictConfig:
 def _pick(group: str, node: Any, key: str, schemas: dict[str, type]) -> type:
     value = node.get(key) if isinstance(node, DictConfig) else None
     if value not in schemas:
-        raise HarnessError(
-            f"{group}.{key} must be one of {sorted(schemas)}, got {value!r}; fix conf/{group}/*.yaml"
-        )
+        raise HarnessError(f"{group}.{key} must be one of {sorted(schemas)}, got {value!r}; fix conf/{group}/*.yaml")
     return schemas[value]
 
 
 def validate(cfg: DictConfig) -> DictConfig:
     """Resolve and type-check the composed config; raises HarnessError with one line on any problem."""
-    if cfg.model.get("source") == "pretrained" and OmegaConf.is_missing(
-        cfg.model, "name_or_path"
-    ):
-        raise HarnessError(
-            "model=hf needs model.name_or_path=<hub id or local directory>"
-        )
+    if cfg.model.get("source") == "pretrained" and OmegaConf.is_missing(cfg.model, "name_or_path"):
+        raise HarnessError("model=hf needs model.name_or_path=<hub id or local directory>")
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         raise HarnessError(f"config cannot be resolved: {_one_line(exc)}") from None
     unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
     if unknown:
-        raise HarnessError(
-            f"unknown config key(s) {unknown}; the top level takes {sorted(TOP_LEVEL_KEYS)}"
-        )
+        raise HarnessError(f"unknown config key(s) {unknown}; the top level takes {sorted(TOP_LEVEL_KEYS)}")
     out = OmegaConf.create(OmegaConf.to_container(cfg))
     out.data = _typed("data", cfg.data, _pick("data", cfg.data, "source", DATA_SCHEMAS))
-    out.model = _typed(
-        "model", cfg.model, _pick("model", cfg.model, "source", MODEL_SCHEMAS)
-    )
-    out.logger = _typed(
-        "logger", cfg.logger, _pick("logger", cfg.logger, "name", LOGGER_SCHEMAS)
-    )
+    out.model = _typed("model", cfg.model, _pick("model", cfg.model, "source", MODEL_SCHEMAS))
+    out.logger = _typed("logger", cfg.logger, _pick("logger", cfg.logger, "name", LOGGER_SCHEMAS))
     out.train = _typed("train", cfg.train, TrainSchema)
     out.eval = _typed("eval", cfg.eval, EvalSchema)
     if "name" not in cfg.selector:
-        raise HarnessError(
-            "selector config has no 'name'; every conf/selector/*.yaml names its selector"
-        )
+        raise HarnessError("selector config has no 'name'; every conf/selector/*.yaml names its selector")
     out.budget = parse_budget(cfg.budget)
     for key in ("seed", "seeds.selection", "seeds.init", "seeds.order"):
         value = OmegaConf.select(cfg, key)
         if value is None and key != "seed":
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise HarnessError(
-                f"{key} must be a non-negative integer, got {value!r}; pass e.g. {key}=0"
-            )
+            raise HarnessError(f"{key} must be a non-negative integer, got {value!r}; pass e.g. {key}=0")
     if not isinstance(cfg.rerun, bool):
         raise HarnessError(f"rerun must be true or false, got {cfg.rerun!r}")
     for key, allowed in CHOICES.items():
@@ -287,12 +265,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         "eval.batch_size",
     ):
         if OmegaConf.select(out, key) < 1:
-            raise HarnessError(
-                f"{key} must be at least 1, got {OmegaConf.select(out, key)}"
-            )
+            raise HarnessError(f"{key} must be at least 1, got {OmegaConf.select(out, key)}")
     required = {"jsonl": "path", "hub": "dataset"}.get(out.data.source)
     if required and OmegaConf.is_missing(out.data, required):
-        raise HarnessError(
-            f"data={out.data.source} needs data.{required}=...; pass the pool to load"
-        )
+        raise HarnessError(f"data={out.data.source} needs data.{required}=...; pass the pool to load")
     return out

@@ -41,7 +41,9 @@ def load_pool(data_cfg: DictConfig) -> Pool:
             name=data_cfg.name,
             **common,
         )
-    data_files = OmegaConf.to_container(data_cfg.data_files) if OmegaConf.is_config(data_cfg.data_files) else data_cfg.data_files
+    data_files = (
+        OmegaConf.to_container(data_cfg.data_files) if OmegaConf.is_config(data_cfg.data_files) else data_cfg.data_files
+    )
     return load_hub_pool(
         data_cfg.dataset,
         split=data_cfg.split,

@@ -29,6 +29,7 @@ import yaml
 
 from harness import REPO_ROOT
 from harness.errors import HarnessError
+from harness.hub import hub_offline
 from harness.pool import EVAL_COLUMNS, Pool
 from harness.storage import atomic_write_text
 
@@ -125,6 +126,9 @@ def testbed_task_configs(eval_items: pd.DataFrame, delimiter: str, data_dir: Pat
     return configs
 
 
+testbed_task_configs.__test__ = False  # type: ignore[attr-defined]  # its name starts with "test": pytest would collect it
+
+
 def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
     if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
         value = cfg.get(key, default)
@@ -154,13 +158,17 @@ def resolve_tasks(eval_cfg: Any, pool: Pool, cache: Path) -> list[str | dict]:
             items = items[items["task"].isin(wanted)]
         digest = hashlib.sha256(pool.delimiter.encode())
         for row in items[list(EVAL_COLUMNS)].itertuples(index=False):
-            digest.update(json.dumps([str(row[0]), int(row[1]), str(row[2]), [str(c) for c in row[3]], int(row[4])]).encode())
+            digest.update(
+                json.dumps([str(row[0]), int(row[1]), str(row[2]), [str(c) for c in row[3]], int(row[4])]).encode()
+            )
         data_dir = Path(cache).expanduser().resolve() / "eval_data" / digest.hexdigest()[:16]
         return testbed_task_configs(items, pool.delimiter, data_dir)
     if suite == "lm_eval":
         if not names:
             raise HarnessError("eval.tasks is empty; name lm-eval tasks, e.g. eval.tasks=[arc_easy,hellaswag]")
         check_tasks(names)
+        if hub_offline():  # their datasets must come from the local HF cache: find out now, not after training
+            check_task_data(names)
         return names
     raise HarnessError(f"unknown eval.suite '{suite}'; use testbed or lm_eval")
 
@@ -194,6 +202,19 @@ def check_tasks(names: list[str]) -> None:
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     more = f" ({len(unknown) - 1} more unknown: {', '.join(repr(u) for u in unknown[1:])})" if len(unknown) > 1 else ""
     raise HarnessError(f"unknown lm-eval task {name!r}{hint}{more} (see `lm_eval --tasks list`)")
+
+
+def check_task_data(names: list[str]) -> None:
+    """Build the named lm-eval tasks (loading their datasets) and raise a one-line HarnessError if that fails."""
+    try:
+        with _quiet_lm_eval():
+            _task_manager().load(list(names))
+    except (OSError, ValueError, FileNotFoundError) as exc:  # ConnectionError is an OSError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise HarnessError(
+            f"cannot load the data of lm-eval tasks {', '.join(names)}: {first}; "
+            "cache their datasets on a machine with network (unset HF_DATASETS_OFFLINE) or use eval=testbed"
+        ) from None
 
 
 # --------------------------------------------------------------------------- running lm-eval

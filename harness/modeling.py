@@ -21,10 +21,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from harness.storage import atomic_dir
 from harness.errors import HarnessError
 from harness.hub import require_online
 from harness.pool import Pool
+from harness.storage import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ def _check_pretrained(name_or_path: str) -> None:
         require_online(
             "model",
             name_or_path,
-            "download it on a machine with network (huggingface-cli download) or set model.name_or_path to a local directory",
+            "download it where there is network (huggingface-cli download) "
+            "or set model.name_or_path to a local directory",
         )
 
 

@@ -99,8 +99,10 @@ def tokenize_pool(
 
     def build(tmp: Path) -> None:
         prompts = format_prompts(pool, pool.examples["prompt"].tolist(), tokenizer)
+        # Inside a chat template the answer follows the assistant header directly, as lm-eval scores it.
+        delimiter = "" if pool.chat_template else pool.delimiter
         seqs, plen, truncated = encode_examples(
-            prompts, pool.examples["response"].tolist(), tokenizer, pool.delimiter, max_length, add_bos
+            prompts, pool.examples["response"].tolist(), tokenizer, delimiter, max_length, add_bos
         )
         offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(s) for s in seqs])

@@ -63,6 +63,7 @@ def _make_tokenizer(texts: list[str]):
         vocab_size=320,
         special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
@@ -73,7 +74,9 @@ def _make_tokenizer(texts: list[str]):
 def _train_to_prefer_gold(model, tokenizer, items: pd.DataFrame, steps: int = 120) -> None:
     """A few hundred milliseconds of full-batch training on `<s> prompt gold</s>` so gold answers win."""
     texts = [p + DELIMITER + c[g] for p, c, g in zip(items["prompt"], items["choices"], items["gold"])]
-    seqs = [[tokenizer.bos_token_id, *tokenizer.encode(t, add_special_tokens=False), tokenizer.eos_token_id] for t in texts]
+    seqs = [
+        [tokenizer.bos_token_id, *tokenizer.encode(t, add_special_tokens=False), tokenizer.eos_token_id] for t in texts
+    ]
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
     labels = torch.full((len(seqs), width), -100)
@@ -289,3 +292,24 @@ def test_metrics_with_groups_average_the_top_level():
     assert table.loc[(MACRO, "acc"), "n_items"] == 15
     assert table.loc[("c", "exact_match,strict-match"), "value"] == pytest.approx(0.1)
     assert ("a", "acc_stderr") not in table.index
+
+
+def test_resolve_lm_eval_tasks_offline_fails_before_training(tmp_path, items, monkeypatch):
+    """Offline, a standard task whose dataset is not in the local cache is a one-line error up front."""
+    from harness import evaluation
+
+    class FakeTaskManager:
+        all_tasks = ["arc_easy", "hellaswag"]
+
+        def load(self, names):
+            raise ConnectionError("Couldn't reach 'allenai/ai2_arc' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(evaluation, "_task_manager", FakeTaskManager)
+    monkeypatch.setattr(evaluation, "hub_offline", lambda: True)
+    examples = pd.DataFrame({"id": ["a"], "task": ["add"], "prompt": ["p"], "response": ["r"]})
+    pool = Pool(name="tiny", examples=examples, validation=examples.iloc[:0], eval_items=items)
+    with pytest.raises(HarnessError, match="cannot load the data of lm-eval tasks arc_easy") as err:
+        resolve_tasks({"suite": "lm_eval", "tasks": ["arc_easy"]}, pool, tmp_path)
+    assert "\n" not in str(err.value)
+    with pytest.raises(HarnessError, match="unknown lm-eval task 'arc_eazy'; did you mean 'arc_easy'"):
+        resolve_tasks({"suite": "lm_eval", "tasks": ["arc_eazy"]}, pool, tmp_path)

@@ -35,8 +35,12 @@ def select(name, pool, budget, seed=0, **params):
 
 def test_no_selectors_package_shadows_the_standard_library():
     assert not (REPO_ROOT / "selectors" / "__init__.py").exists()
-    done = subprocess.run([sys.executable, "-c", "import subprocess, asyncio, selectors; selectors.SelectSelector"],
-                          cwd=REPO_ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import subprocess, asyncio, selectors; selectors.SelectSelector"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -83,7 +87,8 @@ def test_user_plugin_folder_and_truth_isolation(tmp_path, pool):
         "from harness.selection import Selection, register\n"
         "@register('peek_test')\n"
         "def select(ctx, *, stride: int = 2):\n"
-        "    return Selection(ids=list(ctx.pool.ids[::stride][: ctx.k]), info={'columns': list(ctx.pool.frame.columns)})\n"
+        "    ids = list(ctx.pool.ids[::stride][: ctx.k])\n"
+        "    return Selection(ids=ids, info={'columns': list(ctx.pool.frame.columns)})\n"
     )
     load_plugins([str(tmp_path)])
     sel = select("peek_test", pool, 0.1, stride=3)

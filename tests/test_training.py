@@ -89,7 +89,16 @@ def test_micro_batch_size_does_not_change_the_result(setup, tmp_path):
     results = []
     for micro in (16, 4):
         model = fresh(tok)
-        train(model, data, [rows, rows], recipe(micro_batch_size=micro), 3, tmp_path / f"m{micro}", Accelerator(), tok.pad_token_id)
+        train(
+            model,
+            data,
+            [rows, rows],
+            recipe(micro_batch_size=micro),
+            3,
+            tmp_path / f"m{micro}",
+            Accelerator(),
+            tok.pad_token_id,
+        )
         results.append(weights(model))
     for key in results[0]:
         torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-4, atol=1e-5)
@@ -101,7 +110,9 @@ def test_same_seed_same_weights_and_loss_drops(setup, tmp_path):
     outs, ws = [], []
     for name in ("a", "b"):
         model = fresh(tok)
-        outs.append(train(model, data, [rows] * 3, recipe(lr=3e-3), 5, tmp_path / name, Accelerator(), tok.pad_token_id))
+        outs.append(
+            train(model, data, [rows] * 3, recipe(lr=3e-3), 5, tmp_path / name, Accelerator(), tok.pad_token_id)
+        )
         ws.append(weights(model))
     assert all(torch.equal(ws[0][k], ws[1][k]) for k in ws[0])
     log = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
@@ -128,7 +139,17 @@ def test_resume_after_interruption_gives_the_uninterrupted_weights(setup, tmp_pa
 
     interrupted = fresh(tok)
     with pytest.raises(Interrupt):
-        train(interrupted, data, plan, recipe(), 11, tmp_path / "cut", Accelerator(), tok.pad_token_id, on_step=die_at_step_5)
+        train(
+            interrupted,
+            data,
+            plan,
+            recipe(),
+            11,
+            tmp_path / "cut",
+            Accelerator(),
+            tok.pad_token_id,
+            on_step=die_at_step_5,
+        )
     assert latest_checkpoint(tmp_path / "cut" / "checkpoints").name == "step-00000005"
 
     resumed = fresh(tok)

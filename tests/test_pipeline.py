@@ -1,0 +1,116 @@
+"""End to end on a micro config: select -> train -> evaluate -> record, and what the record holds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+from conftest import MICRO
+
+from harness.testbed import TASKS
+
+RUN = "results/runs/testbed/tiny_llama/random/b0.3_s1"
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    from conftest import run_harness
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    code, out, err = run_harness([*MICRO, "selector=random", "budget=0.3", "seed=1"], tmp)
+    assert code == 0, err
+    return tmp, out
+
+
+def test_record_is_complete(micro_run):
+    tmp, out = micro_run
+    run = tmp / RUN
+    for name in ("config.yaml", "manifest.json", "results.csv", "eval_items.csv", "train_log.jsonl", "harness.log"):
+        assert (run / name).is_file(), name
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert (manifest["selector"], manifest["budget"], manifest["seed"]) == ("random", 0.3, 1)
+    assert manifest["n_pool"] == 300 and manifest["n_selected"] == 90 == len(manifest["selected_ids"])
+    digest = hashlib.sha256(("\n".join(manifest["selected_ids"])).encode() + b"\x00").hexdigest()
+    assert manifest["selected_sha256"] == digest
+    assert len(manifest["pool_fingerprint"]) == 64
+    assert manifest["versions"]["torch"].startswith("2.") and "lm_eval" in manifest["versions"]
+    assert "commit" in manifest["git"]
+    diag = manifest["selection_diagnostics"]
+    assert sum(diag["per_task"].values()) == 90 and set(diag["per_task"]) == set(TASKS)
+    for key in ("noisy", "duplicates", "filler"):
+        assert isinstance(diag[key], int) and 0 <= diag[key] <= 90
+    assert manifest["training"]["steps"] == 2 * 6  # 2 epochs of ceil(90 / 16) steps
+    steps = (run / "train_log.jsonl").read_text().splitlines()
+    assert len(steps) == manifest["training"]["steps"]
+
+
+def test_results_table_is_tidy_and_consistent_with_items(micro_run):
+    tmp, _ = micro_run
+    results = pd.read_csv(tmp / RUN / "results.csv")
+    items = pd.read_csv(tmp / RUN / "eval_items.csv")
+    assert {"task", "metric", "value", "n_items", "selector", "budget", "seed", "n_selected"} <= set(results.columns)
+    acc = results[results.metric == "acc"].set_index("task")["value"]
+    assert set(acc.index) == {f"testbed_{t}" for t in TASKS} | {"macro_avg"}
+    per_task = acc.drop("macro_avg")
+    assert acc["macro_avg"] == pytest.approx(per_task.mean())
+    from_items = items.groupby("task")["correct"].mean()
+    pd.testing.assert_series_equal(per_task.sort_index(), from_items.sort_index(), check_names=False)
+    assert (results[results.task != "macro_avg"]["n_items"] == 12).all()
+    assert len(items) == 12 * len(TASKS)
+    assert items["gold_loglik"].le(0).all()
+
+
+def test_summary_printed(micro_run):
+    tmp, out = micro_run
+    assert "selected 90 of 300 examples" in out
+    assert "macro_avg" in out
+    assert f"record: {tmp / RUN}" in out
+
+
+def test_rerun_is_skipped_then_archived_when_asked(micro_run, harness_cli):
+    tmp, _ = micro_run
+    from conftest import run_harness
+
+    before = (tmp / RUN / "results.csv").read_bytes()
+    code, out, _ = run_harness([*MICRO, "selector=random", "budget=0.3", "seed=1"], tmp)
+    assert code == 0 and "already complete" in out
+    assert (tmp / RUN / "results.csv").read_bytes() == before
+    code, out, err = run_harness([*MICRO, "selector=random", "budget=0.3", "seed=1", "rerun=true"], tmp)
+    assert code == 0, err
+    archived = list((tmp / RUN / "archive").glob("*/results.csv"))
+    assert len(archived) == 1 and archived[0].read_bytes() == before
+    # same config and seed on the CPU: the same numbers
+    assert (tmp / RUN / "results.csv").read_bytes() == before
+
+
+def test_full_and_balanced_random(harness_cli, tmp_path):
+    code, out, err = harness_cli([*MICRO, "selector=full", "train.epochs=1"])
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "results/runs/testbed/tiny_llama/full/all_s0/manifest.json").read_text())
+    assert manifest["n_selected"] == manifest["n_pool"] == 300 and manifest["budget"] == 1.0
+    code, out, err = harness_cli([*MICRO, "selector=balanced_random", "budget=0.2", "train.epochs=1"])
+    assert code == 0, err
+    manifest = json.loads(
+        (tmp_path / "results/runs/testbed/tiny_llama/balanced_random/b0.2_s0/manifest.json").read_text()
+    )
+    counts = manifest["selection_diagnostics"]["per_task"]
+    assert sum(counts.values()) == 60 and max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_hydra_run_dir_places_the_record(harness_cli, tmp_path):
+    target = tmp_path / "elsewhere"
+    code, _, err = harness_cli([*MICRO, "train.epochs=1", f"hydra.run.dir={target}"])
+    assert code == 0, err
+    assert (target / "results.csv").is_file()
+
+
+def test_wandb_logger_offline(harness_cli, tmp_path):
+    code, _, err = harness_cli([*MICRO, "train.epochs=1", "logger=wandb", "logger.mode=offline"])
+    assert code == 0, err
+    run = tmp_path / "results/runs/testbed/tiny_llama/random/b0.15_s0"
+    offline_runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    assert any(offline_runs[0].glob("*.wandb"))
