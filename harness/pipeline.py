@@ -204,7 +204,7 @@ def build_manifest(
     """What identifies the run and what it selected (ids, their hash, the pool's fingerprint, versions)."""
     fixed = selection.ids is not None
     manifest: dict[str, Any] = {
-        "run_id": record.config_sha256(yaml_text)[:12],
+        "run_id": record.cell_id(cfg),
         "command": record.command_line(),
         "selector": spec.name,
         "selector_params": {k_: v for k_, v in OmegaConf.to_container(cfg.selector).items() if k_ != "name"},

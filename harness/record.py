@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import platform
 import shutil
 import subprocess
@@ -137,8 +138,12 @@ def selection_diagnostics(pool: Pool, selection: Selection) -> dict[str, Any]:
     return out
 
 
-def config_sha256(yaml_text: str) -> str:
-    return hashlib.sha256(yaml_text.encode()).hexdigest()
+def cell_id(cfg: Any) -> str:
+    """Short hash of everything that defines the cell's result (not where it is written or logged)."""
+    from omegaconf import OmegaConf
+
+    spec = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("rerun", "paths", "logger")}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def command_line() -> str:

@@ -18,11 +18,10 @@ OFFLINE = {
 }
 os.environ.update(OFFLINE)
 
-MICRO = [
-    "data.n_pool=300",
-    "data.n_validation_per_task=20",
-    "data.n_eval_per_task=12",
-    "data.n_facts=16",
+MICRO_POOL = ["data.n_pool=300", "data.n_validation_per_task=20", "data.n_eval_per_task=12", "data.n_facts=16"]
+"""A small testbed pool."""
+
+MICRO_RECIPE = [
     "model.hidden_size=32",
     "model.intermediate_size=64",
     "model.num_hidden_layers=1",
@@ -35,7 +34,10 @@ MICRO = [
     "train.checkpoint_every=2",
     "eval.batch_size=32",
 ]
-"""Overrides that shrink the default job to seconds: a small pool, a one-layer model."""
+"""A one-layer model and a short recipe."""
+
+MICRO = MICRO_POOL + MICRO_RECIPE
+"""Overrides that shrink the default job to seconds."""
 
 
 def run_harness(args: list[str], tmp_path: Path) -> tuple[int, str, str]:

@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from conftest import MICRO
+from conftest import MICRO, MICRO_POOL, MICRO_RECIPE
 
 
 def assert_one_line_error(code: int, err: str, tmp_path, *fragments: str) -> None:
@@ -50,24 +50,24 @@ def test_unknown_testbed_task(harness_cli, tmp_path):
 def test_jsonl_missing_field(harness_cli, tmp_path):
     pool = tmp_path / "pool.jsonl"
     pool.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n" + json.dumps({"prompt": "c"}) + "\n")
-    code, _, err = harness_cli([*MICRO, "data=jsonl", f"data.path={pool}", "eval=lm_eval"])
+    code, _, err = harness_cli([*MICRO_RECIPE, "data=jsonl", f"data.path={pool}", "eval=lm_eval"])
     assert_one_line_error(code, err, tmp_path, "line 2", "response")
 
 
 def test_jsonl_empty_file(harness_cli, tmp_path):
     pool = tmp_path / "pool.jsonl"
     pool.write_text("")
-    code, _, err = harness_cli([*MICRO, "data=jsonl", f"data.path={pool}", "eval=lm_eval"])
+    code, _, err = harness_cli([*MICRO_RECIPE, "data=jsonl", f"data.path={pool}", "eval=lm_eval"])
     assert_one_line_error(code, err, tmp_path, "empty")
 
 
 def test_hub_dataset_while_offline_fails_fast(harness_cli, tmp_path):
     start = time.perf_counter()
-    code, _, err = harness_cli([*MICRO, "data=hub", "data.dataset=someone/some-pool", "eval=lm_eval"])
+    code, _, err = harness_cli([*MICRO_RECIPE, "data=hub", "data.dataset=someone/some-pool", "eval=lm_eval"])
     assert_one_line_error(code, err, tmp_path, "offline", "someone/some-pool")
     assert time.perf_counter() - start < 60
 
 
 def test_hub_model_while_offline_fails_fast(harness_cli, tmp_path):
-    code, _, err = harness_cli([*MICRO, "model=hf", "model.name_or_path=someone/some-model"])
+    code, _, err = harness_cli([*MICRO_POOL, "model=hf", "model.name_or_path=someone/some-model"])
     assert_one_line_error(code, err, tmp_path, "offline", "someone/some-model")
