@@ -116,3 +116,28 @@ def test_wandb_logger_offline(harness_cli, tmp_path):
     offline_runs = list((run / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1
     assert any(offline_runs[0].glob("*.wandb"))
+
+
+def test_per_epoch_schedule_drives_the_steps(harness_cli, tmp_path):
+    """A selector may return one subset per epoch; the run trains on exactly those, in that many steps."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "halves.py").write_text(
+        "from harness.selection import Selection, register\n"
+        "@register('halves_test', budget_unit='epoch')\n"
+        "def select(ctx):\n"
+        "    ids = list(ctx.pool.ids)\n"
+        "    return Selection(epochs=[ids[: ctx.k], ids[ctx.k : 2 * ctx.k], ids[: ctx.k]])\n"
+    )
+    code, _, err = harness_cli(
+        [*MICRO, f"plugins=[{plugins}]", "selector=random", "selector.name=halves_test", "budget=0.2"]
+    )
+    assert code == 0, err
+    run = tmp_path / "results/runs/testbed/tiny_llama/halves_test/b0.2_s0"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["selection_kind"] == "schedule" and manifest["budget_unit"] == "epoch"
+    assert [len(e) for e in manifest["selected_ids_per_epoch"]] == [60, 60, 60]
+    assert manifest["n_selected"] == 120  # distinct examples used
+    assert manifest["training"]["steps"] == 3 * 4  # ceil(60 / 16) per epoch, whatever train.epochs says
+    results = pd.read_csv(run / "results.csv")
+    assert (results["budget_unit"] == "epoch").all()

@@ -1,0 +1,110 @@
+"""The proxy model: scratch tokenizer cache, the hub-id code path on a local directory, LoRA."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import MICRO_POOL
+from omegaconf import OmegaConf
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import harness.modeling as modeling
+from harness.modeling import build_model, for_evaluation, load_tokenizer, resolve_dtype, train_tokenizer
+from harness.testbed import TestbedConfig, generate_testbed
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return generate_testbed(TestbedConfig(n_pool=200, n_eval_per_task=100, n_validation_per_task=20, n_facts=16))
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory, pool):
+    """A tiny Llama and its tokenizer saved with save_pretrained, as a hub download would be."""
+    path = tmp_path_factory.mktemp("tiny-hub-model")
+    texts = [p + " " + r for p, r in zip(pool.examples["prompt"], pool.examples["response"])]
+    tok = train_tokenizer(texts, 300)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def hf_cfg(path, lora: bool):
+    return OmegaConf.create(
+        {
+            "name": "tiny",
+            "source": "pretrained",
+            "name_or_path": str(path),
+            "revision": None,
+            "max_length": 64,
+            "add_bos_token": True,
+            "dtype": "auto",
+            "trust_remote_code": False,
+            "lora": {"enabled": lora, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        }
+    )
+
+
+def test_scratch_tokenizer_is_trained_once_and_reused(pool, tmp_path, monkeypatch):
+    cfg = OmegaConf.create({"source": "scratch", "vocab_size": 300})
+    first = load_tokenizer(pool, cfg, tmp_path)
+    monkeypatch.setattr(modeling, "train_tokenizer", lambda *a, **k: pytest.fail("tokenizer retrained"))
+    second = load_tokenizer(pool, cfg, tmp_path)
+    assert first.get_vocab() == second.get_vocab() and len(first) == 300
+    assert len([p for p in (tmp_path / "tokenizers").iterdir() if p.is_dir()]) == 1
+    assert first.tokenize("add 37 45 = 82").count("3") == 1  # digits stay single tokens
+
+
+def test_pretrained_path_with_lora(pool, saved_model, tmp_path):
+    cfg = hf_cfg(saved_model, lora=True)
+    tok = load_tokenizer(pool, cfg, tmp_path)
+    model = build_model(cfg, tok, init_seed=0)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    merged = for_evaluation(model)
+    assert isinstance(merged, LlamaForCausalLM)
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+
+
+def test_auto_dtype_is_float32_without_a_bf16_gpu():
+    expected = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    assert resolve_dtype("auto") == expected
+
+
+def test_end_to_end_with_a_local_model_directory_and_lora(harness_cli, tmp_path, saved_model):
+    code, out, err = harness_cli(
+        [
+            *MICRO_POOL,
+            "model=hf",
+            f"model.name_or_path={saved_model}",
+            "model.max_length=64",
+            "model.lora.r=4",
+            "model.lora.alpha=8",
+            "model.lora.dropout=0.0",
+            "train.epochs=1",
+            "train.lr=1e-3",
+            "train.global_batch_size=16",
+            "train.micro_batch_size=8",
+        ]
+    )
+    assert code == 0, err
+    runs = list((tmp_path / "results" / "runs").rglob("manifest.json"))
+    assert len(runs) == 1
+    manifest = json.loads(runs[0].read_text())
+    assert manifest["status"] == "complete" and manifest["model"] == str(saved_model).strip("/").replace("/", "_")
+    assert (runs[0].parent / "results.csv").is_file()
