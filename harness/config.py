@@ -85,11 +85,9 @@ def _testbed_schema() -> type:
 
 
 @dataclass
-class JsonlDataSchema:
-    name: str = "jsonl"
-    source: str = "jsonl"
-    path: str = "???"
-    validation_path: str | None = None
+class _TextPoolSchema:
+    """What every file or hub pool shares: how rows map onto examples and how the prompt is built."""
+
     columns: dict[str, str] = field(default_factory=dict)
     template: str = "{prompt}"
     default_task: str = "all"
@@ -98,7 +96,15 @@ class JsonlDataSchema:
 
 
 @dataclass
-class HubDataSchema:
+class JsonlDataSchema(_TextPoolSchema):
+    name: str = "jsonl"
+    source: str = "jsonl"
+    path: str = "???"
+    validation_path: str | None = None
+
+
+@dataclass
+class HubDataSchema(_TextPoolSchema):
     name: str = "hub"
     source: str = "hub"
     dataset: str = "???"
@@ -107,11 +113,6 @@ class HubDataSchema:
     revision: str | None = None
     data_files: Any = None
     validation_split: str | None = None
-    columns: dict[str, str] = field(default_factory=dict)
-    template: str = "{prompt}"
-    default_task: str = "all"
-    delimiter: str = " "
-    chat_template: bool = False
 
 
 @dataclass

@@ -91,9 +91,7 @@ PREFIXES: tuple[str, ...] = ("", "q: ", "please ", "ok ")
 """Prefixes that, with the alternative phrasings, make the members of a near-duplicate group differ."""
 
 RESERVED: frozenset[str] = frozenset(
-    w
-    for text in [*PREFIXES, *(t for ts in TEMPLATES.values() for t in ts)]
-    for w in re.findall(r"[a-z]+", text)
+    w for text in [*PREFIXES, *(t for ts in TEMPLATES.values() for t in ts)] for w in re.findall(r"[a-z]+", text)
 ) - {"a", "b", "c", "e", "s", "xs"}
 """Template words: generated strings and names avoid them so the checker can parse any prompt."""
 
@@ -201,9 +199,7 @@ class TestbedConfig:
             raise ValueError("need 0 <= max_value_min <= max_value_max")
         if not 2 <= self.max_len_min <= self.max_len_max <= self.max_value_max - self.max_value_min + 1:
             raise ValueError("need 2 <= max_len_min <= max_len_max <= size of the value range")
-        if len(set(self.count_alphabet)) < 2 or not set(self.count_alphabet) <= set(
-            "abcdefghijklmnopqrstuvwxyz"
-        ):
+        if len(set(self.count_alphabet)) < 2 or not set(self.count_alphabet) <= set("abcdefghijklmnopqrstuvwxyz"):
             raise ValueError("count_alphabet needs at least 2 distinct lowercase letters")
         if not 1 <= self.count_len_min <= self.count_len_max:
             raise ValueError("need 1 <= count_len_min <= count_len_max")
@@ -256,8 +252,7 @@ def correct_answer(task: str, prompt: str, facts: dict[str, str] | None = None) 
 
 def _name(rng: np.random.Generator, syllables: int, final: bool) -> str:
     parts = [
-        _CONSONANTS[rng.integers(len(_CONSONANTS))] + _VOWELS[rng.integers(len(_VOWELS))]
-        for _ in range(syllables)
+        _CONSONANTS[rng.integers(len(_CONSONANTS))] + _VOWELS[rng.integers(len(_VOWELS))] for _ in range(syllables)
     ]
     if final:
         parts.append(_CONSONANTS[rng.integers(len(_CONSONANTS))])
@@ -347,9 +342,7 @@ def _render(task: str, args: tuple, template: str, prefix: str = "") -> str:
     return prefix + template.format(**fields)
 
 
-def _pick(
-    rng: np.random.Generator, preferred: list[str], fallback: Callable[[], str], gold: str, k: int
-) -> list[str]:
+def _pick(rng: np.random.Generator, preferred: list[str], fallback: Callable[[], str], gold: str, k: int) -> list[str]:
     """k distinct wrong answers: a random draw from ``preferred``, topped up from ``fallback``."""
     seen = {gold}
     cands = [c for c in dict.fromkeys(preferred) if c not in seen]
@@ -386,9 +379,7 @@ def _wrong_answers(
         return _pick(rng, others, lambda: str(int(gold) + int(rng.integers(1, 10))), gold, k)
     if task in ("reversal", "sorting"):
         chars = list(gold)
-        swaps = [
-            "".join(chars[:i] + [chars[i + 1], chars[i]] + chars[i + 2 :]) for i in range(len(chars) - 1)
-        ]
+        swaps = ["".join(chars[:i] + [chars[i + 1], chars[i]] + chars[i + 2 :]) for i in range(len(chars) - 1)]
         return _pick(rng, [args[0], *swaps], lambda: "".join(rng.permutation(chars)), gold, k)
     return _pick(rng, facts_values, lambda: facts_values[int(rng.integers(len(facts_values)))], gold, k)
 
@@ -396,9 +387,7 @@ def _wrong_answers(
 class _Problems:
     """Draws problems of one task that no earlier draw used (facts: cycles evenly through the table)."""
 
-    def __init__(
-        self, task: str, rng: np.random.Generator, cfg: TestbedConfig, facts: dict[str, str]
-    ) -> None:
+    def __init__(self, task: str, rng: np.random.Generator, cfg: TestbedConfig, facts: dict[str, str]) -> None:
         self.task, self.rng, self.cfg = task, rng, cfg
         self.used: set[tuple] = set()
         self.entities = list(facts)
@@ -516,15 +505,11 @@ def generate_testbed(cfg: TestbedConfig | None = None) -> Pool:
     rest = np.zeros(len(tasks), dtype=int)
     for i, t in enumerate(tasks):
         avail = counts[t] - int(filler_per[i])
-        groups[t] = _group_sizes(
-            rng, min(round(cfg.dup_rate * counts[t]), avail), cfg.dup_group_min, cfg.dup_group_max
-        )
+        groups[t] = _group_sizes(rng, min(round(cfg.dup_rate * counts[t]), avail), cfg.dup_group_min, cfg.dup_group_max)
         rest[i] = avail - sum(groups[t])
     n_noisy = min(round(cfg.noise_rate * cfg.n_pool), int(rest.sum()))
     rest_task = np.repeat(np.arange(len(tasks)), rest)
-    noisy_per = np.bincount(
-        rest_task[rng.choice(len(rest_task), n_noisy, replace=False)], minlength=len(tasks)
-    )
+    noisy_per = np.bincount(rest_task[rng.choice(len(rest_task), n_noisy, replace=False)], minlength=len(tasks))
 
     def phrasing(t: str) -> tuple[int, int]:
         """Canonical phrasing, or with probability template_mix an alternative one."""

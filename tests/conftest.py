@@ -69,3 +69,24 @@ def run_harness(args: list[str], tmp_path: Path) -> tuple[int, str, str]:
 def harness_cli(tmp_path):
     """Call as harness_cli([...overrides]); results go under tmp_path/results."""
     return lambda args: run_harness(args, tmp_path)
+
+
+def tiny_llama(tokenizer, layers: int = 1, hidden: int = 32, heads: int = 2, seed: int = 0):
+    """A randomly initialised Llama small enough for tests, sized to the tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=64,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)

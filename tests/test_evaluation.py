@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from pathlib import Path
 
-for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(_var, "1")
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_llama
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from harness.errors import HarnessError  # noqa: E402
-from harness.evaluation import (  # noqa: E402
+from harness.errors import HarnessError
+from harness.evaluation import (
     ITEM_COLUMNS,
     MACRO,
     METRIC_COLUMNS,
@@ -106,22 +103,7 @@ def tokenizer(items):
 
 @pytest.fixture(scope="module")
 def model(tokenizer, items):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(tokenizer, layers=2, heads=4)
     _train_to_prefer_gold(model, tokenizer, items)
     return model
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from conftest import MICRO_POOL
+from conftest import MICRO_POOL, tiny_llama
 from omegaconf import OmegaConf
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 import harness.modeling as modeling
 from harness.modeling import build_model, for_evaluation, load_tokenizer, resolve_dtype, train_tokenizer
@@ -26,20 +26,7 @@ def saved_model(tmp_path_factory, pool):
     path = tmp_path_factory.mktemp("tiny-hub-model")
     texts = [p + " " + r for p, r in zip(pool.examples["prompt"], pool.examples["response"])]
     tok = train_tokenizer(texts, 300)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
+    tiny_llama(tok).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 

@@ -146,7 +146,7 @@ def test_eval_items(pool, cfg, facts):
     per_task = ev.groupby("task").size()
     assert set(per_task.index) == set(TASKS)
     assert (per_task >= 100).all() and (per_task == cfg.n_eval_per_task).all()
-    for task, g in ev.groupby("task"):
+    for _task, g in ev.groupby("task"):
         assert sorted(g["doc_id"]) == list(range(len(g)))
     golds = np.zeros(cfg.n_choices, dtype=int)
     for row in ev.itertuples():

@@ -1,0 +1,60 @@
+"""Tokenizing the pool: the harness's batched, cached path against one tokenizer call per example.
+
+Prints the median of several repeats for each way and their ratio.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from harness.modeling import train_tokenizer
+from harness.testbed import TestbedConfig, generate_testbed
+from harness.tokenization import encode_examples, tokenize_pool
+
+
+def one_at_a_time(prompts, responses, tok, delimiter, max_length):
+    """The obvious way: encode each example's context and whole text separately."""
+    out = []
+    for p, r in zip(prompts, responses):
+        ctx = tok.encode(p, add_special_tokens=False)
+        whole = tok.encode(p + delimiter + r, add_special_tokens=False)
+        out.append((ctx + whole[len(ctx) :] + [tok.eos_token_id])[:max_length])
+    return out
+
+
+def median_seconds(fn, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    pool = generate_testbed(TestbedConfig(n_pool=20000, n_facts=256))
+    texts = [p + " " + r for p, r in zip(pool.examples["prompt"], pool.examples["response"])]
+    tok = train_tokenizer(texts, 512)
+    prompts, responses = pool.examples["prompt"].tolist(), pool.examples["response"].tolist()
+
+    slow = median_seconds(lambda: one_at_a_time(prompts, responses, tok, " ", 64))
+    batched = median_seconds(lambda: encode_examples(prompts, responses, tok, " ", 64, False))
+    with tempfile.TemporaryDirectory() as cache:
+        cold = median_seconds(lambda: tokenize_pool(pool, tok, 64, False, Path(tempfile.mkdtemp(dir=cache))), 3)
+        tokenize_pool(pool, tok, 64, False, Path(cache))
+        warm = median_seconds(lambda: tokenize_pool(pool, tok, 64, False, Path(cache)))
+    seqs, _, _ = encode_examples(prompts, responses, tok, " ", 64, False)
+    assert seqs == one_at_a_time(prompts, responses, tok, " ", 64), "the two ways must agree"
+
+    print(f"pool of {pool.n} examples")
+    print(f"one call per example : {slow:.3f} s")
+    print(f"batched              : {batched:.3f} s   ({slow / batched:.1f}x faster)")
+    print(f"cache, first run     : {cold:.3f} s   (batched + fingerprint + write)")
+    print(f"cache, later runs    : {warm:.3f} s   ({slow / warm:.1f}x faster than one call per example)")
+
+
+if __name__ == "__main__":
+    main()
