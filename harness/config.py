@@ -54,10 +54,10 @@ class PretrainedModelSchema:
 
 @dataclass
 class TrainSchema:
-    epochs: int = 3
+    epochs: int = 10
     global_batch_size: int = 32
     micro_batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
     scheduler: str = "cosine"

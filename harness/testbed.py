@@ -149,18 +149,18 @@ class TestbedConfig:
     # difficulty knobs
     add_min: int = 10
     add_max: int = 99
-    max_value_min: int = 10
-    max_value_max: int = 99
+    max_value_min: int = 100
+    max_value_max: int = 999
     max_len_min: int = 4
     max_len_max: int = 5
-    count_alphabet: str = "abcd"
-    count_len_min: int = 4
-    count_len_max: int = 8
+    count_alphabet: str = "abc"
+    count_len_min: int = 3
+    count_len_max: int = 6
     reversal_len_min: int = 3
     reversal_len_max: int = 5
     sorting_len_min: int = 3
     sorting_len_max: int = 5
-    n_facts: int = 64
+    n_facts: int = 160
     n_fact_values: int = 16
 
     __test__ = False  # not a pytest test class despite the name

@@ -177,14 +177,14 @@ def test_held_out_items_are_unseen(pool):
 
 def test_facts_are_taught_and_a_small_subset_misses_many(pool, facts):
     ex = pool.examples
-    assert 40 <= len(facts) <= 80
+    assert 100 <= len(facts) <= 200
     ev = pool.eval_items[pool.eval_items["task"] == "facts"]
     asked = {p.split()[2] for p in ev["prompt"]}  # canonical "home of <entity> ="
     assert asked == set(facts)
     taught = ex[(ex["task"] == "facts") & ~ex["truth_noisy"] & ~ex["truth_filler"]]
     entities = taught["prompt"].map(lambda p: next(w for w in p.replace("?", "").split() if w in facts))
     per_fact = entities.value_counts()
-    assert set(per_fact.index) == set(facts) and per_fact.min() >= 3
+    assert set(per_fact.index) == set(facts) and per_fact.min() >= 1
     rng = np.random.default_rng(0)
     subset = ex.iloc[rng.choice(pool.n, round(0.05 * pool.n), replace=False)]
     sub = subset[(subset["task"] == "facts") & ~subset["truth_noisy"] & ~subset["truth_filler"]]
@@ -205,7 +205,7 @@ def test_small_character_set_and_short_text(pool):
     )
     used = set("".join(texts))
     assert used <= CHARSET, used - CHARSET
-    assert texts.str.len().max() <= 40
+    assert texts.str.len().max() <= 48
     assert (pool.examples["response"].str.len() <= 16).all()
     assert (texts.str.len() > 0).all()
     assert not texts.str.contains("  ").any()
