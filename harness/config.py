@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 import typing
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class TrainSchema:
     max_grad_norm: float = 1.0
     mixed_precision: str = "auto"
     checkpoint_every: int = 100
+    keep_checkpoint: bool = False
 
 
 def _testbed_schema() -> type:
@@ -246,6 +248,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     out.eval = _typed("eval", cfg.eval, EvalSchema)
     if "name" not in cfg.selector:
         raise HarnessError("selector config has no 'name'; every conf/selector/*.yaml names its selector")
+    if out.logger.name == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise HarnessError("logger=wandb needs the wandb package; pip install -e '.[wandb]'")
     out.budget = parse_budget(cfg.budget)
     for key in ("seed", "seeds.selection", "seeds.init", "seeds.order"):
         value = OmegaConf.select(cfg, key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +184,8 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
         rec.write_manifest(manifest)
         rec.write_items(evaluated.items)
         rec.write_results(results)
+        if not cfg.train.keep_checkpoint:
+            shutil.rmtree(Path(run_dir) / "checkpoints", ignore_errors=True)
         tracker.summary({f"{r.task}/{r.metric}": r.value for r in results.itertuples()})
         tracker.table("results", results)
         tracker.finish()

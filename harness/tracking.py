@@ -8,6 +8,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from harness.errors import HarnessError
+
 
 class Tracker:
     """No-op tracker: the run record on disk is the source of truth."""
@@ -29,7 +31,10 @@ class WandbTracker(Tracker):
     """Logs training curves, the results table and the summary to one wandb run."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, name: str, config: dict[str, Any]) -> None:
-        import wandb
+        try:
+            import wandb
+        except ImportError:
+            raise HarnessError("logger=wandb needs the wandb package; pip install -e '.[wandb]'") from None
 
         self._wandb = wandb
         self.run = wandb.init(

@@ -9,6 +9,7 @@ import logging
 import math
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -190,7 +191,7 @@ def train(
     )
     ckpt_dir = Path(run_dir) / "checkpoints"
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    recipe = {k: v for k, v in dict(cfg).items() if k != "checkpoint_every"}
+    recipe = {k: v for k, v in dict(cfg).items() if k not in ("checkpoint_every", "keep_checkpoint")}
     fingerprint = plan_fingerprint(epochs, recipe, order_seed, model_id)
     torch.manual_seed(order_seed)  # dropout and any other randomness inside the model
     start = 0
@@ -206,7 +207,14 @@ def train(
     seen_tokens = int(sum(data.lengths[rows].sum() for _, rows in batches[:start]))
     seen_response = sum(response_token_count(data, rows) for _, rows in batches[:start])
     loss_value = float("nan")
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not accelerator.is_main_process)
+    bar = tqdm(
+        total=total,
+        initial=start,
+        desc="train",
+        unit="step",
+        disable=not accelerator.is_main_process,
+        mininterval=0.2 if sys.stderr.isatty() else 15.0,  # keep batch logs (Slurm) short
+    )
     for step in range(start, total):
         epoch, rows = batches[step]
         n_resp = max(1, response_token_count(data, rows))

@@ -43,6 +43,7 @@ def test_record_is_complete(micro_run):
     for key in ("noisy", "duplicates", "filler"):
         assert isinstance(diag[key], int) and 0 <= diag[key] <= 90
     assert manifest["training"]["steps"] == 2 * 6  # 2 epochs of ceil(90 / 16) steps
+    assert not (run / "checkpoints").exists()  # only kept for resuming (train.keep_checkpoint=true keeps it)
     steps = (run / "train_log.jsonl").read_text().splitlines()
     assert len(steps) == manifest["training"]["steps"]
 

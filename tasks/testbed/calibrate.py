@@ -46,7 +46,9 @@ def load(results: Path) -> pd.DataFrame:
 
 def calibration_table(acc: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mean and seed standard deviation per (selector, budget) and task."""
-    acc = acc.assign(task=acc["task"].str.removeprefix("testbed_"), cell=acc["selector"] + " " + acc["budget"].astype(str))
+    acc = acc.assign(
+        task=acc["task"].str.removeprefix("testbed_"), cell=acc["selector"] + " " + acc["budget"].astype(str)
+    )
     stats = acc.groupby(["cell", "task"])["value"].agg(["mean", "std", "count"]).reset_index()
     mean = stats.pivot(index="cell", columns="task", values="mean")
     std = stats.pivot(index="cell", columns="task", values="std")
