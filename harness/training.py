@@ -25,6 +25,7 @@ from transformers import get_scheduler
 
 from harness.errors import HarnessError
 from harness.seeding import stage_rng
+from harness.storage import atomic_write_text
 from harness.tokenization import TokenizedPool
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,14 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, fingerprint: str) -
     return int(state["step"])
 
 
+def trim_log(log_path: Path, last_step: int) -> None:
+    """Keep the log lines up to the step training continues from (a killed run may have logged more)."""
+    if not log_path.exists():
+        return
+    kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+
+
 def _all_reduce_grads(params: list[torch.nn.Parameter], accelerator: Accelerator) -> None:
     """Sum gradients over processes in one flat buffer (each process already divided by the global
     token count, so the sum is the gradient of the global mean loss)."""
@@ -203,6 +212,8 @@ def train(
     model.train()
     rank, world = accelerator.process_index, accelerator.num_processes
     log_path = Path(run_dir) / "train_log.jsonl"
+    if accelerator.is_main_process:
+        trim_log(log_path, start)
     seen_examples = sum(len(rows) for _, rows in batches[:start])
     seen_tokens = int(sum(data.lengths[rows].sum() for _, rows in batches[:start]))
     seen_response = sum(response_token_count(data, rows) for _, rows in batches[:start])

@@ -49,7 +49,7 @@ def run_harness(args: list[str], tmp_path: Path) -> tuple[int, str, str]:
 
     from harness.cli import main
 
-    argv = ["harness", f"paths.results={tmp_path / 'results'}", *args]
+    argv = ["harness", *args, f"paths.results={tmp_path / 'results'}"]
     out, err = io.StringIO(), io.StringIO()
     old = sys.argv
     sys.argv = argv

@@ -142,3 +142,44 @@ def test_per_epoch_schedule_drives_the_steps(harness_cli, tmp_path):
     assert manifest["training"]["steps"] == 3 * 4  # ceil(60 / 16) per epoch, whatever train.epochs says
     results = pd.read_csv(run / "results.csv")
     assert (results["budget_unit"] == "epoch").all()
+
+
+def test_killed_run_leaves_no_results_and_resumes(tmp_path):
+    """SIGKILL during training: no results.csv; running the cell again resumes from the checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import OFFLINE, run_harness
+
+    args = [*MICRO, "train.epochs=40", "train.checkpoint_every=5", f"paths.results={tmp_path / 'results'}"]
+    run = tmp_path / "results/runs/testbed/tiny_llama/random/b0.15_s0"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", *args],
+        cwd=tmp_path,
+        env={**os.environ, **OFFLINE},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((run / "checkpoints").glob("step-*")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert list((run / "checkpoints").glob("step-*")), "training never reached a checkpoint"
+    assert not (run / "results.csv").exists()
+    code, _, err = run_harness(args, tmp_path)
+    assert code == 0, err
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["training"]["resumed_from_step"] > 0  # checkpoints come every 5 steps and at epoch ends
+    steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, manifest["training"]["steps"] + 1))  # one line per step, no repeats
+
+
+def test_multirun_sweeps_cells_into_their_own_directories(harness_cli, tmp_path):
+    code, _, err = harness_cli(["-m", *MICRO, "train.epochs=1", "selector=random,balanced_random", "budget=0.1,0.2"])
+    assert code == 0, err
+    found = sorted(str(p.parent.relative_to(tmp_path / "results/runs")) for p in tmp_path.rglob("results.csv"))
+    assert found == [f"testbed/tiny_llama/{s}/b{b}_s0" for s in ("balanced_random", "random") for b in ("0.1", "0.2")]
