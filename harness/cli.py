@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 import hydra
@@ -44,6 +45,10 @@ def explain(exc: BaseException) -> str:
                 f"unknown {noun} '{option}'; available: {', '.join(options)} "
                 f"(add conf/{group}/{option}.yaml to define it)"
             )
+    missing = re.search(r"Missing mandatory value: ?([\w.]+)", str(exc))
+    if missing:
+        key = missing.group(1)
+        return f"{key} is required here; pass {key}=... (see conf/ for what it takes)"
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
     cause = exc.__cause__
     if cause is not None and str(cause).strip():

@@ -37,6 +37,19 @@ def test_bad_overrides(harness_cli, tmp_path, override, fragments):
     assert_one_line_error(code, err, tmp_path, *fragments)
 
 
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        ([*MICRO_POOL, "model=hf"], "model.name_or_path is required"),
+        ([*MICRO_RECIPE, "data=jsonl"], "data.path=..."),
+        ([*MICRO_RECIPE, "data=hub"], "data.dataset=..."),
+    ],
+)
+def test_missing_mandatory_values(harness_cli, tmp_path, args, fragment):
+    code, _, err = harness_cli(args)
+    assert_one_line_error(code, err, tmp_path, fragment)
+
+
 def test_unknown_lm_eval_task(harness_cli, tmp_path):
     code, _, err = harness_cli([*MICRO, "eval=lm_eval", "eval.tasks=[no_such_task_xyz]"])
     assert_one_line_error(code, err, tmp_path, "no_such_task_xyz")
