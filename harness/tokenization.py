@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from harness.pool import Pool
 from harness.storage import atomic_dir
 
 log = logging.getLogger(__name__)
+CHUNK = 20_000  # examples per batched tokenizer call (a progress step on large pools)
 
 
 @dataclass
@@ -71,8 +73,13 @@ def encode_examples(
         stripped = p.rstrip()
         contexts.append(stripped)
         continuations.append(p[len(stripped) :] + cont)
-    whole = tokenizer([c + k for c, k in zip(contexts, continuations)], add_special_tokens=False)["input_ids"]
-    ctx = tokenizer(contexts, add_special_tokens=False)["input_ids"]
+    whole, ctx = [], []
+    chunks = range(0, len(contexts), CHUNK)
+    for start in tqdm(chunks, desc="tokenize", unit="chunk", disable=len(chunks) < 4, mininterval=5.0):
+        part = slice(start, start + CHUNK)
+        texts = [c + k for c, k in zip(contexts[part], continuations[part])]
+        whole.extend(tokenizer(texts, add_special_tokens=False)["input_ids"])
+        ctx.extend(tokenizer(contexts[part], add_special_tokens=False)["input_ids"])
     bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
     out, plen, truncated = [], [], 0
     for w, c in zip(whole, ctx):
