@@ -90,7 +90,9 @@ def _testbed_schema() -> type:
 class _TextPoolSchema:
     """What every file or hub pool shares: how rows map onto examples and how the prompt is built."""
 
-    columns: dict[str, str] = field(default_factory=dict)
+    columns: dict[str, str | None] = field(
+        default_factory=lambda: {"id": None, "task": None, "prompt": None, "response": None}
+    )
     template: str = "{prompt}"
     default_task: str = "all"
     delimiter: str = " "

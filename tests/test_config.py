@@ -82,3 +82,26 @@ def test_cfg_job_prints_the_resolved_config(tmp_path):
     printed = OmegaConf.create(done.stdout)
     assert printed.selector.name == "balanced_random" and printed.budget == 0.05
     assert not (tmp_path / "results").exists()
+
+
+def test_jsonl_pool_through_the_config(tmp_path):
+    from harness.data import load_pool
+
+    rows = [
+        {"instruction": f"q{i}", "input": f"x{i}", "output": f"a{i}", "category": "t" + str(i % 2)} for i in range(6)
+    ]
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    cfg = validate(
+        composed(
+            "data=jsonl",
+            f"data.path={path}",
+            "data.columns={prompt: instruction, response: output, task: category}",
+            'data.template="{instruction} / {input}"',
+            "eval=lm_eval",
+        )
+    )
+    pool = load_pool(cfg.data)
+    assert pool.n == 6 and pool.tasks == ["t0", "t1"]
+    assert pool.examples["prompt"][1] == "q1 / x1" and pool.examples["response"][1] == "a1"
+    assert pool.examples["id"][0] == "pool-000000"
