@@ -98,31 +98,29 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     cache = Path(to_absolute_path(cfg.paths.cache))
     torch.use_deterministic_algorithms(True, warn_only=True)
 
-    # 1-2. Config checks and the pool (everything that can fail on bad input fails here, before any compute).
+    # Stage 1: the selector, the pool, the evaluation tasks, the tokenizer. Bad input fails here, before training.
     spec, params = prepare_selector(cfg)
     budget = cfg.budget if spec.uses_budget else 1.0
     seeds = stage_seeds(cfg.seed, OmegaConf.to_container(cfg.seeds))
     log.info("stage 1/5: pool (%s)", cfg.data.name)
     pool = load_pool(cfg.data)
-    if spec.uses_budget:
-        budget_to_k(budget, pool.n)
     tasks = evaluation.resolve_tasks(cfg.eval, pool, cache)
     tokenizer = load_tokenizer(pool, cfg.model, cache)
     tokens = tokenize_pool(pool, tokenizer, cfg.model.max_length, cfg.model.add_bos_token, cache)
     timings["pool_seconds"] = time.perf_counter() - clock
 
-    # 3. Select.
+    # Stage 2: select (a budget that keeps nothing fails here).
     log.info("stage 2/5: select (%s, budget %s)", spec.name, budget)
     selection, k = select(spec, params, pool, tokens, budget, seeds["selection"])
     epochs = training_epochs(selection, pool, cfg.train.epochs)
     yaml_text = OmegaConf.to_yaml(cfg)
-    manifest = build_manifest(cfg, spec, pool, selection, k, budget, seeds, yaml_text)
+    manifest = build_manifest(cfg, spec, pool, selection, k, budget, seeds)
     manifest["status"] = "training"
     if accelerator.is_main_process:
         rec.write_config(yaml_text)
         rec.write_manifest(manifest)
 
-    # 4. Train.
+    # Stage 3: train.
     log.info(
         "stage 3/5: train (%d steps per the schedule)", sum(-(-len(e) // cfg.train.global_batch_size) for e in epochs)
     )
@@ -142,7 +140,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     )
     timings["train_seconds"] = outcome.seconds
 
-    # 5. Evaluate (on the main process: lm-eval on the in-memory model).
+    # Stage 4: evaluate (on the main process: lm-eval on the in-memory model).
     results = None
     if accelerator.is_main_process:
         log.info("stage 4/5: evaluate (%d lm-eval tasks)", len(tasks))
@@ -161,7 +159,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
         )
         timings["eval_seconds"] = time.perf_counter() - start
 
-        # 6. Record (results.csv last: its presence marks the run complete).
+        # Stage 5: record (results.csv last: its presence marks the run complete).
         log.info("stage 5/5: record")
         timings["total_seconds"] = time.perf_counter() - clock
         manifest.update(status="complete", training=record_training(outcome), timings=rounded(timings))
@@ -202,7 +200,6 @@ def build_manifest(
     k: int,
     budget: float,
     seeds: dict[str, int],
-    yaml_text: str,
 ) -> dict[str, Any]:
     """What identifies the run and what it selected (ids, their hash, the pool's fingerprint, versions)."""
     fixed = selection.ids is not None

@@ -30,6 +30,7 @@ class Pool:
     capabilities: dict[str, str] = field(default_factory=dict)
     delimiter: str = " "
     chat_template: bool = False
+    _fingerprint: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         missing = [c for c in PUBLIC_COLUMNS if c not in self.examples.columns]
@@ -55,7 +56,15 @@ class Pool:
         return all(c in self.examples.columns for c in TRUTH_COLUMNS)
 
     def fingerprint(self) -> str:
-        """sha256 of the public content of pool and validation, in order: equal pools, equal prints."""
+        """sha256 of the public content of pool and validation, in order: equal pools, equal prints.
+
+        Memoised per (frames, delimiter, chat template): a run asks for it at several stages."""
+        key = (id(self.examples), id(self.validation), len(self.examples), self.delimiter, self.chat_template)
+        if self._fingerprint is None or self._fingerprint[0] != key:
+            self._fingerprint = (key, self._compute_fingerprint())
+        return self._fingerprint[1]
+
+    def _compute_fingerprint(self) -> str:
         h = hashlib.sha256()
         for frame in (self.examples, self.validation):
             for row in frame[list(PUBLIC_COLUMNS)].itertuples(index=False):
