@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import random
 
 import numpy as np
-import torch
 
 STAGES = ("selection", "init", "order")
 
@@ -26,10 +24,3 @@ def stage_seeds(seed: int, overrides: dict[str, int | None] | None = None) -> di
     """Seeds of the three stages: an explicit override wins, else a stream of the master seed."""
     overrides = overrides or {}
     return {s: int(overrides[s]) if overrides.get(s) is not None else stream_seed(seed, s) for s in STAGES}
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch global generators (for library code that uses them)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

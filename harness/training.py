@@ -12,7 +12,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -282,7 +282,3 @@ def train(
         seconds=time.perf_counter() - start_time,
         resumed_from_step=start,
     )
-
-
-def outcome_dict(outcome: TrainOutcome) -> dict[str, Any]:
-    return asdict(outcome)
