@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -27,11 +29,33 @@ GROUP_NOUNS = {"selector": "selector", "model": "model", "data": "data pool", "e
 def _hydra_main(cfg: DictConfig) -> None:
     from harness.pipeline import run
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    made_now = only_log(run_dir, empty=True)  # Hydra has just made the folder and its empty log
     try:
-        run(cfg, HydraConfig.get().runtime.output_dir)
+        run(cfg, run_dir)
     except HarnessError as exc:  # inside the job, so Hydra adds nothing to the one line
         print(f"error: {exc}", file=sys.stderr)
+        if made_now and only_log(run_dir, empty=False):
+            remove_with_empty_parents(run_dir)
         sys.exit(exc.exit_code)
+
+
+def only_log(run_dir: Path, empty: bool) -> bool:
+    """The folder holds nothing but Hydra's job log (and that log is empty, if asked)."""
+    if not run_dir.is_dir():
+        return False
+    entries = list(run_dir.iterdir())
+    return all(p.name == "harness.log" and not (empty and p.stat().st_size) for p in entries)
+
+
+def remove_with_empty_parents(run_dir: Path) -> None:
+    """A run rejected before it wrote anything leaves no folder behind (nor empty parents below the cwd)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    stop = Path.cwd().resolve()
+    for parent in run_dir.resolve().parents:
+        if parent == stop or parent in stop.parents or not parent.is_dir() or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 def explain(exc: BaseException) -> str:

@@ -91,9 +91,6 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
         print(f"already complete: {run_dir} (pass rerun=true to run it again; the old record is archived)")
         return RunOutcome(run_dir=Path(run_dir), skipped=True)
     accelerator = make_accelerator(cfg)
-    if rec.is_complete() and accelerator.is_main_process:
-        log.info("rerun: earlier record moved to %s", rec.archive())
-    accelerator.wait_for_everyone()
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     cache = Path(to_absolute_path(cfg.paths.cache))
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -117,8 +114,11 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     manifest = build_manifest(cfg, spec, pool, selection, k, budget, seeds)
     manifest["status"] = "training"
     if accelerator.is_main_process:
+        if rec.is_complete():  # rerun=true: the input is checked, so the old record moves aside now
+            log.info("rerun: earlier record moved to %s", rec.archive())
         rec.write_config(yaml_text)
         rec.write_manifest(manifest)
+    accelerator.wait_for_everyone()
 
     # Stage 3: train.
     log.info(

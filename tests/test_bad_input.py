@@ -16,6 +16,7 @@ def assert_one_line_error(code: int, err: str, tmp_path, *fragments: str) -> Non
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     assert not list(tmp_path.rglob("results.csv"))
+    assert not (tmp_path / "results" / "runs").exists(), "a rejected run left its folder behind"
 
 
 @pytest.mark.parametrize(
@@ -84,3 +85,13 @@ def test_hub_dataset_while_offline_fails_fast(harness_cli, tmp_path):
 def test_hub_model_while_offline_fails_fast(harness_cli, tmp_path):
     code, _, err = harness_cli([*MICRO_POOL, "model=hf", "model.name_or_path=someone/some-model"])
     assert_one_line_error(code, err, tmp_path, "offline", "someone/some-model")
+
+
+def test_rejected_run_never_removes_an_existing_record(harness_cli, tmp_path):
+    cell = tmp_path / "cell"
+    code, _, err = harness_cli([*MICRO, "train.epochs=1", f"hydra.run.dir={cell}"])
+    assert code == 0, err
+    before = sorted(p.name for p in cell.iterdir())
+    code, _, err = harness_cli([*MICRO, "train.epochs=1", f"hydra.run.dir={cell}", "rerun=true", "budget=0.0001"])
+    assert code == 2 and "keeps 0 of" in err
+    assert sorted(p.name for p in cell.iterdir()) == before  # untouched: nothing archived, nothing removed
