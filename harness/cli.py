@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness import REPO_ROOT
 from harness.config import register_resolvers
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 
 GROUP_NOUNS = {"selector": "selector", "model": "model", "data": "data pool", "eval": "evaluation suite"}
 
@@ -73,10 +73,10 @@ def explain(exc: BaseException) -> str:
     if missing:
         key = missing.group(1)
         return f"{key} is required here; pass {key}=... (see conf/ for what it takes)"
-    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    first = first_line(exc)
     cause = exc.__cause__
     if cause is not None and str(cause).strip():
-        detail = str(cause).strip().splitlines()[0]
+        detail = first_line(cause)
         if detail not in first:
             first = f"{first}: {detail}"
     if "Could not override" in first or "not in struct" in first:

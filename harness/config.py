@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 
 
 @dataclass
@@ -208,7 +208,7 @@ def parse_budget(value: Any) -> float:
 
 def _one_line(exc: OmegaConfBaseException) -> str:
     """OmegaConf's error as one line: 'key: what is wrong'."""
-    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    msg = first_line(exc)
     key = getattr(exc, "full_key", None)
     return f"{key}: {msg}" if key and key not in msg else msg
 

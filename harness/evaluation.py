@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 
 from harness import REPO_ROOT
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.hub import hub_offline
 from harness.pool import EVAL_COLUMNS, Pool
 from harness.storage import atomic_write_text
@@ -210,7 +210,7 @@ def check_task_data(names: list[str]) -> None:
         with _quiet_lm_eval():
             _task_manager().load(list(names))
     except (OSError, ValueError, FileNotFoundError) as exc:  # ConnectionError is an OSError
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise HarnessError(
             f"cannot load the data of lm-eval tasks {', '.join(names)}: {first}; "
             "cache their datasets on a machine with network (unset HF_DATASETS_OFFLINE) or use eval=testbed"

@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.hub import require_online
 from harness.pool import Pool
 from harness.storage import atomic_dir
@@ -92,7 +92,7 @@ def load_tokenizer(pool: Pool, model_cfg: DictConfig, cache_dir: Path) -> PreTra
         )
     except OSError as exc:
         raise HarnessError(
-            f"cannot load a tokenizer from model '{model_cfg.name_or_path}': {str(exc).splitlines()[0]}; "
+            f"cannot load a tokenizer from model '{model_cfg.name_or_path}': {first_line(exc)}; "
             "check model.name_or_path"
         ) from None
     if tok.pad_token is None:
@@ -144,7 +144,7 @@ def build_model(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, init_
             )
         except OSError as exc:
             raise HarnessError(
-                f"cannot load model '{model_cfg.name_or_path}': {str(exc).splitlines()[0]}; check model.name_or_path"
+                f"cannot load model '{model_cfg.name_or_path}': {first_line(exc)}; check model.name_or_path"
             ) from None
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id

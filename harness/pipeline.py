@@ -35,7 +35,7 @@ from harness.selection import (
 )
 from harness.tokenization import TokenizedPool, tokenize_pool
 from harness.tracking import make_tracker
-from harness.training import train
+from harness.training import count_steps, train
 
 log = logging.getLogger("harness")
 
@@ -121,9 +121,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     accelerator.wait_for_everyone()
 
     # Stage 3: train.
-    log.info(
-        "stage 3/5: train (%d steps per the schedule)", sum(-(-len(e) // cfg.train.global_batch_size) for e in epochs)
-    )
+    log.info("stage 3/5: train (%d steps per the schedule)", count_steps(epochs, cfg.train.global_batch_size))
     tracker = make_tracker(cfg, run_dir, "/".join(Path(run_dir).parts[-4:])) if accelerator.is_main_process else None
     model = build_model(cfg.model, tokenizer, seeds["init"])
     outcome = train(

@@ -56,6 +56,11 @@ def global_batches(epochs: list[np.ndarray], order_seed: int, batch_size: int) -
     return out
 
 
+def count_steps(epochs: list[np.ndarray], batch_size: int) -> int:
+    """Optimizer steps of a plan: ceil(len / batch) per epoch (what the learning-rate schedule spans)."""
+    return sum(-(-len(rows) // batch_size) for rows in epochs)
+
+
 def collate(data: TokenizedPool, rows: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded input ids, attention mask, and labels that are -100 outside the response."""
     seqs = [data.example(int(r)) for r in rows]
