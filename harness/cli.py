@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from harness import REPO_ROOT
 from harness.config import register_resolvers
 from harness.errors import HarnessError, first_line
+from harness.interrupt import Interrupted
 
 GROUP_NOUNS = {"selector": "selector", "model": "model", "data": "data pool", "eval": "evaluation suite"}
 
@@ -38,6 +39,19 @@ def _hydra_main(cfg: DictConfig) -> None:
         if made_now and only_log(run_dir, empty=False):
             remove_with_empty_parents(run_dir)
         sys.exit(exc.exit_code)
+    except Interrupted as exc:
+        print(interrupted_line(exc), file=sys.stderr)
+        if made_now and only_log(run_dir, empty=False):
+            remove_with_empty_parents(run_dir)
+        sys.exit(exc.exit_code)
+
+
+def interrupted_line(exc: Interrupted) -> str:
+    """One line instead of a traceback: where the run stopped and how to go on."""
+    what = "interrupted" if exc.signame == "SIGINT" else f"stopped by {exc.signame}"
+    if exc.step:
+        return f"{what}; run the same command again to resume from step {exc.step}"
+    return f"{what} before training had a checkpoint; run the same command again to start the cell"
 
 
 def only_log(run_dir: Path, empty: bool) -> bool:
@@ -45,7 +59,7 @@ def only_log(run_dir: Path, empty: bool) -> bool:
     if not run_dir.is_dir():
         return False
     entries = list(run_dir.iterdir())
-    return all(p.name == "harness.log" and not (empty and p.stat().st_size) for p in entries)
+    return all((p.name == "harness.log" and not (empty and p.stat().st_size)) or p.name == ".lock" for p in entries)
 
 
 def remove_with_empty_parents(run_dir: Path) -> None:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import HarnessError, first_line
+from harness.identity import run_name
 
 
 @dataclass
@@ -55,6 +56,8 @@ class PretrainedModelSchema:
 
 @dataclass
 class TrainSchema:
+    compute: str = "epochs"
+    steps: int | None = None
     epochs: int = 10
     global_batch_size: int = 32
     micro_batch_size: int = 32
@@ -163,10 +166,12 @@ TOP_LEVEL_KEYS = {
     "rerun",
     "paths",
     "plugins",
+    "num_threads",
 }
 CHOICES = {
     "train.scheduler": ("linear", "cosine", "constant_with_warmup"),
     "train.mixed_precision": ("auto", "no", "bf16"),
+    "train.compute": ("epochs", "steps"),
     "eval.suite": ("testbed", "lm_eval"),
 }
 
@@ -176,16 +181,22 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "model"
 
 
-def cell_name(data: str, model: str, selector: str, budget: Any, seed: Any) -> str:
-    """Readable run-directory name of one cell of a sweep: data/model/selector/budget_seed."""
-    b = "all" if selector == "full" else f"b{budget}"
-    return f"{data}/{model}/{selector}/{b}_s{seed}"
+def cell_name(data: str, model: str, selector: str, budget: Any, seed: Any, *, _root_: Any = None) -> str:
+    """Readable run-directory name of one cell: data/model/selector/b<budget>_s<seed>[,overrides that change
+    the result] (the command line's overrides come from Hydra; see harness.identity.run_name)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except (ValueError, ImportError):  # outside a Hydra run
+        overrides = []
+    return f"{data}/{model}/{selector}/{run_name(selector, budget, seed, overrides, root=_root_)}"
 
 
 def register_resolvers() -> None:
     """Resolvers used by conf/ (safe to call more than once)."""
     if not OmegaConf.has_resolver("harness.cell"):
-        OmegaConf.register_new_resolver("harness.cell", cell_name)
+        OmegaConf.register_new_resolver("harness.cell", cell_name, use_cache=False)
     if not OmegaConf.has_resolver("harness.slug"):
         OmegaConf.register_new_resolver("harness.slug", _slug)
 
@@ -231,6 +242,37 @@ def _pick(group: str, node: Any, key: str, schemas: dict[str, type]) -> type:
     return schemas[value]
 
 
+RECIPE_RULES: tuple[tuple[str, str, Any], ...] = (
+    ("epochs", "at least 1", lambda v: v >= 1),
+    ("global_batch_size", "at least 1", lambda v: v >= 1),
+    ("micro_batch_size", "at least 1", lambda v: v >= 1),
+    ("lr", "positive", lambda v: v > 0),
+    ("weight_decay", "non-negative", lambda v: v >= 0),
+    ("warmup_ratio", "in [0, 1]", lambda v: 0 <= v <= 1),
+    ("adam_beta1", "in [0, 1)", lambda v: 0 <= v < 1),
+    ("adam_beta2", "in [0, 1)", lambda v: 0 <= v < 1),
+    ("adam_eps", "positive", lambda v: v > 0),
+    ("max_grad_norm", "non-negative (0 turns clipping off)", lambda v: v >= 0),
+    ("checkpoint_every", "at least 1", lambda v: v >= 1),
+)
+"""What every training-recipe value must satisfy (checked before any work)."""
+
+
+def check_recipe(train: Any, where: str = "train") -> None:
+    """A one-line error for a recipe value that cannot train (e.g. train.lr=-1)."""
+    for key, rule, ok in RECIPE_RULES:
+        value = train[key]
+        if not ok(value):
+            raise HarnessError(f"{where}.{key} must be {rule}, got {value!r}; fix the override or conf/train/*.yaml")
+    if train.compute == "steps" and train.steps is not None and train.steps < 1:
+        raise HarnessError(f"{where}.steps must be at least 1 (or null: the full pool's steps), got {train.steps}")
+    if train.compute == "epochs" and train.steps is not None:
+        raise HarnessError(
+            f"{where}.steps is set but {where}.compute=epochs trains a number of epochs; "
+            f"pass {where}.compute=steps to train {train.steps} steps, or {where}.steps=null"
+        )
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Resolve and type-check the composed config; raises HarnessError with one line on any problem."""
     if cfg.model.get("source") == "pretrained" and OmegaConf.is_missing(cfg.model, "name_or_path"):
@@ -265,14 +307,12 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = OmegaConf.select(out, key)
         if value not in allowed:
             raise HarnessError(f"{key} must be one of {list(allowed)}, got {value!r}")
-    for key in (
-        "train.epochs",
-        "train.global_batch_size",
-        "train.micro_batch_size",
-        "eval.batch_size",
-    ):
-        if OmegaConf.select(out, key) < 1:
-            raise HarnessError(f"{key} must be at least 1, got {OmegaConf.select(out, key)}")
+    check_recipe(out.train)
+    if out.eval.batch_size < 1:
+        raise HarnessError(f"eval.batch_size must be at least 1, got {out.eval.batch_size}")
+    threads = cfg.get("num_threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise HarnessError(f"num_threads must be a positive integer or null (automatic), got {threads!r}")
     required = {"jsonl": "path", "hub": "dataset"}.get(out.data.source)
     if required and OmegaConf.is_missing(out.data, required):
         raise HarnessError(f"data={out.data.source} needs data.{required}=...; pass the pool to load")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -12,13 +13,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from harness import evaluation, record
+from harness import evaluation, record, runtime
 from harness.config import validate
 from harness.data import load_pool
+from harness.errors import HarnessError
+from harness.identity import describe_differences, identity, identity_hash
+from harness.interrupt import Interrupted, StopFlag, graceful_stop
+from harness.locking import LockHeld, describe_owner
 from harness.modeling import build_model, for_evaluation, load_tokenizer, model_description
 from harness.pool import Pool
 from harness.record import RunRecord
@@ -33,9 +38,19 @@ from harness.selection import (
     load_plugins,
     run_selector,
 )
+from harness.signals.service import SignalService
 from harness.tokenization import TokenizedPool, tokenize_pool
 from harness.tracking import make_tracker
-from harness.training import count_steps, train
+from harness.training import (
+    ComputePlan,
+    check_resumable,
+    checkpoint_step,
+    compute_plan,
+    plan_fingerprint,
+    recipe_of,
+    train,
+    training_flops,
+)
 
 log = logging.getLogger("harness")
 
@@ -46,6 +61,7 @@ class RunOutcome:
     skipped: bool
     manifest: dict[str, Any] = field(default_factory=dict)
     results: pd.DataFrame | None = None
+    reason: str = ""
 
 
 def prepare_selector(cfg: DictConfig) -> tuple[SelectorSpec, dict[str, Any]]:
@@ -58,70 +74,181 @@ def prepare_selector(cfg: DictConfig) -> tuple[SelectorSpec, dict[str, Any]]:
 
 
 def select(
-    spec: SelectorSpec, params: dict[str, Any], pool: Pool, tokens: TokenizedPool, budget: float, seed: int
-) -> tuple[Selection, int]:
-    """Stage 3: the selector sees the truth-free view of the pool and returns a Selection."""
+    spec: SelectorSpec,
+    params: dict[str, Any],
+    pool: Pool,
+    tokens: TokenizedPool,
+    budget: float,
+    seed: int,
+    plan_for: Any,
+    signals: Any = None,
+) -> tuple[Selection, int, ComputePlan]:
+    """Stage 2: the selector sees the truth-free view of the pool and the recipe's epochs, returns a Selection."""
     k = budget_to_k(budget, pool.n) if spec.uses_budget else pool.n
-    ctx = SelectionContext(pool=pool.view(n_tokens=tokens.lengths.copy()), budget=budget, k=k, seed=seed)
-    return run_selector(spec, ctx, params), k
+    plan = plan_for(k)
+    ctx = SelectionContext(
+        pool=pool.view(n_tokens=tokens.lengths.copy()),
+        budget=budget,
+        k=k,
+        seed=seed,
+        signals=signals,
+        epochs=plan.epochs,
+        global_batch_size=plan_for.global_batch_size,
+    )
+    return run_selector(spec, ctx, params), k, plan
 
 
 def training_epochs(selection: Selection, pool: Pool, epochs: int) -> list[np.ndarray]:
-    """Pool rows per epoch: the fixed subset every epoch, or the selector's own schedule."""
+    """Pool rows per epoch (sorted, so the data order never depends on how the selector listed them): the fixed
+    subset every epoch, or the selector's own schedule."""
     if selection.ids is not None:
-        rows = pool.index_of(selection.ids)
+        rows = np.sort(pool.index_of(selection.ids))
         return [rows] * epochs
-    return [pool.index_of(e) for e in selection.epochs]
+    return [np.sort(pool.index_of(e)) for e in selection.epochs]
 
 
-def make_accelerator(cfg: DictConfig) -> Accelerator:
-    mp = cfg.train.mixed_precision
-    if mp == "auto":
-        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(mixed_precision=mp)
+class _PlanFor:
+    """k -> the recipe's compute plan (callable), carrying the global batch size for the selection context."""
+
+    def __init__(self, train_cfg: Any, n_pool: int) -> None:
+        self.train_cfg, self.n_pool = train_cfg, n_pool
+        self.global_batch_size = int(train_cfg.global_batch_size)
+
+    def __call__(self, k: int) -> ComputePlan:
+        return compute_plan(self.train_cfg, k, self.n_pool)
+
+
+def check_identity(rec: RunRecord, run_id: str, ident: dict[str, Any], rerun: bool) -> str | None:
+    """'complete' when the folder already holds this cell's complete record; a one-line error when it holds a
+    record (complete or not) of a different config; None when the run should go ahead."""
+    stored = rec.manifest()
+    stored_id = (stored or {}).get("run_id")
+    if rec.is_complete() and not rerun:
+        if stored_id == run_id:
+            return "complete"
+        diff = describe_differences((stored or {}).get("identity") or {}, ident) or "identity unknown"
+        raise HarnessError(
+            f"{rec.dir} holds the complete record of a different config ({diff}); "
+            "run it elsewhere (hydra.run.dir=...) or pass rerun=true to archive that record first"
+        )
+    if not rerun and stored is not None and stored_id != run_id:
+        diff = describe_differences(stored.get("identity") or {}, ident) or "identity unknown"
+        raise HarnessError(
+            f"{rec.dir} holds an unfinished run of a different config ({diff}); "
+            "run it elsewhere (hydra.run.dir=...) or pass rerun=true to archive it first"
+        )
+    return None
 
 
 def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
-    """Run one cell end to end and write its record into run_dir."""
+    """Run one cell end to end and write its record into run_dir (one process per cell at a time)."""
+    cfg = validate(cfg)
+    spec, params = prepare_selector(cfg)
+    ident = identity(cfg, spec.uses_budget)
+    run_id = identity_hash(ident)
+    rec = RunRecord(run_dir)
+    if check_identity(rec, run_id, ident, cfg.rerun) == "complete":
+        print(f"already complete: {run_dir} (pass rerun=true to run it again; the old record is archived)")
+        return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="complete")
+    main = runtime.is_main_process_env()
+    lock = rec.lock()
+    held = None
+    if main:
+        try:
+            lock.acquire(wait=False)
+        except LockHeld as exc:
+            held = describe_owner(exc.owner)
+    accelerator = runtime.make_accelerator(cfg.train.mixed_precision)
+    held = broadcast_object_list([held])[0] if accelerator.num_processes > 1 else held
+    if held is not None:
+        print(f"skipped: {run_dir} is running elsewhere ({held}); it resumes or finishes there")
+        return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="running elsewhere")
+    try:
+        with graceful_stop() as stop:
+            return _run_locked(cfg, Path(run_dir), rec, spec, params, ident, run_id, accelerator, stop)
+    except Interrupted as exc:
+        if exc.step is None:
+            exc.step = checkpoint_step(run_dir)
+        raise
+    finally:
+        if main:
+            lock.release()
+
+
+def _run_locked(
+    cfg: DictConfig,
+    run_dir: Path,
+    rec: RunRecord,
+    spec: SelectorSpec,
+    params: dict[str, Any],
+    ident: dict[str, Any],
+    run_id: str,
+    accelerator: Any,
+    stop: StopFlag,
+) -> RunOutcome:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    cfg = validate(cfg)
-    rec = RunRecord(run_dir)
-    if rec.is_complete() and not cfg.rerun:
-        print(f"already complete: {run_dir} (pass rerun=true to run it again; the old record is archived)")
-        return RunOutcome(run_dir=Path(run_dir), skipped=True)
-    accelerator = make_accelerator(cfg)
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    threads = runtime.configure_threads(cfg.num_threads)
     cache = Path(to_absolute_path(cfg.paths.cache))
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-    # Stage 1: the selector, the pool, the evaluation tasks, the tokenizer. Bad input fails here, before training.
-    spec, params = prepare_selector(cfg)
     budget = cfg.budget if spec.uses_budget else 1.0
     seeds = stage_seeds(cfg.seed, OmegaConf.to_container(cfg.seeds))
+
+    # Stage 1: the pool, the evaluation tasks, the tokenizer. Bad input fails here, before anything is written.
     log.info("stage 1/5: pool (%s)", cfg.data.name)
     pool = load_pool(cfg.data)
     tasks = evaluation.resolve_tasks(cfg.eval, pool, cache)
     tokenizer = load_tokenizer(pool, cfg.model, cache)
     tokens = tokenize_pool(pool, tokenizer, cfg.model.max_length, cfg.model.add_bos_token, cache)
     timings["pool_seconds"] = time.perf_counter() - clock
+    model_id = pool.fingerprint() + str(model_description(cfg.model))
+    if cfg.rerun and accelerator.is_main_process:  # the input is checked: what is there moves aside now
+        moved = rec.archive()
+        if moved:
+            log.info("rerun: earlier record moved to %s", moved)
+    accelerator.wait_for_everyone()
 
-    # Stage 2: select (a budget that keeps nothing fails here).
+    # Stage 2: select, on the main process only (or reuse the selection of an interrupted attempt).
     log.info("stage 2/5: select (%s, budget %s)", spec.name, budget)
-    selection, k = select(spec, params, pool, tokens, budget, seeds["selection"])
-    epochs = training_epochs(selection, pool, cfg.train.epochs)
-    yaml_text = OmegaConf.to_yaml(cfg)
-    manifest = build_manifest(cfg, spec, pool, selection, k, budget, seeds)
-    manifest["status"] = "training"
+    plan_for = _PlanFor(cfg.train, pool.n)
+    stored = rec.manifest()
+    manifest = None
+    if stored is not None and stored.get("run_id") == run_id and stored.get("status") == "training":
+        selection, k, plan = selection_from_manifest(stored), stored["k"], plan_for(stored["k"])
+        manifest = stored
+        log.info("resuming: the selection of the interrupted attempt is reused")
+    elif accelerator.is_main_process:
+        signals = SignalService(
+            pool=pool,
+            tokens=tokens,
+            tokenizer=tokenizer,
+            model_cfg=cfg.model,
+            train_cfg=cfg.train,
+            cache_dir=cache,
+            accelerator=accelerator,
+            batch_size=cfg.eval.batch_size,
+        )
+        selection, k, plan = select(spec, params, pool, tokens, budget, seeds["selection"], plan_for, signals)
+    if accelerator.num_processes > 1:
+        shared = broadcast_object_list([selection if accelerator.is_main_process else None])
+        selection = shared[0]
+        k = budget_to_k(budget, pool.n) if spec.uses_budget else pool.n
+        plan = plan_for(k)
+    epochs = training_epochs(selection, pool, plan.epochs)
+    recipe = {**recipe_of(cfg.train), "max_steps": plan.max_steps}
+    check_resumable(run_dir, plan_fingerprint(epochs, recipe, seeds["order"], model_id))
+    if manifest is None:
+        manifest = build_manifest(cfg, spec, params, pool, selection, k, budget, seeds, ident, run_id, plan)
+    manifest.update(status="training", runtime=runtime.describe(accelerator, threads))
     if accelerator.is_main_process:
-        if rec.is_complete():  # rerun=true: the input is checked, so the old record moves aside now
-            log.info("rerun: earlier record moved to %s", rec.archive())
-        rec.write_config(yaml_text)
+        rec.write_config(OmegaConf.to_yaml(cfg))
         rec.write_manifest(manifest)
+        if selection.scores is not None:
+            rec.write_scores(selection.scores)
     accelerator.wait_for_everyone()
 
     # Stage 3: train.
-    log.info("stage 3/5: train (%d steps per the schedule)", count_steps(epochs, cfg.train.global_batch_size))
+    log.info("stage 3/5: train (%d steps, compute=%s)", plan.steps, plan.compute)
     tracker = make_tracker(cfg, run_dir, "/".join(Path(run_dir).parts[-4:])) if accelerator.is_main_process else None
     model = build_model(cfg.model, tokenizer, seeds["init"])
     outcome = train(
@@ -133,10 +260,14 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
         run_dir,
         accelerator,
         pad_id=tokenizer.pad_token_id,
-        model_id=pool.fingerprint() + str(model_description(cfg.model)),
+        model_id=model_id,
         on_step=(lambda step, loss: tracker.log({"train/loss": loss}, step=step)) if tracker else None,
+        max_steps=plan.max_steps,
+        stop=stop,
     )
-    timings["train_seconds"] = outcome.seconds
+    timings["train_seconds"] = outcome.seconds_total
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     # Stage 4: evaluate (on the main process: lm-eval on the in-memory model).
     results = None
@@ -160,23 +291,11 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
         # Stage 5: record (results.csv last: its presence marks the run complete).
         log.info("stage 5/5: record")
         timings["total_seconds"] = time.perf_counter() - clock
-        manifest.update(status="complete", training=record_training(outcome), timings=rounded(timings))
-        results = record.tidy_results(
-            evaluated.metrics,
-            {
-                "run_id": manifest["run_id"],
-                "selector": spec.name,
-                "budget": budget,
-                "budget_unit": spec.budget_unit,
-                "seed": cfg.seed,
-                "model": cfg.model.name,
-                "data": cfg.data.name,
-                "pool_fingerprint": manifest["pool_fingerprint"],
-                "n_selected": manifest["n_selected"],
-                "train_tokens": outcome.tokens_seen,
-                "selection_seconds": round(selection.cost_seconds, 4),
-            },
-        )
+        training = record_training(outcome, plan, k, cfg.train.global_batch_size, n_params, n_trainable)
+        manifest.update(status="complete", training=training, timings=rounded(timings))
+        manifest["selection_diagnostics"] = record.selection_diagnostics(pool, selection)
+        results = record.tidy_results(evaluated.metrics, result_meta(manifest, run_dir, training))
+        evaluated.items.insert(0, "run_id", run_id)
         rec.write_manifest(manifest)
         rec.write_items(evaluated.items)
         rec.write_results(results)
@@ -190,22 +309,40 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     return RunOutcome(run_dir=Path(run_dir), skipped=False, manifest=manifest, results=results)
 
 
+def variant_label(spec: SelectorSpec, params: dict[str, Any]) -> str:
+    """The selector's name plus the parameters that differ from its defaults, e.g. `influence[aggregate=sum]`."""
+    defaults = {n: p.default for n, p in spec.params().items()}
+    changed = {k: v for k, v in sorted(params.items()) if defaults.get(k, object()) != v}
+    if not changed:
+        return spec.name
+    return f"{spec.name}[{','.join(f'{k}={v}' for k, v in changed.items())}]"
+
+
 def build_manifest(
     cfg: DictConfig,
     spec: SelectorSpec,
+    params: dict[str, Any],
     pool: Pool,
     selection: Selection,
     k: int,
     budget: float,
     seeds: dict[str, int],
+    ident: dict[str, Any],
+    run_id: str,
+    plan: ComputePlan,
 ) -> dict[str, Any]:
     """What identifies the run and what it selected (ids, their hash, the pool's fingerprint, versions)."""
     fixed = selection.ids is not None
-    manifest: dict[str, Any] = {
-        "run_id": record.cell_id(cfg),
+    return {
+        "run_id": run_id,
+        "identity": ident,
+        "hashes": {g: identity_hash(ident[g]) for g in ("data", "model", "train", "eval")},
         "command": record.command_line(),
         "selector": spec.name,
-        "selector_params": {k_: v for k_, v in OmegaConf.to_container(cfg.selector).items() if k_ != "name"},
+        "variant": variant_label(spec, params),
+        "selector_params": params,
+        "selector_file": spec.source,
+        "selector_file_sha256": record.file_sha256(spec.source),
         "budget": budget,
         "budget_unit": spec.budget_unit,
         "k": k,
@@ -214,31 +351,83 @@ def build_manifest(
         "data": cfg.data.name,
         "model": cfg.model.name,
         "n_pool": pool.n,
-        "n_selected": len(selection.ids) if fixed else len(selection.distinct_ids),
+        "n_selected": len(selection.ids) if fixed else k,
+        "n_distinct": len(selection.distinct_ids),
         "selection_kind": selection.kind,
         "selected_ids": selection.ids if fixed else None,
         "selected_ids_per_epoch": None if fixed else selection.epochs,
         "selected_sha256": selection.sha256(),
         "pool_fingerprint": pool.fingerprint(),
         "selection_cost_seconds": round(selection.cost_seconds, 4),
+        "selection_signals": selection.signals,
         "selection_info": selection.info,
+        "compute": {"convention": plan.compute, "epochs": plan.epochs, "max_steps": plan.max_steps},
         "versions": record.package_versions(),
         "git": record.git_state(),
     }
-    manifest["selection_diagnostics"] = record.selection_diagnostics(pool, selection)
-    if selection.scores is not None:
-        manifest["selection_scores"] = {str(i): float(v) for i, v in selection.scores.items()}
-    return manifest
 
 
-def record_training(outcome: Any) -> dict[str, Any]:
+def selection_from_manifest(manifest: dict[str, Any]) -> Selection:
+    """The selection an interrupted attempt recorded (so a resume never recomputes it)."""
+    if manifest.get("selected_ids") is not None:
+        selection = Selection(ids=manifest["selected_ids"])
+    else:
+        selection = Selection(epochs=manifest["selected_ids_per_epoch"])
+    selection.cost_seconds = float(manifest.get("selection_cost_seconds", 0.0))
+    selection.signals = manifest.get("selection_signals") or []
+    selection.info = manifest.get("selection_info") or {}
+    return selection
+
+
+def record_training(
+    outcome: Any, plan: ComputePlan, k: int, batch: int, n_params: int, n_trainable: int
+) -> dict[str, Any]:
+    per_epoch = -(-k // batch)
     return {
+        "compute": plan.compute,
         "steps": outcome.steps,
+        "epochs": round(outcome.steps / per_epoch, 4),
         "examples_seen": outcome.examples_seen,
         "tokens_seen": outcome.tokens_seen,
         "response_tokens_seen": outcome.response_tokens_seen,
+        "flops": training_flops(n_params, n_trainable, outcome.tokens_seen),
+        "n_params": n_params,
+        "n_trainable_params": n_trainable,
         "final_loss": outcome.final_loss,
         "resumed_from_step": outcome.resumed_from_step,
+        "seconds_total": round(outcome.seconds_total, 3),
+        "attempts": outcome.attempts,
+    }
+
+
+def result_meta(manifest: dict[str, Any], run_dir: Path, training: dict[str, Any]) -> dict[str, Any]:
+    """The identifying columns of every results.csv row."""
+    hashes = manifest["hashes"]
+    return {
+        "run_id": manifest["run_id"],
+        "run_dir": str(run_dir),
+        "selector": manifest["selector"],
+        "variant": manifest["variant"],
+        "selector_params": json.dumps(manifest["selector_params"], sort_keys=True),
+        "budget": manifest["budget"],
+        "budget_unit": manifest["budget_unit"],
+        "k": manifest["k"],
+        "seed": manifest["seed"],
+        "model": manifest["model"],
+        "model_hash": hashes["model"],
+        "data": manifest["data"],
+        "data_hash": hashes["data"],
+        "train_hash": hashes["train"],
+        "eval_hash": hashes["eval"],
+        "pool_fingerprint": manifest["pool_fingerprint"],
+        "n_selected": manifest["n_selected"],
+        "train_tokens": training["tokens_seen"],
+        "train_steps": training["steps"],
+        "train_epochs": training["epochs"],
+        "train_flops": training["flops"],
+        "compute": training["compute"],
+        "selection_seconds": manifest["selection_cost_seconds"],
+        "signals_cached": all(s.get("cached", False) for s in manifest["selection_signals"]),
     }
 
 
@@ -247,22 +436,32 @@ def rounded(values: dict[str, float]) -> dict[str, float]:
 
 
 def print_summary(manifest: dict[str, Any], results: pd.DataFrame, run_dir: Path) -> None:
-    """The end of a run on the terminal: what was selected, the scores, where the record is."""
-    per_task = manifest["selection_diagnostics"]["per_task"]
+    """The end of a run on the terminal: what was selected, the scores, where the time went, the record."""
+    diag = manifest["selection_diagnostics"]
+    per_task = diag["per_task"]
+    unit = " per epoch" if manifest["budget_unit"] == "epoch" else ""
     print()
     print(
-        f"selected {manifest['n_selected']} of {manifest['n_pool']} examples "
-        f"({manifest['selector']}, budget {manifest['budget']}, seed {manifest['seed']}): "
+        f"selected {manifest['n_selected']}{unit} of {manifest['n_pool']} examples "
+        f"({manifest['variant']}, budget {manifest['budget']}, seed {manifest['seed']}): "
         + ", ".join(f"{t} {c}" for t, c in per_task.items())
     )
-    diag = manifest["selection_diagnostics"]
     if "noisy" in diag:
         print(f"kept {diag['noisy']} noisy, {diag['duplicates']} near-duplicate, {diag['filler']} filler examples")
     table = results.pivot_table(index="task", columns="metric", values="value", sort=False)
     print(table.to_string(float_format=lambda v: f"{v:.4f}"))
     t = manifest["timings"]
+    signals = manifest.get("selection_signals") or []
+    detail = ""
+    if signals:
+        detail = (
+            " ("
+            + ", ".join(f"{s['name']} {s['seconds']:.0f}s{' cached' if s.get('cached') else ''}" for s in signals)
+            + ")"
+        )
+    tr = manifest["training"]
     print(
-        f"time: pool {t['pool_seconds']:.0f}s, selection {manifest['selection_cost_seconds']:.1f}s, "
-        f"training {t['train_seconds']:.0f}s, evaluation {t['eval_seconds']:.0f}s"
+        f"time: pool {t['pool_seconds']:.0f}s, selection {manifest['selection_cost_seconds']:.1f}s{detail}, "
+        f"training {t['train_seconds']:.0f}s ({tr['steps']} steps), evaluation {t['eval_seconds']:.0f}s"
     )
     print(f"record: {run_dir}")

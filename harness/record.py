@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import logging
 import platform
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from harness import REPO_ROOT, __version__
+from harness.locking import HeartbeatLock
 from harness.pool import Pool
 from harness.selection import Selection
 from harness.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -28,23 +30,42 @@ MANIFEST = "manifest.json"
 ITEMS = "eval_items.csv"
 CONFIG = "config.yaml"
 PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "peft", "datasets", "lm_eval", "hydra-core", "numpy")
+SCORES = "scores.csv"
+LM_EVAL = "lm_eval.json"
+LOG = "harness.log"
+LOCK = ".lock"
 RESULT_COLUMNS = (
     "run_id",
+    "run_dir",
     "selector",
+    "variant",
+    "selector_params",
     "budget",
     "budget_unit",
+    "k",
     "seed",
     "model",
+    "model_hash",
     "data",
+    "data_hash",
+    "train_hash",
+    "eval_hash",
     "pool_fingerprint",
     "n_selected",
     "train_tokens",
+    "train_steps",
+    "train_epochs",
+    "train_flops",
+    "compute",
+    "selection_seconds",
+    "signals_cached",
     "task",
     "metric",
     "value",
     "n_items",
-    "selection_seconds",
 )
+"""Columns of results.csv: who the run is (identity hashes per stage, so a report never mixes settings),
+what it trained on and for how long, what it cost, and one tidy (task, metric, value) per row."""
 
 
 class RunRecord:
@@ -59,18 +80,39 @@ class RunRecord:
     def is_complete(self) -> bool:
         return self.path(RESULTS).exists()
 
+    def manifest(self) -> dict[str, Any] | None:
+        """The stored manifest (None when there is none or it cannot be read)."""
+        try:
+            return json.loads(self.path(MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def has_content(self) -> bool:
+        """Anything but Hydra's log, the lock and the archive: an earlier (complete or unfinished) attempt."""
+        if not self.dir.is_dir():
+            return False
+        return any(p.name not in (LOG, LOCK, "archive") for p in self.dir.iterdir())
+
+    def lock(self) -> HeartbeatLock:
+        """The per-run-folder lock: one process runs a cell at a time."""
+        return HeartbeatLock(self.path(LOCK))
+
     def archive(self) -> Path | None:
-        """Move an earlier record aside (archive/<time>/) so a rerun never overwrites it."""
-        entries = [p for p in self.dir.iterdir() if p.name != "archive"] if self.dir.is_dir() else []
-        entries = [p for p in entries if not p.name.endswith(".log")]
-        if not entries:
+        """Move everything of an earlier attempt aside (archive/<time>/), Hydra's log included, so a rerun never
+        overwrites or mixes with it; the open log handler continues in a fresh file."""
+        if not self.has_content():
             return None
         dest = self.dir / "archive" / time.strftime("%Y%m%d-%H%M%S")
         while dest.exists():
             dest = dest.with_name(dest.name + "_")
         dest.mkdir(parents=True)
-        for p in entries:
-            shutil.move(str(p), dest / p.name)
+        for p in list(self.dir.iterdir()):
+            if p.name in ("archive", LOCK):
+                continue
+            if p.name == LOG:
+                _move_open_log(p, dest / p.name)
+            else:
+                shutil.move(str(p), dest / p.name)
         return dest
 
     def write_config(self, yaml_text: str) -> None:
@@ -79,11 +121,39 @@ class RunRecord:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         atomic_write_json(self.path(MANIFEST), manifest)
 
+    def write_scores(self, scores: pd.Series) -> None:
+        frame = pd.DataFrame({"id": scores.index.astype(str), "score": scores.to_numpy(dtype=float)})
+        atomic_write_bytes(self.path(SCORES), frame.to_csv(index=False).encode())
+
+    def write_lm_eval(self, metadata: dict[str, Any]) -> None:
+        atomic_write_json(self.path(LM_EVAL), metadata)
+
     def write_items(self, items: pd.DataFrame) -> None:
         atomic_write_bytes(self.path(ITEMS), items.to_csv(index=False).encode())
 
     def write_results(self, results: pd.DataFrame) -> None:
         atomic_write_bytes(self.path(RESULTS), results.to_csv(index=False).encode())
+
+
+def _move_open_log(src: Path, dest: Path) -> None:
+    """Move a log file that a logging.FileHandler of this process may hold open, and make it reopen `src`."""
+    handlers = [
+        h
+        for h in logging.root.handlers
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == src.resolve()
+    ]
+    for h in handlers:
+        h.acquire()
+    try:
+        for h in handlers:
+            h.flush()
+            if h.stream is not None:
+                h.stream.close()
+                h.stream = None  # reopened (append mode) on the next record
+        shutil.move(str(src), dest)
+    finally:
+        for h in handlers:
+            h.release()
 
 
 def package_versions() -> dict[str, str]:
@@ -106,9 +176,18 @@ def git_state() -> dict[str, Any]:
             return None
         return done.stdout.strip()
 
+    if not (REPO_ROOT / ".git").exists():  # not a checkout: say so without git printing "fatal: ..."
+        return {"commit": None, "dirty": None}
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=normal")  # a new selector file makes it dirty
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def file_sha256(path: str | Path) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def selection_diagnostics(pool: Pool, selection: Selection) -> dict[str, Any]:
@@ -136,14 +215,6 @@ def selection_diagnostics(pool: Pool, selection: Selection) -> dict[str, Any]:
             pool_duplicates=int((pool.examples["truth_dup_group"] >= 0).sum()),
         )
     return out
-
-
-def cell_id(cfg: Any) -> str:
-    """Short hash of everything that defines the cell's result (not where it is written or logged)."""
-    from omegaconf import OmegaConf
-
-    spec = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("rerun", "paths", "logger")}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def command_line() -> str:

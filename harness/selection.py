@@ -30,6 +30,8 @@ class Selection:
     scores: pd.Series | None = None
     info: dict[str, Any] = field(default_factory=dict)
     cost_seconds: float = 0.0
+    signals: list[dict[str, Any]] = field(default_factory=list)
+    """The cached signals it used: name, key, compute seconds, and whether this run found it cached."""
 
     def __post_init__(self) -> None:
         if (self.ids is None) == (self.epochs is None):
@@ -68,6 +70,10 @@ class SelectionContext:
     k: int
     seed: int
     signals: Any = None
+    epochs: int = 1
+    """Epochs of the recipe: a per-epoch schedule (RS2) must have exactly this many."""
+    global_batch_size: int = 1
+    """Examples per optimizer step of the recipe."""
 
     def rng(self, stream: str = "selection") -> np.random.Generator:
         """A generator seeded by the selection seed (and a stream name, for several streams)."""
@@ -84,6 +90,8 @@ class SelectorSpec:
     uses_budget: bool
     budget_unit: str
     source: str
+    exact_k: bool = True
+    check: Callable[[dict[str, Any]], None] | None = None
 
     def params(self) -> dict[str, inspect.Parameter]:
         sig = inspect.signature(self.fn)
@@ -93,10 +101,19 @@ class SelectorSpec:
 _REGISTRY: dict[str, SelectorSpec] = {}
 
 
-def register(name: str, *, uses_budget: bool = True, budget_unit: str = "run") -> Callable[[SelectFn], SelectFn]:
+def register(
+    name: str,
+    *,
+    uses_budget: bool = True,
+    budget_unit: str = "run",
+    exact_k: bool = True,
+    check: Callable[[dict[str, Any]], None] | None = None,
+) -> Callable[[SelectFn], SelectFn]:
     """Decorator that registers `fn(ctx, *, **params) -> Selection` under `name`.
 
-    `budget_unit` is "run" for a fixed subset or "epoch" when the budget is per epoch (RS2).
+    `budget_unit` is "run" for a fixed subset or "epoch" when the budget is per epoch (RS2). A selection must
+    hold exactly k examples (per epoch for schedules) unless the selector declares `exact_k=False`. `check(params)`
+    raises HarnessError for parameter values that cannot work; it runs before any data is loaded.
     """
     if budget_unit not in ("run", "epoch"):
         raise ValueError("budget_unit is 'run' or 'epoch'")
@@ -106,7 +123,7 @@ def register(name: str, *, uses_budget: bool = True, budget_unit: str = "run") -
         old = _REGISTRY.get(name)
         if old is not None and Path(old.source).resolve() != Path(source).resolve():
             raise HarnessError(f"selector '{name}' is defined twice: {old.source} and {source}; rename one")
-        _REGISTRY[name] = SelectorSpec(name, fn, uses_budget, budget_unit, source)
+        _REGISTRY[name] = SelectorSpec(name, fn, uses_budget, budget_unit, source, exact_k, check)
         return fn
 
     return wrap
@@ -165,6 +182,46 @@ def check_params(spec: SelectorSpec, params: dict[str, Any]) -> None:
         raise HarnessError(
             f"selector '{spec.name}' has no parameter(s) {unknown}; it takes {sorted(allowed) or 'none'}"
         )
+    if spec.check is not None:
+        defaults = {n: p.default for n, p in allowed.items() if p.default is not inspect.Parameter.empty}
+        spec.check({**defaults, **params})
+
+
+KEEP_RULES = ("drop_top", "hardest", "easiest")
+"""How score-based selectors (EL2N, GraNd) turn scores into a subset."""
+
+
+def keep_by_score(scores: np.ndarray, k: int, keep: str, offset: float = 0.0) -> np.ndarray:
+    """Rows kept by a score rule: `hardest` the k highest, `easiest` the k lowest, `drop_top` skips the highest
+    `offset` share of the pool (mostly noisy or mislabelled, per the NLP recipe) and keeps the next k highest.
+    Ties go to the lower row index; when the offset leaves fewer than k rows, the offset shrinks to fit."""
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(scores)
+    descending = np.lexsort((np.arange(n), -scores))  # highest first, ties by row
+    if keep == "hardest":
+        return descending[:k]
+    if keep == "easiest":
+        return np.lexsort((np.arange(n), scores))[:k]
+    if keep == "drop_top":
+        skip = min(int(round(offset * n)), n - k)
+        return descending[skip : skip + k]
+    raise HarnessError(f"unknown keep rule {keep!r}; use one of {list(KEEP_RULES)}")
+
+
+def equal_quotas(sizes: np.ndarray, k: int) -> np.ndarray:
+    """Per-group counts summing to min(k, sum(sizes)), as equal as the group sizes allow: a group smaller than
+    its share is taken whole and what it leaves is shared among the others (water-filling)."""
+    sizes = np.asarray(sizes, dtype=int)
+    quota = np.zeros(len(sizes), dtype=int)
+    remaining = min(k, int(sizes.sum()))
+    while remaining > 0:
+        open_groups = np.flatnonzero(quota < sizes)
+        share, extra = divmod(remaining, len(open_groups))
+        for rank, g in enumerate(open_groups):
+            take = min(share + (1 if rank < extra else 0), sizes[g] - quota[g])
+            quota[g] += take
+            remaining -= take
+    return quota
 
 
 def budget_to_k(budget: float, n: int) -> int:
@@ -185,10 +242,25 @@ def run_selector(spec: SelectorSpec, ctx: SelectionContext, params: dict[str, An
     elapsed = time.perf_counter() - start
     if not isinstance(selection, Selection):
         raise TypeError(f"selector '{spec.name}' returned {type(selection).__name__}, not a Selection")
+    used = list(getattr(ctx.signals, "used", None) or [])
+    if used:  # every signal's compute time counts, cached or not; what this run computed is inside `elapsed`
+        computed_here = sum(u["seconds"] for u in used if not u["cached"])
+        selection.signals = used
+        elapsed = max(0.0, elapsed - computed_here) + sum(u["seconds"] for u in used)
     selection.cost_seconds += elapsed
     known = set(ctx.pool.ids)
     parts = [selection.ids] if selection.ids is not None else selection.epochs
+    if selection.epochs is not None and len(selection.epochs) != ctx.epochs:
+        raise HarnessError(
+            f"selector '{spec.name}' returned a schedule of {len(selection.epochs)} epochs but the recipe trains "
+            f"{ctx.epochs}; build the schedule from ctx.epochs"
+        )
     for part in parts:
+        if spec.exact_k and len(part) != ctx.k:
+            raise HarnessError(
+                f"selector '{spec.name}' selected {len(part)} examples{' in an epoch' if selection.epochs else ''}"
+                f" but the budget asks for exactly k={ctx.k}; return k ids, or register it with exact_k=False"
+            )
         if not part:
             raise ValueError(f"selector '{spec.name}' selected no examples")
         bad = next((i for i in part if i not in known), None)

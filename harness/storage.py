@@ -10,9 +10,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from harness.locking import HeartbeatLock
 
 DONE_MARKER = ".complete"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def share_mode(path: Path, is_dir: bool = False) -> None:
+    """Give a file made by mkstemp/mkdtemp (mode 0600/0700) the mode the umask asks for, as open() would,
+    so that teammates on a cluster can read records and the shared cache."""
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -25,6 +37,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        share_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -41,17 +54,19 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_dir(path: Path, build: Callable[[Path], None]) -> Path:
     """Make the cached folder `path` once: `build(tmp)` fills a temporary folder that is renamed into
-    place. Concurrent callers (other processes, other Slurm array tasks) wait on a lock and then read."""
+    place. Concurrent callers (other processes, other Slurm array tasks) wait on a lock (harness.locking, safe
+    on network file systems) and then read."""
     path = Path(path)
     if (path / DONE_MARKER).exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    with HeartbeatLock(str(path) + ".lock"):
         if (path / DONE_MARKER).exists():
             return path
         if path.exists():  # left by a builder that died before finishing
             shutil.rmtree(path)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        share_mode(tmp, is_dir=True)
         try:
             build(tmp)
             (tmp / DONE_MARKER).write_text("ok\n")

@@ -6,21 +6,7 @@ other tasks, again equally, until k examples are chosen (water-filling).
 
 import numpy as np
 
-from harness.selection import Selection, SelectionContext, register
-
-
-def equal_quotas(sizes: np.ndarray, k: int) -> np.ndarray:
-    """Per-group counts summing to min(k, sum(sizes)), as equal as the group sizes allow."""
-    quota = np.zeros(len(sizes), dtype=int)
-    remaining = min(k, int(sizes.sum()))
-    while remaining > 0:
-        open_groups = np.flatnonzero(quota < sizes)
-        share, extra = divmod(remaining, len(open_groups))
-        for rank, g in enumerate(open_groups):
-            take = min(share + (1 if rank < extra else 0), sizes[g] - quota[g])
-            quota[g] += take
-            remaining -= take
-    return quota
+from harness.selection import Selection, SelectionContext, equal_quotas, register
 
 
 @register("balanced_random")

@@ -40,6 +40,20 @@ MICRO = MICRO_POOL + MICRO_RECIPE
 """Overrides that shrink the default job to seconds."""
 
 
+def find_cell(root: Path, selector: str, prefix: str = "") -> Path:
+    """The one run folder of `selector` under root/results/runs whose name starts with prefix (e.g. 'b0.3_s1,')."""
+    found = [p for p in (Path(root) / "results" / "runs").glob(f"*/*/{selector}/{prefix}*") if p.is_dir()]
+    assert len(found) == 1, f"expected one {selector}/{prefix}* folder, found {found}"
+    return found[0]
+
+
+def record_path(out: str) -> Path:
+    """The record folder a run printed ('record: PATH')."""
+    lines = [line for line in out.splitlines() if line.startswith("record: ")]
+    assert lines, out
+    return Path(lines[-1][len("record: ") :])
+
+
 def run_harness(args: list[str], tmp_path: Path) -> tuple[int, str, str]:
     """Run `python -m harness ARGS` in-process with results under tmp_path; returns (code, out, err)."""
     import io

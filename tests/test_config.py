@@ -66,7 +66,9 @@ def test_bad_budgets(value):
 
 
 def test_run_dir_names_are_readable():
-    assert cell_name("testbed", "tiny_llama", "random", 0.15, 2) == "testbed/tiny_llama/random/b0.15_s2"
+    assert (
+        cell_name("testbed", "tiny_llama", "random", 0.15, 2) == "testbed/tiny_llama/random/b0.15_s2"
+    )  # outside Hydra: no overrides
     assert cell_name("testbed", "tiny_llama", "full", 0.15, 0) == "testbed/tiny_llama/full/all_s0"
 
 

@@ -7,11 +7,9 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import MICRO
+from conftest import MICRO, find_cell, record_path
 
 from harness.testbed import TASKS
-
-RUN = "results/runs/testbed/tiny_llama/random/b0.3_s1"
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +19,12 @@ def micro_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     code, out, err = run_harness([*MICRO, "selector=random", "budget=0.3", "seed=1"], tmp)
     assert code == 0, err
-    return tmp, out
+    return tmp, out, find_cell(tmp, "random", "b0.3_s1")
 
 
 def test_record_is_complete(micro_run):
-    tmp, out = micro_run
-    run = tmp / RUN
+    tmp, out, run = micro_run
+
     for name in ("config.yaml", "manifest.json", "results.csv", "eval_items.csv", "train_log.jsonl", "harness.log"):
         assert (run / name).is_file(), name
     manifest = json.loads((run / "manifest.json").read_text())
@@ -49,9 +47,9 @@ def test_record_is_complete(micro_run):
 
 
 def test_results_table_is_tidy_and_consistent_with_items(micro_run):
-    tmp, _ = micro_run
-    results = pd.read_csv(tmp / RUN / "results.csv")
-    items = pd.read_csv(tmp / RUN / "eval_items.csv")
+    tmp, _, run = micro_run
+    results = pd.read_csv(run / "results.csv")
+    items = pd.read_csv(run / "eval_items.csv")
     assert {"task", "metric", "value", "n_items", "selector", "budget", "seed", "n_selected"} <= set(results.columns)
     acc = results[results.metric == "acc"].set_index("task")["value"]
     assert set(acc.index) == {f"testbed_{t}" for t in TASKS} | {"macro_avg"}
@@ -65,26 +63,26 @@ def test_results_table_is_tidy_and_consistent_with_items(micro_run):
 
 
 def test_summary_printed(micro_run):
-    tmp, out = micro_run
+    tmp, out, run = micro_run
     assert "selected 90 of 300 examples" in out
     assert "macro_avg" in out
-    assert f"record: {tmp / RUN}" in out
+    assert f"record: {run}" in out
 
 
 def test_rerun_is_skipped_then_archived_when_asked(micro_run, harness_cli):
-    tmp, _ = micro_run
+    tmp, _, run = micro_run
     from conftest import run_harness
 
-    before = (tmp / RUN / "results.csv").read_bytes()
+    before = (run / "results.csv").read_bytes()
     code, out, _ = run_harness([*MICRO, "selector=random", "budget=0.3", "seed=1"], tmp)
     assert code == 0 and "already complete" in out
-    assert (tmp / RUN / "results.csv").read_bytes() == before
+    assert (run / "results.csv").read_bytes() == before
     code, out, err = run_harness([*MICRO, "selector=random", "budget=0.3", "seed=1", "rerun=true"], tmp)
     assert code == 0, err
-    archived = list((tmp / RUN / "archive").glob("*/results.csv"))
+    archived = list((run / "archive").glob("*/results.csv"))
     assert len(archived) == 1 and archived[0].read_bytes() == before
     # same config and seed on the CPU: the same numbers (everything but the measured seconds)
-    again = pd.read_csv(tmp / RUN / "results.csv").drop(columns="selection_seconds")
+    again = pd.read_csv(run / "results.csv").drop(columns="selection_seconds")
     first = pd.read_csv(archived[0]).drop(columns="selection_seconds")
     pd.testing.assert_frame_equal(again, first)
 
@@ -92,13 +90,11 @@ def test_rerun_is_skipped_then_archived_when_asked(micro_run, harness_cli):
 def test_full_and_balanced_random(harness_cli, tmp_path):
     code, out, err = harness_cli([*MICRO, "selector=full", "train.epochs=1"])
     assert code == 0, err
-    manifest = json.loads((tmp_path / "results/runs/testbed/tiny_llama/full/all_s0/manifest.json").read_text())
+    manifest = json.loads((find_cell(tmp_path, "full", "all_s0") / "manifest.json").read_text())
     assert manifest["n_selected"] == manifest["n_pool"] == 300 and manifest["budget"] == 1.0
     code, out, err = harness_cli([*MICRO, "selector=balanced_random", "budget=0.2", "train.epochs=1"])
     assert code == 0, err
-    manifest = json.loads(
-        (tmp_path / "results/runs/testbed/tiny_llama/balanced_random/b0.2_s0/manifest.json").read_text()
-    )
+    manifest = json.loads((find_cell(tmp_path, "balanced_random", "b0.2_s0") / "manifest.json").read_text())
     counts = manifest["selection_diagnostics"]["per_task"]
     assert sum(counts.values()) == 60 and max(counts.values()) - min(counts.values()) <= 1
 
@@ -111,9 +107,9 @@ def test_hydra_run_dir_places_the_record(harness_cli, tmp_path):
 
 
 def test_wandb_logger_offline(harness_cli, tmp_path):
-    code, _, err = harness_cli([*MICRO, "train.epochs=1", "logger=wandb", "logger.mode=offline"])
+    code, out, err = harness_cli([*MICRO, "train.epochs=1", "logger=wandb", "logger.mode=offline"])
     assert code == 0, err
-    run = tmp_path / "results/runs/testbed/tiny_llama/random/b0.15_s0"
+    run = record_path(out)
     offline_runs = list((run / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1
     assert any(offline_runs[0].glob("*.wandb"))
@@ -128,18 +124,18 @@ def test_per_epoch_schedule_drives_the_steps(harness_cli, tmp_path):
         "@register('halves_test', budget_unit='epoch')\n"
         "def select(ctx):\n"
         "    ids = list(ctx.pool.ids)\n"
-        "    return Selection(epochs=[ids[: ctx.k], ids[ctx.k : 2 * ctx.k], ids[: ctx.k]])\n"
+        "    return Selection(epochs=[ids[(e % 2) * ctx.k : (e % 2 + 1) * ctx.k] for e in range(ctx.epochs)])\n"
     )
-    code, _, err = harness_cli(
-        [*MICRO, f"plugins=[{plugins}]", "selector=random", "selector.name=halves_test", "budget=0.2"]
+    code, out, err = harness_cli(
+        [*MICRO, f"plugins=[{plugins}]", "selector=random", "selector.name=halves_test", "budget=0.2", "train.epochs=3"]
     )
     assert code == 0, err
-    run = tmp_path / "results/runs/testbed/tiny_llama/halves_test/b0.2_s0"
+    run = record_path(out)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["selection_kind"] == "schedule" and manifest["budget_unit"] == "epoch"
-    assert [len(e) for e in manifest["selected_ids_per_epoch"]] == [60, 60, 60]
-    assert manifest["n_selected"] == 120  # distinct examples used
-    assert manifest["training"]["steps"] == 3 * 4  # ceil(60 / 16) per epoch, whatever train.epochs says
+    assert [len(e) for e in manifest["selected_ids_per_epoch"]] == [60, 60, 60]  # train.epochs=3 reached the selector
+    assert manifest["n_selected"] == 60 and manifest["n_distinct"] == 120  # per-epoch k; distinct ids used
+    assert manifest["training"]["steps"] == 3 * 4  # ceil(60 / 16) per epoch
     results = pd.read_csv(run / "results.csv")
     assert (results["budget_unit"] == "epoch").all()
 
@@ -155,7 +151,8 @@ def test_killed_run_leaves_no_results_and_resumes(tmp_path):
     from conftest import OFFLINE, run_harness
 
     args = [*MICRO, "train.epochs=40", "train.checkpoint_every=5", f"paths.results={tmp_path / 'results'}"]
-    run = tmp_path / "results/runs/testbed/tiny_llama/random/b0.15_s0"
+    run = tmp_path / "cell"
+    args.append(f"hydra.run.dir={run}")
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", *args],
         cwd=tmp_path,
@@ -182,4 +179,6 @@ def test_multirun_sweeps_cells_into_their_own_directories(harness_cli, tmp_path)
     code, _, err = harness_cli(["-m", *MICRO, "train.epochs=1", "selector=random,balanced_random", "budget=0.1,0.2"])
     assert code == 0, err
     found = sorted(str(p.parent.relative_to(tmp_path / "results/runs")) for p in tmp_path.rglob("results.csv"))
-    assert found == [f"testbed/tiny_llama/{s}/b{b}_s0" for s in ("balanced_random", "random") for b in ("0.1", "0.2")]
+    assert [f.split(",")[0] for f in found] == [
+        f"testbed/tiny_llama/{s}/b{b}_s0" for s in ("balanced_random", "random") for b in ("0.1", "0.2")
+    ]

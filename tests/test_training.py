@@ -169,3 +169,114 @@ def test_checkpoint_of_another_plan_is_refused(setup, tmp_path):
     train(fresh(tok), data, [np.arange(32)], recipe(), 1, tmp_path, Accelerator(), tok.pad_token_id)
     with pytest.raises(HarnessError, match="different selection"):
         train(fresh(tok), data, [np.arange(1, 33)], recipe(), 1, tmp_path, Accelerator(), tok.pad_token_id)
+
+
+def test_data_order_does_not_depend_on_how_the_selector_listed_ids():
+    rows = np.random.default_rng(0).permutation(50)
+    a = global_batches([rows, rows], 4, 16)
+    b = global_batches([rows[::-1], np.sort(rows)], 4, 16)
+    assert all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+
+
+def test_resume_with_another_micro_batch_size(setup, tmp_path):
+    """Out of memory, smaller micro-batches, run again: the update is the same, so the run resumes."""
+    _, tok, data = setup
+    rows = np.arange(64)
+    plan = [rows, rows]
+
+    def die_at_step_3(step, loss):
+        if step == 3:
+            raise Interrupt
+
+    reference = fresh(tok)
+    train(reference, data, plan, recipe(checkpoint_every=1), 2, tmp_path / "ref", Accelerator(), tok.pad_token_id)
+    cut = fresh(tok)
+    with pytest.raises(Interrupt):
+        train(
+            cut,
+            data,
+            plan,
+            recipe(checkpoint_every=1),
+            2,
+            tmp_path / "cut",
+            Accelerator(),
+            tok.pad_token_id,
+            on_step=die_at_step_3,
+        )
+    resumed = fresh(tok)
+    outcome = train(
+        resumed,
+        data,
+        plan,
+        recipe(checkpoint_every=1, micro_batch_size=4),
+        2,
+        tmp_path / "cut",
+        Accelerator(),
+        tok.pad_token_id,
+    )
+    assert outcome.resumed_from_step == 3
+    for key, value in weights(reference).items():
+        torch.testing.assert_close(value, weights(resumed)[key], rtol=1e-4, atol=1e-5)
+
+
+def test_model_is_on_its_device_before_the_optimizer_and_checkpoint(setup, tmp_path, monkeypatch):
+    """On a GPU the checkpoint's Adam moments must land beside the weights: the model moves first."""
+    import harness.training as training
+
+    _, tok, data = setup
+    seen = []
+    real_adamw = torch.optim.AdamW
+
+    class Spy(real_adamw):
+        def __init__(self, params, **kw):
+            params = list(params)
+            seen.append([p.device for p in params])
+            super().__init__(params, **kw)
+
+    moved = []
+    model = fresh(tok)
+    real_to = model.to
+
+    def spy_to(*args, **kw):
+        moved.append(len(seen))  # how many optimizers existed when the model moved
+        return real_to(*args, **kw)
+
+    monkeypatch.setattr(model, "to", spy_to)
+    monkeypatch.setattr(training.torch.optim, "AdamW", Spy)
+    train(model, data, [np.arange(32)], recipe(), 1, tmp_path, Accelerator(), tok.pad_token_id)
+    assert moved and moved[0] == 0  # moved before any optimizer was built
+
+
+def test_compute_plan_conventions():
+    from harness.training import compute_plan
+
+    by_epochs = compute_plan(recipe(epochs=3, global_batch_size=10), k=25, n_pool=100)
+    assert (by_epochs.epochs, by_epochs.max_steps, by_epochs.steps) == (3, None, 9)
+    by_steps = compute_plan(recipe(compute="steps", epochs=3, global_batch_size=10), k=25, n_pool=100)
+    assert by_steps.steps == 30 and by_steps.max_steps == 30 and by_steps.epochs == 10  # ceil(30 / 3)
+    fixed = compute_plan(recipe(compute="steps", steps=7, global_batch_size=10), k=25, n_pool=100)
+    assert (fixed.steps, fixed.epochs) == (7, 3)
+    assert len(global_batches([np.arange(25)] * fixed.epochs, 0, 10, fixed.max_steps)) == 7
+
+
+def test_warm_up_keeps_a_checkpoint_with_adam_moments_per_epoch(setup, tmp_path):
+    _, tok, data = setup
+    model = fresh(tok)
+    rows = np.arange(48)
+    train(
+        model,
+        data,
+        [rows] * 3,
+        recipe(),
+        0,
+        tmp_path / "w",
+        Accelerator(),
+        tok.pad_token_id,
+        epoch_checkpoints=tmp_path / "epochs",
+    )
+    found = sorted(p.name for p in (tmp_path / "epochs").iterdir())
+    assert found == ["epoch-000", "epoch-001", "epoch-002"]
+    state = torch.load(tmp_path / "epochs" / "epoch-002" / "state.pt", weights_only=False)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(state["moments"]) == names and set(state["model"]) == names
+    assert state["avg_lr"] > 0 and state["moments"][next(iter(names))]["step"] == 9.0

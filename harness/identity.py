@@ -1,0 +1,139 @@
+"""What a cell is: everything that changes its result, and nothing else.
+
+A run record is reused ("already complete") only for exactly the same identity; two configs that differ in
+any result-changing value get different run ids and, by default, different run folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+IDENTITY_GROUPS = ("data", "model", "train", "selector", "eval", "budget", "seed", "seeds")
+"""Top-level keys whose values make up the identity."""
+
+NOT_IDENTITY = (
+    "train.checkpoint_every",
+    "train.keep_checkpoint",
+    "train.micro_batch_size",
+    "eval.batch_size",
+    "eval.confirm_run_unsafe_code",
+)
+"""Keys inside those groups that never change the result (where and how fast it runs, what is kept)."""
+
+NOT_IN_NAME = ("paths", "logger", "rerun", "plugins", "num_threads", "signals", "launcher", *NOT_IDENTITY)
+"""Overrides that never show in a run folder's name (they are not part of the identity)."""
+
+ALREADY_IN_NAME = ("data", "model", "selector", "budget", "seed")
+"""Overrides of a group choice or a value that the folder path already shows."""
+
+MAX_NAME = 96
+"""Longest readable folder name before the overrides are replaced by a hash."""
+
+
+def _drop(tree: dict[str, Any], dotted: str) -> None:
+    head, _, rest = dotted.partition(".")
+    if head not in tree:
+        return
+    if rest:
+        if isinstance(tree[head], dict):
+            _drop(tree[head], rest)
+    else:
+        del tree[head]
+
+
+def identity(cfg: DictConfig | dict[str, Any], uses_budget: bool = True) -> dict[str, Any]:
+    """The result-changing part of a config as plain data (a selector that ignores the budget gets 1.0)."""
+    tree = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    out = json.loads(json.dumps({k: tree.get(k) for k in IDENTITY_GROUPS}, default=str))
+    for key in NOT_IDENTITY:
+        _drop(out, key)
+    if not uses_budget:
+        out["budget"] = 1.0
+    return out
+
+
+def identity_hash(ident: dict[str, Any], length: int = 12) -> str:
+    """A short stable hash of an identity (the run id)."""
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 1}} -> {'train.lr': 1}; lists stay values."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two identities (present in one only counts)."""
+    fa, fb = flatten(a), flatten(b)
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k, "<absent>") != fb.get(k, "<absent>"))
+
+
+def describe_differences(stored: dict[str, Any], current: dict[str, Any], limit: int = 4) -> str:
+    """'train.epochs: 1 -> 3, train.lr: ...' for an error message."""
+    fa, fb = flatten(stored), flatten(current)
+    keys = differing_keys(stored, current)
+    parts = [f"{k}: {fa.get(k, '<absent>')} -> {fb.get(k, '<absent>')}" for k in keys[:limit]]
+    if len(keys) > limit:
+        parts.append(f"and {len(keys) - limit} more")
+    return ", ".join(parts)
+
+
+def _override_key(override: str) -> tuple[str, str] | None:
+    """('train.lr', '5e-4') from 'train.lr=5e-4' (also '+x=..', '++x=..'); None for deletions."""
+    if override.startswith("~") or "=" not in override:
+        return None
+    key, _, value = override.lstrip("+").partition("=")
+    return key.strip(), value.strip()
+
+
+def _in(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") or key.startswith(p + "/") for p in prefixes)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+,\[\]-]+", "_", text).strip("_")
+
+
+def result_overrides(overrides: list[str]) -> list[str]:
+    """The command-line overrides that may change the result and that the folder path does not show yet."""
+    kept = []
+    for override in overrides:
+        parsed = _override_key(override)
+        if parsed is None:
+            continue
+        key, value = parsed
+        if _in(key, NOT_IN_NAME) or key in ALREADY_IN_NAME:
+            continue
+        kept.append(f"{key}={value}")
+    return sorted(kept)
+
+
+def run_name(selector: str, budget: Any, seed: Any, overrides: list[str], root: Any = None) -> str:
+    """Folder name of a cell: b<budget>_s<seed> plus the result-changing overrides (Hydra's override_dirname
+    in spirit); when that gets long, a short hash of the full identity replaces the overrides."""
+    base = f"{'all' if selector == 'full' else f'b{budget}'}_s{seed}"
+    extra = result_overrides(overrides)
+    if not extra:
+        return base
+    name = _slug(",".join([base, *extra]))
+    if len(name) <= MAX_NAME:
+        return name
+    digest = None
+    if root is not None:
+        try:
+            sub = OmegaConf.masked_copy(root, [k for k in IDENTITY_GROUPS if k in root])
+            digest = identity_hash(identity(sub), 10)
+        except Exception:  # an interpolation that points outside the identity: hash the overrides instead
+            digest = None
+    digest = digest or hashlib.sha256("\n".join(extra).encode()).hexdigest()[:10]
+    return f"{base},h{digest}"

@@ -1,0 +1,267 @@
+"""The model-signal service: selectors ask it for warm-up runs, per-example losses and EL2N, gradient norms,
+embeddings, gradient features and influence; it computes each one once and shares it through the cache.
+
+Every signal lives in `<cache>/signals/<name>/<key>/`, where key hashes everything that determines it (the pool's
+fingerprint, the model config, the warm-up recipe and seed, the signal's own settings). Arrays are `.npy` files,
+memory-mapped when read. One process computes a missing signal while the others wait on a lock file that works
+on cluster file systems (harness.locking: O_EXCL plus heartbeat, not flock); the computation writes into
+`<key>.partial/` (long ones in atomically committed shards, so an interrupted one continues) and is renamed into
+place when complete. The seconds it took are stored with it and attributed to every run that uses it, with a flag
+saying whether that run computed it or found it cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from harness.locking import HeartbeatLock
+from harness.modeling import build_model, model_description
+from harness.pool import Pool
+from harness.seeding import stage_rng, stream_seed
+from harness.storage import atomic_write_json, share_mode
+from harness.tokenization import TokenizedPool
+
+log = logging.getLogger(__name__)
+
+DONE = "meta.json"
+VERSION = "signals-v1"
+
+
+def digest(obj: Any, length: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class WarmupRun:
+    """A cached warm-up: the proxy trained on `rows` for some epochs, with one kept checkpoint per epoch."""
+
+    path: Path
+    key: str
+    rows: np.ndarray
+    epochs: int
+    avg_lrs: tuple[float, ...]
+    lora: dict[str, Any] | None
+
+    def checkpoint(self, epoch: int) -> Path:
+        return self.path / "epochs" / f"epoch-{epoch:03d}" / "state.pt"
+
+
+class SignalService:
+    """What `ctx.signals` is: cached model signals for one pool, model and training recipe."""
+
+    def __init__(
+        self,
+        *,
+        pool: Pool,
+        tokens: TokenizedPool,
+        tokenizer: Any,
+        model_cfg: DictConfig,
+        train_cfg: DictConfig,
+        cache_dir: Path,
+        accelerator: Any,
+        batch_size: int = 64,
+    ) -> None:
+        self.pool, self.tokens, self.tokenizer = pool, tokens, tokenizer
+        self.model_cfg, self.train_cfg = model_cfg, train_cfg
+        self.root = Path(cache_dir) / "signals"
+        self.accelerator = accelerator
+        self.batch_size = batch_size
+        self.used: list[dict[str, Any]] = []
+        self._base = {
+            "pool": pool.fingerprint(),
+            "model": model_description(model_cfg),
+            "version": VERSION,
+        }
+
+    # ------------------------------------------------------------------ caching
+
+    def key(self, name: str, spec: dict[str, Any]) -> str:
+        return digest({**self._base, "name": name, "spec": spec})
+
+    def cached(self, name: str, spec: dict[str, Any], build: Callable[[Path], None]) -> Path:
+        """The folder of signal `name` for `spec`, computing it first if no process has (once, under a lock)."""
+        key = self.key(name, spec)
+        path = self.root / name / key
+        if not (path / DONE).exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with HeartbeatLock(path.parent / f"{key}.lock"):
+                if not (path / DONE).exists():
+                    self._build(name, spec, path, build)
+                    meta = json.loads((path / DONE).read_text())
+                    self._use(name, key, meta, cached=False)
+                    return path
+        meta = json.loads((path / DONE).read_text())
+        self._use(name, key, meta, cached=True)
+        return path
+
+    def _build(self, name: str, spec: dict[str, Any], path: Path, build: Callable[[Path], None]) -> None:
+        work = path.with_name(path.name + ".partial")  # kept across interruptions: shards already done stay
+        if work.exists():
+            log.info("signal %s/%s: continuing an interrupted computation", name, path.name)
+        work.mkdir(parents=True, exist_ok=True)
+        share_mode(work, is_dir=True)
+        prior = json.loads((work / "seconds.json").read_text())["seconds"] if (work / "seconds.json").exists() else 0.0
+        start = time.perf_counter()
+        log.info("signal %s: computing (%s)", name, path.name)
+        try:
+            build(work)
+        finally:
+            atomic_write_json(work / "seconds.json", {"seconds": prior + time.perf_counter() - start})
+        seconds = prior + time.perf_counter() - start
+        atomic_write_json(work / DONE, {"name": name, "spec": spec, "seconds": round(seconds, 3), "base": self._base})
+        if path.exists():  # a stale folder without its completion marker
+            shutil.rmtree(path)
+        os.replace(work, path)
+
+    def _use(self, name: str, key: str, meta: dict[str, Any], cached: bool) -> None:
+        entry = {"name": name, "key": key, "seconds": float(meta.get("seconds", 0.0)), "cached": cached}
+        if entry not in self.used:
+            self.used.append(entry)
+
+    # ------------------------------------------------------------------ warm-up runs
+
+    def warmup(
+        self,
+        *,
+        epochs: int,
+        seed: int,
+        fraction: float | None = None,
+        ids: list[str] | None = None,
+        recipe: dict[str, Any] | None = None,
+        lora: dict[str, Any] | None = None,
+    ) -> WarmupRun:
+        """The proxy trained by the one training loop on a random `fraction` of the pool (or the given ids) for
+        `epochs`, with a checkpoint (weights and Adam's moments by parameter name) kept after every epoch.
+        `recipe` overrides training-recipe values (e.g. lr); `lora` wraps the model in LoRA adapters first."""
+        if epochs < 1:
+            raise ValueError("a warm-up needs at least one epoch")
+        if ids is not None:
+            rows = np.sort(self.pool.index_of(ids))
+        else:
+            n = max(1, int(round((fraction if fraction is not None else 1.0) * self.pool.n)))
+            rows = np.sort(stage_rng(seed, "warmup-subset").choice(self.pool.n, size=n, replace=False))
+        train_cfg = OmegaConf.merge(self.train_cfg, {"epochs": epochs, **(recipe or {})})
+        train_cfg.compute, train_cfg.steps = "epochs", None
+        model_cfg = self._with_lora(lora)
+        spec = {
+            "rows": hashlib.sha256(rows.astype(np.int64).tobytes()).hexdigest(),
+            "n_rows": int(len(rows)),
+            "epochs": epochs,
+            "seed": seed,
+            "recipe": _recipe(train_cfg),
+            "lora": lora,
+        }
+
+        def build(work: Path) -> None:
+            from harness.training import train
+
+            model = build_model(model_cfg, self.tokenizer, stream_seed(seed, "warmup-init"))
+            train(
+                model,
+                self.tokens,
+                [rows] * epochs,
+                train_cfg,
+                stream_seed(seed, "warmup-order"),
+                work / "run",
+                self.accelerator,
+                pad_id=self.tokenizer.pad_token_id,
+                model_id=digest(spec),
+                epoch_checkpoints=work / "epochs",
+            )
+            np.save(work / "rows.npy", rows)
+            lrs = [
+                float(torch.load(work / "epochs" / f"epoch-{e:03d}" / "state.pt", weights_only=False)["avg_lr"])
+                for e in range(epochs)
+            ]
+            atomic_write_json(work / "warmup.json", {"avg_lrs": lrs})
+            shutil.rmtree(work / "run" / "checkpoints", ignore_errors=True)
+
+        path = self.cached("warmup", spec, build)
+        info = json.loads((path / "warmup.json").read_text())
+        return WarmupRun(path, self.key("warmup", spec), rows, epochs, tuple(info["avg_lrs"]), lora)
+
+    def _with_lora(self, lora: dict[str, Any] | None) -> DictConfig:
+        cfg = OmegaConf.create(OmegaConf.to_container(self.model_cfg, resolve=True))
+        if lora:
+            cfg.lora = OmegaConf.merge(cfg.lora, {**lora, "enabled": True})
+        return cfg
+
+    def model_at(self, warm: WarmupRun, epoch: int) -> torch.nn.Module:
+        """The warm-up's model as it was at the end of `epoch` (-1: the last), on the device, in eval mode."""
+        epoch = warm.epochs - 1 if epoch < 0 else epoch
+        state = torch.load(warm.checkpoint(epoch), map_location="cpu", weights_only=False)
+        model = build_model(self._with_lora(warm.lora), self.tokenizer, 0)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["model"].items():
+                params[name].copy_(value.to(params[name].dtype))
+        return model.to(self.accelerator.device).eval()
+
+    def moments_at(self, warm: WarmupRun, epoch: int) -> dict[str, Any]:
+        """Adam's moments (by parameter name), betas and eps of the warm-up at the end of `epoch`."""
+        state = torch.load(warm.checkpoint(epoch), map_location="cpu", weights_only=False)
+        return {"moments": state["moments"], "betas": tuple(state["betas"]), "eps": float(state["eps"])}
+
+
+def _recipe(cfg: DictConfig) -> dict[str, Any]:
+    from harness.training import recipe_of
+
+    return json.loads(json.dumps(recipe_of(OmegaConf.to_container(cfg, resolve=True)), default=str))
+
+    # ------------------------------------------------------------------ per-example signals
+
+    def _per_example(self, name: str, warm: WarmupRun, epoch: int, compute: Callable[[Any], dict]) -> dict:
+        """Arrays over the whole pool (pool order) from one warm-up checkpoint, cached as .npy, read memory-mapped."""
+        epoch = warm.epochs - 1 if epoch < 0 else epoch
+
+        def build(work: Path) -> None:
+            model = self.model_at(warm, epoch)
+            for key, value in compute(model).items():
+                np.save(work / f"{key}.npy", np.asarray(value, dtype=np.float32))
+
+        path = self.cached(name, {"warmup": warm.key, "epoch": epoch, "batch": self.batch_size}, build)
+        return {p.stem: np.load(p, mmap_mode="r") for p in sorted(path.glob("*.npy"))}
+
+    def _args(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "device": self.accelerator.device, "pad_id": self.tokenizer.pad_token_id}
+
+    def losses(self, warm: WarmupRun, epoch: int = -1) -> dict[str, np.ndarray]:
+        """{'loss', 'el2n'}: per example, the mean response-token loss and EL2N (one batched forward pass each)."""
+        from harness.signals.per_example import losses_and_el2n
+
+        def compute(model: Any) -> dict:
+            loss, el2n = losses_and_el2n(model, self.tokens, np.arange(self.pool.n), **self._args())
+            return {"loss": loss, "el2n": el2n}
+
+        return self._per_example("losses", warm, epoch, compute)
+
+    def grad_norms(self, warm: WarmupRun, epoch: int = -1) -> np.ndarray:
+        """GraNd: per-example gradient norms over the trainable parameters (batched per-example gradients)."""
+        from harness.signals.per_example import grad_norms
+
+        def compute(model: Any) -> dict:
+            return {"grand": grad_norms(model, self.tokens, np.arange(self.pool.n), **self._args())}
+
+        return self._per_example("grad_norms", warm, epoch, compute)["grand"]
+
+    def embeddings(self, warm: WarmupRun, epoch: int = -1) -> np.ndarray:
+        """RDS+ embeddings: final hidden states, position-weighted mean, L2-normalised (n x hidden)."""
+        from harness.signals.embeddings import embeddings
+
+        def compute(model: Any) -> dict:
+            return {"embeddings": embeddings(model, self.tokens, np.arange(self.pool.n), **self._args())}
+
+        return self._per_example("embeddings", warm, epoch, compute)["embeddings"]

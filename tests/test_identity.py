@@ -1,0 +1,101 @@
+"""A cell's identity: every result-changing value is in it, nothing else is; folder names show the difference."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from harness import REPO_ROOT
+from harness.config import register_resolvers, validate
+from harness.identity import differing_keys, identity, identity_hash, result_overrides, run_name
+
+
+def run_id(*overrides: str) -> str:
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return identity_hash(identity(validate(cfg)))
+
+
+BASE = run_id()
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.epochs=3",
+        "train.lr=5e-4",
+        "train.compute=steps",
+        "train.mixed_precision=bf16",
+        "data.n_pool=8000",
+        "data.noise_rate=0.1",
+        "model.hidden_size=256",
+        "eval.num_fewshot=5",
+        "eval.tasks=[addition]",
+        "eval.limit=10",
+        "budget=0.1",
+        "seed=1",
+        "seeds.order=3",
+        "selector=balanced_random",
+    ],
+)
+def test_result_changing_values_change_the_identity(override):
+    assert run_id(override) != BASE
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "paths.results=/elsewhere",
+        "paths.cache=/shared/cache",
+        "logger=wandb",
+        "rerun=true",
+        "eval.batch_size=7",
+        "train.micro_batch_size=8",
+        "train.checkpoint_every=5",
+        "train.keep_checkpoint=true",
+        "num_threads=1",
+        "train.epochs=10",  # the default, spelled out
+    ],
+)
+def test_other_values_keep_the_identity(override):
+    assert run_id(override) == BASE
+
+
+def test_full_ignores_the_budget():
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        a = compose(config_name="config", overrides=["selector=full", "budget=0.1"])
+        b = compose(config_name="config", overrides=["selector=full", "budget=0.5"])
+    assert identity_hash(identity(validate(a), uses_budget=False)) == identity_hash(
+        identity(validate(b), uses_budget=False)
+    )
+
+
+def test_differing_keys_names_them():
+    a = {"train": {"epochs": 1, "lr": 1e-3}, "budget": 0.1}
+    b = {"train": {"epochs": 3, "lr": 5e-4}, "budget": 0.1}
+    assert differing_keys(a, b) == ["train.epochs", "train.lr"]
+
+
+def test_folder_names_show_what_changes_the_result():
+    assert run_name("random", 0.15, 0, []) == "b0.15_s0"
+    assert run_name("full", 0.15, 0, []) == "all_s0"
+    name = run_name("random", 0.1, 0, ["selector=random", "budget=0.1", "train.epochs=5", "model.hidden_size=256"])
+    assert name == "b0.1_s0,model.hidden_size=256,train.epochs=5"
+    # not part of the identity: never in the name
+    assert run_name("random", 0.1, 0, ["paths.results=/x", "logger=wandb", "rerun=true", "eval.batch_size=3"]) == (
+        "b0.1_s0"
+    )
+    assert result_overrides(["+experiment=x", "~foo", "data.path=/a/b.jsonl"]) == [
+        "data.path=/a/b.jsonl",
+        "experiment=x",
+    ]
+    assert "/" not in run_name("random", 0.1, 0, ["data.path=/a/b.jsonl"])
+
+
+def test_long_names_get_a_hash():
+    many = [f"data.knob_{i}=value_{i}" for i in range(20)]
+    name = run_name("random", 0.1, 0, many)
+    assert name.startswith("b0.1_s0,h") and len(name) < 30
+    assert name != run_name("random", 0.1, 0, [*many[:-1], "data.knob_19=other"])
