@@ -166,7 +166,14 @@ def add_lora(model: PreTrainedModel, lora_cfg: DictConfig, init_seed: int) -> Pr
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        return get_peft_model(model, config)
+        try:
+            return get_peft_model(model, config)
+        except ValueError as exc:  # e.g. "Target modules {...} not found in the base model"
+            names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+            raise HarnessError(
+                f"LoRA target modules {list(lora_cfg.target_modules)} do not fit this model ({first_line(exc)}); "
+                f"its linear layers are named {names[:12]}"
+            ) from None
 
 
 def for_evaluation(model: Any) -> PreTrainedModel:

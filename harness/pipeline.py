@@ -82,6 +82,7 @@ def select(
     seed: int,
     plan_for: Any,
     signals: Any = None,
+    target_tasks: list[str] | None = None,
 ) -> tuple[Selection, int, ComputePlan]:
     """Stage 2: the selector sees the truth-free view of the pool and the recipe's epochs, returns a Selection."""
     k = budget_to_k(budget, pool.n) if spec.uses_budget else pool.n
@@ -94,6 +95,7 @@ def select(
         signals=signals,
         epochs=plan.epochs,
         global_batch_size=plan_for.global_batch_size,
+        target_tasks=list(target_tasks or []),
     )
     return run_selector(spec, ctx, params), k, plan
 
@@ -105,6 +107,24 @@ def training_epochs(selection: Selection, pool: Pool, epochs: int) -> list[np.nd
         rows = np.sort(pool.index_of(selection.ids))
         return [rows] * epochs
     return [np.sort(pool.index_of(e)) for e in selection.epochs]
+
+
+def target_tasks(tasks: list[Any], pool: Pool) -> list[str]:
+    """The validation tasks that the evaluated tasks target: `testbed_<skill>` (and its variants, such as the
+    generative `testbed_<skill>_gen`) targets the skill; a suite whose names match no validation task (real lm-eval
+    benchmarks over a pool's own task labels) targets every task that has validation examples."""
+    have = sorted(set(pool.validation["task"])) if len(pool.validation) else []
+    names = [t["task"] if isinstance(t, dict) else str(t) for t in tasks]
+    found = []
+    for name in names:
+        base = name[len("testbed_") :] if name.startswith("testbed_") else name
+        match = [v for v in have if base == v or base.startswith(v + "_")]
+        found.extend(m for m in match[:1] if m not in found)
+    if found:
+        return found
+    if any(n.startswith("testbed_") for n in names):  # testbed tasks, but the pool lacks their validation examples
+        return sorted({n[len("testbed_") :].removesuffix("_gen") for n in names})
+    return have
 
 
 class _PlanFor:
@@ -228,7 +248,8 @@ def _run_locked(
             accelerator=accelerator,
             batch_size=cfg.eval.batch_size,
         )
-        selection, k, plan = select(spec, params, pool, tokens, budget, seeds["selection"], plan_for, signals)
+        targets = target_tasks(tasks, pool)
+        selection, k, plan = select(spec, params, pool, tokens, budget, seeds["selection"], plan_for, signals, targets)
     if accelerator.num_processes > 1:
         shared = broadcast_object_list([selection if accelerator.is_main_process else None])
         selection = shared[0]
@@ -311,8 +332,11 @@ def _run_locked(
 
 def variant_label(spec: SelectorSpec, params: dict[str, Any]) -> str:
     """The selector's name plus the parameters that differ from its defaults, e.g. `influence[aggregate=sum]`."""
-    defaults = {n: p.default for n, p in spec.params().items()}
-    changed = {k: v for k, v in sorted(params.items()) if defaults.get(k, object()) != v}
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    defaults = {n: plain(p.default) for n, p in spec.params().items()}
+    changed = {k: v for k, v in sorted(params.items()) if defaults.get(k, object()) != plain(v)}
     if not changed:
         return spec.name
     return f"{spec.name}[{','.join(f'{k}={v}' for k, v in changed.items())}]"

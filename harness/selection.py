@@ -74,6 +74,8 @@ class SelectionContext:
     """Epochs of the recipe: a per-epoch schedule (RS2) must have exactly this many."""
     global_batch_size: int = 1
     """Examples per optimizer step of the recipe."""
+    target_tasks: list[str] = field(default_factory=list)
+    """The tasks the run is evaluated on, as named in the pool's validation examples (targeted selectors)."""
 
     def rng(self, stream: str = "selection") -> np.random.Generator:
         """A generator seeded by the selection seed (and a stream name, for several streams)."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -95,6 +96,23 @@ def encode_examples(
     return out, plen, truncated
 
 
+def tokenize_frame(
+    pool: Pool, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int, add_bos: bool
+) -> TokenizedPool:
+    """Token ids of the rows of `frame` (prompt, response), formatted as the pool's examples are trained on
+    (used for the pool itself and for its validation examples)."""
+    prompts = format_prompts(pool, frame["prompt"].tolist(), tokenizer)
+    # Inside a chat template the answer follows the assistant header directly, as lm-eval scores it.
+    delimiter = "" if pool.chat_template else pool.delimiter
+    seqs, plen, truncated = encode_examples(
+        prompts, frame["response"].tolist(), tokenizer, delimiter, max_length, add_bos
+    )
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(s) for s in seqs])
+    ids = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=offsets[-1])
+    return TokenizedPool(ids=ids, offsets=offsets, prompt_len=np.asarray(plen, dtype=np.int32), truncated=truncated)
+
+
 def tokenize_pool(
     pool: Pool, tokenizer: PreTrainedTokenizerBase, max_length: int, add_bos: bool, cache_dir: Path
 ) -> TokenizedPool:
@@ -105,18 +123,11 @@ def tokenize_pool(
     path = Path(cache_dir) / "tokenized" / key
 
     def build(tmp: Path) -> None:
-        prompts = format_prompts(pool, pool.examples["prompt"].tolist(), tokenizer)
-        # Inside a chat template the answer follows the assistant header directly, as lm-eval scores it.
-        delimiter = "" if pool.chat_template else pool.delimiter
-        seqs, plen, truncated = encode_examples(
-            prompts, pool.examples["response"].tolist(), tokenizer, delimiter, max_length, add_bos
-        )
-        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([len(s) for s in seqs])
-        np.save(tmp / "ids.npy", np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=offsets[-1]))
-        np.save(tmp / "offsets.npy", offsets)
-        np.save(tmp / "prompt_len.npy", np.asarray(plen, dtype=np.int32))
-        (tmp / "meta.json").write_text(json.dumps({"truncated": truncated, "n": len(seqs)}))
+        data = tokenize_frame(pool, pool.examples, tokenizer, max_length, add_bos)
+        np.save(tmp / "ids.npy", data.ids)
+        np.save(tmp / "offsets.npy", data.offsets)
+        np.save(tmp / "prompt_len.npy", data.prompt_len)
+        (tmp / "meta.json").write_text(json.dumps({"truncated": data.truncated, "n": data.n}))
 
     atomic_dir(path, build)
     meta = json.loads((path / "meta.json").read_text())

@@ -181,6 +181,7 @@ def test_sigint_and_sigterm_stop_with_a_checkpoint_and_resume(tmp_path):
         log = cell / "train_log.jsonl"
         start = len(log.read_text().splitlines()) if log.exists() else 0
         while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < start + 3):
+            assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
             time.sleep(0.2)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)

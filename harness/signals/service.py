@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from harness.errors import HarnessError
 from harness.locking import HeartbeatLock
 from harness.modeling import build_model, model_description
 from harness.pool import Pool
@@ -80,6 +81,7 @@ class SignalService:
         self.accelerator = accelerator
         self.batch_size = batch_size
         self.used: list[dict[str, Any]] = []
+        self._stack: list[dict[str, float]] = []
         self._base = {
             "pool": pool.fingerprint(),
             "model": model_description(model_cfg),
@@ -92,19 +94,21 @@ class SignalService:
         return digest({**self._base, "name": name, "spec": spec})
 
     def cached(self, name: str, spec: dict[str, Any], build: Callable[[Path], None]) -> Path:
-        """The folder of signal `name` for `spec`, computing it first if no process has (once, under a lock)."""
+        """The folder of signal `name` for `spec`, computing it first if no process has (once, under a lock).
+
+        A signal built from other signals (influence from gradient features) records inclusive seconds: its own
+        work plus the recorded seconds of what it used, so a run that finds it cached is charged the whole cost."""
         key = self.key(name, spec)
         path = self.root / name / key
+        computed = False
         if not (path / DONE).exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             with HeartbeatLock(path.parent / f"{key}.lock"):
                 if not (path / DONE).exists():
                     self._build(name, spec, path, build)
-                    meta = json.loads((path / DONE).read_text())
-                    self._use(name, key, meta, cached=False)
-                    return path
+                    computed = True
         meta = json.loads((path / DONE).read_text())
-        self._use(name, key, meta, cached=True)
+        self._use(name, key, meta, cached=not computed)
         return path
 
     def _build(self, name: str, spec: dict[str, Any], path: Path, build: Callable[[Path], None]) -> None:
@@ -113,22 +117,34 @@ class SignalService:
             log.info("signal %s/%s: continuing an interrupted computation", name, path.name)
         work.mkdir(parents=True, exist_ok=True)
         share_mode(work, is_dir=True)
-        prior = json.loads((work / "seconds.json").read_text())["seconds"] if (work / "seconds.json").exists() else 0.0
+        done_before = work / "seconds.json"
+        prior = json.loads(done_before.read_text())["seconds"] if done_before.exists() else 0.0
+        frame = {"inner_wall": 0.0, "inner_recorded": 0.0}
+        self._stack.append(frame)
         start = time.perf_counter()
         log.info("signal %s: computing (%s)", name, path.name)
         try:
             build(work)
         finally:
-            atomic_write_json(work / "seconds.json", {"seconds": prior + time.perf_counter() - start})
-        seconds = prior + time.perf_counter() - start
+            wall = time.perf_counter() - start
+            self._stack.pop()
+            own = prior + wall - frame["inner_wall"]
+            atomic_write_json(done_before, {"seconds": own})
+        seconds = own + frame["inner_recorded"]
+        if self._stack:  # this build ran inside another one: its wall time is inside the parent's
+            self._stack[-1]["inner_wall"] += wall
         atomic_write_json(work / DONE, {"name": name, "spec": spec, "seconds": round(seconds, 3), "base": self._base})
         if path.exists():  # a stale folder without its completion marker
             shutil.rmtree(path)
         os.replace(work, path)
 
     def _use(self, name: str, key: str, meta: dict[str, Any], cached: bool) -> None:
-        entry = {"name": name, "key": key, "seconds": float(meta.get("seconds", 0.0)), "cached": cached}
-        if entry not in self.used:
+        seconds = float(meta.get("seconds", 0.0))
+        if self._stack:  # used while building another signal: counted in that one's inclusive seconds
+            self._stack[-1]["inner_recorded"] += seconds
+            return
+        entry = {"name": name, "key": key, "seconds": seconds, "cached": cached}
+        if not any(u["key"] == key for u in self.used):
             self.used.append(entry)
 
     # ------------------------------------------------------------------ warm-up runs
@@ -265,3 +281,90 @@ def _recipe(cfg: DictConfig) -> dict[str, Any]:
             return {"embeddings": embeddings(model, self.tokens, np.arange(self.pool.n), **self._args())}
 
         return self._per_example("embeddings", warm, epoch, compute)["embeddings"]
+
+    # ------------------------------------------------------------------ LESS gradient features and influence
+
+    def validation_tokens(self) -> TokenizedPool:
+        """The pool's validation examples, tokenized as the pool is (small: kept in memory)."""
+        if getattr(self, "_val_tokens", None) is None:
+            from harness.tokenization import tokenize_frame
+
+            self._val_tokens = tokenize_frame(
+                self.pool, self.pool.validation, self.tokenizer, self.model_cfg.max_length, self.model_cfg.add_bos_token
+            )
+        return self._val_tokens
+
+    def gradient_features(self, warm: WarmupRun, epoch: int, *, validation: bool, settings: dict[str, Any]) -> Any:
+        """Projected, L2-normalised gradient features of every pool example (Adam update direction from the
+        checkpoint's moments) or of every validation example (plain gradient), as a memory-mapped store filled
+        in committed shards (an interrupted computation continues where it stopped)."""
+        from harness.signals.gradients import FeatureStore, gradient_features
+        from harness.signals.projection import Projector
+
+        data = self.validation_tokens() if validation else self.tokens
+        spec = {"warmup": warm.key, "epoch": epoch, "validation": validation, **settings}
+        if validation:
+            spec["validation_rows"] = digest(self.pool.validation[["task", "prompt", "response"]].values.tolist())
+
+        def build(work: Path) -> None:
+            model = self.model_at(warm, epoch)
+            modules = settings.get("feature_modules")
+            if modules:  # features over a named part of the trainable parameters only
+                for name, param in model.named_parameters():
+                    param.requires_grad_(param.requires_grad and any(m in name for m in modules))
+            n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            if n_params == 0:
+                raise HarnessError(f"feature_modules {modules} match no trainable parameter of the model")
+            projector = Projector(
+                n_params,
+                settings["proj_dim"],
+                settings["proj_seed"],
+                settings["projection"],
+                device=self.accelerator.device,
+            )
+            adam = {} if validation else self._adam(warm, epoch)
+            store = FeatureStore(work / "store", data.n, settings["proj_dim"], dtype=settings["store_dtype"])
+
+            def compute(start: int, stop: int) -> np.ndarray:
+                return gradient_features(
+                    model,
+                    data,
+                    np.arange(start, stop),
+                    kind="sgd" if validation else "adam",
+                    formula=settings["adam_formula"],
+                    projector=projector,
+                    **adam,
+                    **self._args(),
+                )
+
+            store.fill(compute)
+
+        path = self.cached("gradient_features", spec, build)
+        return np.load(path / "store" / FeatureStore.FILE, mmap_mode="r")
+
+    def _adam(self, warm: WarmupRun, epoch: int) -> dict[str, Any]:
+        state = torch.load(warm.checkpoint(epoch), map_location="cpu", weights_only=False)
+        moments = {n: (m["exp_avg"], m["exp_avg_sq"]) for n, m in state["moments"].items()}
+        steps = [int(m["step"]) for m in state["moments"].values()]
+        return {"moments": moments, "step": max(steps, default=0), "betas": tuple(state["betas"]), "eps": state["eps"]}
+
+    def influence(self, warm: WarmupRun, settings: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The N x |V| LESS influence matrix (cosines of training and validation gradient features per
+        checkpoint, summed with each epoch's average learning rate as weight, renormalised) and the task of every
+        validation column. Cached itself, so every aggregation and BIDS reuse it."""
+        from harness.signals.influence import influence_matrix, lr_weights
+
+        spec = {
+            "warmup": warm.key,
+            "validation_rows": digest(self.pool.validation[["task", "prompt", "response"]].values.tolist()),
+            **settings,
+        }
+
+        def build(work: Path) -> None:
+            train = [self.gradient_features(warm, e, validation=False, settings=settings) for e in range(warm.epochs)]
+            val = [self.gradient_features(warm, e, validation=True, settings=settings) for e in range(warm.epochs)]
+            matrix = influence_matrix(train, [np.asarray(v, dtype=np.float32) for v in val], lr_weights(warm.avg_lrs))
+            np.save(work / "influence.npy", matrix.astype(np.float32))
+
+        path = self.cached("influence", spec, build)
+        return np.load(path / "influence.npy", mmap_mode="r"), self.pool.validation["task"].to_numpy()

@@ -1,0 +1,110 @@
+"""LESS influence as the `influence` and `bids` selectors share it (Xia et al., ICML 2024):
+
+    1. warm-up: train the proxy with LoRA (r=128, alpha=512, dropout 0.1 on q/k/v/o) for 4 epochs on a random 5%
+       of the pool, lr 2e-5, linear schedule with 3% warm-up; keep a checkpoint with Adam's state every epoch
+    2. for every checkpoint: training examples -> Adam update direction from the checkpoint's moments, validation
+       examples -> plain gradients; trainable (LoRA) parameters only; random projection to d = 8192 (Rademacher);
+       L2-normalise
+    3. influence[i, j] = sum over checkpoints of (average lr of that epoch, renormalised) * cos(train_i, val_j)
+
+The matrix comes from the signal service, cached, so every aggregation of `influence` and `bids` in a sweep
+reuse one warm-up, one gradient store and one matrix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.scores import warmup_seed
+from harness.selection import SelectionContext
+
+DEFAULTS: dict[str, Any] = {
+    "warmup_mode": "lora",
+    "warmup_fraction": 0.05,
+    "warmup_epochs": 4,
+    "warmup_lr": 2e-5,
+    "warmup_scheduler": "linear",
+    "warmup_ratio": 0.03,
+    "warmup_seed": None,
+    "lora_r": 128,
+    "lora_alpha": 512,
+    "lora_dropout": 0.1,
+    "lora_modules": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "feature_modules": None,
+    "proj_dim": 8192,
+    "projection": "rademacher",
+    "proj_seed": 0,
+    "adam_formula": "paper",
+    "store_dtype": "float16",
+}
+"""The paper's settings (the keyword defaults of both selectors)."""
+
+CHOICES = {
+    "warmup_mode": ("lora", "full"),
+    "warmup_scheduler": ("linear", "cosine", "constant_with_warmup"),
+    "projection": ("rademacher", "sparse"),
+    "adam_formula": ("paper", "authors"),
+    "store_dtype": ("float16", "float32"),
+}
+
+
+def check(params: dict[str, Any]) -> None:
+    """One-line errors for settings that cannot work (before any data is loaded)."""
+    for key, allowed in CHOICES.items():
+        if params[key] not in allowed:
+            raise HarnessError(f"{key} must be one of {list(allowed)}, got {params[key]!r}")
+    if not isinstance(params["proj_dim"], int) or params["proj_dim"] < 1:
+        raise HarnessError(f"proj_dim must be a positive integer (the paper uses 8192), got {params['proj_dim']!r}")
+    if params["warmup_epochs"] < 1:
+        raise HarnessError(
+            f"warmup_epochs must be at least 1 (one checkpoint per epoch), got {params['warmup_epochs']}"
+        )
+    if not 0 < params["warmup_fraction"] <= 1:
+        raise HarnessError(f"warmup_fraction must be in (0, 1], got {params['warmup_fraction']}")
+    if params["warmup_lr"] <= 0:
+        raise HarnessError(f"warmup_lr must be positive, got {params['warmup_lr']}")
+    if params["warmup_mode"] == "lora" and (params["lora_r"] < 1 or not params["lora_modules"]):
+        raise HarnessError("warmup_mode=lora needs lora_r >= 1 and at least one module in lora_modules")
+
+
+def influence_matrix(ctx: SelectionContext, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The N x |V| influence matrix for these settings and the task of each validation column."""
+    p = {**DEFAULTS, **params}
+    validation = ctx.pool.validation
+    if validation is None or validation.empty:
+        raise HarnessError(
+            "influence needs validation examples per target task and the pool has none; "
+            "give the pool validation examples (data.validation_path / data.validation_split)"
+        )
+    have = set(validation["task"])
+    missing = [t for t in ctx.target_tasks if t not in have]
+    if missing:
+        raise HarnessError(
+            f"influence needs validation examples for every target task; none for {missing[0]!r}"
+            f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''} (add them, or evaluate other tasks)"
+        )
+    lora = None
+    if p["warmup_mode"] == "lora":
+        lora = {
+            "r": p["lora_r"],
+            "alpha": p["lora_alpha"],
+            "dropout": p["lora_dropout"],
+            "target_modules": list(p["lora_modules"]),
+        }
+    recipe = {"lr": p["warmup_lr"], "scheduler": p["warmup_scheduler"], "warmup_ratio": p["warmup_ratio"]}
+    seed = p["warmup_seed"] if p["warmup_seed"] is not None else warmup_seed(ctx, 0)
+    warm = ctx.signals.warmup(
+        epochs=p["warmup_epochs"], seed=seed, fraction=p["warmup_fraction"], recipe=recipe, lora=lora
+    )
+    settings = {
+        "proj_dim": p["proj_dim"],
+        "projection": p["projection"],
+        "proj_seed": p["proj_seed"],
+        "adam_formula": p["adam_formula"],
+        "store_dtype": p["store_dtype"],
+        "feature_modules": list(p["feature_modules"]) if p["feature_modules"] else None,
+    }
+    return ctx.signals.influence(warm, settings)
