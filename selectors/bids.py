@@ -47,26 +47,24 @@ def bids_order(attribution: np.ndarray, k: int) -> np.ndarray:
     n, v = z.shape
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
         raise ValueError(f"k must be an integer in [1, {n}] (the number of training rows), got {k!r}")
-    zt = np.ascontiguousarray(z.T)  # one contiguous row per validation column
+    cols = _Columns(z)
     del z
-    order, run_end = _sorted_columns(zt)
-    cols = np.arange(v)
-    ptr = np.zeros(v, dtype=np.int64)  # position of each column's first unselected row in its order
     selected = np.zeros(n, dtype=bool)
     total = np.zeros(v)  # float64 running sum of the selected rows of A_norm, in selection order
     chosen = np.empty(k, dtype=np.int64)
     for t in range(k):
         mean = total / t if t else np.zeros(v)
-        heads = order[cols, ptr]
-        gaps = zt[cols, heads] - mean
+        gaps = cols.head_val - mean  # per column, the best gap of any unselected row
         best = gaps.max()
         tied = np.flatnonzero(gaps == best)
-        winner = int(heads[tied].min())
-        winner = _lowest_in_rounding_ties(zt, order, run_end, ptr, tied, mean, best, selected, winner)
+        winner = int(cols.head[tied].min())
+        rounding = tied[cols.next_val[tied] - mean[tied] == best]
+        if rounding.size:  # a smaller value in the same column rounds to the same gap: its rows tie too
+            winner = min(winner, cols.lowest_unselected_at(rounding, mean, best, selected))
         chosen[t] = winner
         selected[winner] = True
-        total += zt[:, winner]
-        _advance(order, ptr, selected, np.flatnonzero(heads == winner))
+        total += cols.zt[:, winner]
+        cols.advance(np.flatnonzero(cols.head == winner), selected)
     return chosen
 
 
@@ -83,44 +81,95 @@ def _checked_matrix(attribution: np.ndarray) -> np.ndarray:
     return a
 
 
-def _sorted_columns(zt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per column: rows by (value desc, row asc), and for each position the end of its run of equal values."""
-    v, n = zt.shape
-    order = np.empty((v, n), dtype=np.int64 if n > np.iinfo(np.int32).max else np.int32)
-    run_end = np.empty_like(order)
-    for j in range(v):
-        o = np.argsort(-zt[j], kind="stable")
-        order[j] = o
-        values = zt[j, o]
-        starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
-        ends = np.r_[starts[1:], n]
-        run_end[j] = np.repeat(ends, ends - starts)
-    return order, run_end
+class _Columns:
+    """Each column's rows sorted by (value desc, row asc), and a pointer to its first unselected row.
+
+    Arrays are flat (column j occupies [j * N, (j + 1) * N)) so that one step gathers from all columns at once.
+    """
+
+    def __init__(self, z: np.ndarray) -> None:
+        n, v = z.shape
+        self.n = n
+        self.zt = np.ascontiguousarray(z.T)  # one contiguous row of values per column
+        self.flat = self.zt.reshape(-1)
+        self.offset = np.arange(v, dtype=np.int64) * n
+        index = np.int64 if v * n > np.iinfo(np.int32).max else np.int32
+        self.order = np.empty(v * n, dtype=index)  # rows of each column, best first
+        self.run_end = np.empty(v * n, dtype=index)  # per position: where its run of equal values ends
+        for j in range(v):
+            self.order[j * n : (j + 1) * n], self.run_end[j * n : (j + 1) * n] = _rank_column(self.zt[j])
+        self.ptr = np.zeros(v, dtype=np.int64)  # position of each column's first unselected row
+        self.head = np.empty(v, dtype=np.int64)  # that row
+        self.head_val = np.empty(v)  # its value
+        self.next_val = np.empty(v)  # the largest value below the head's run (-inf if none)
+        self._refresh(np.arange(v))
+
+    def _refresh(self, cols: np.ndarray) -> None:
+        live, done = cols[self.ptr[cols] < self.n], cols[self.ptr[cols] >= self.n]
+        self.head_val[done] = self.next_val[done] = -np.inf
+        pos = self.offset[live] + self.ptr[live]
+        self.head[live] = self.order[pos]
+        self.head_val[live] = self.flat[self.offset[live] + self.head[live]]
+        nxt = self.run_end[pos]
+        has = nxt < self.n
+        self.next_val[live] = -np.inf
+        base = self.offset[live[has]]
+        self.next_val[live[has]] = self.flat[base + self.order[base + nxt[has]]]
+
+    def advance(self, cols: np.ndarray, selected: np.ndarray) -> None:
+        """Move the pointers of `cols` (forward only) past selected rows, and refresh those columns' heads."""
+        if cols.size > 4:
+            ptr = self.ptr[cols] + 1
+            moving = np.arange(cols.size)
+            while moving.size:
+                moving = moving[ptr[moving] < self.n]
+                moving = moving[selected[self.order[self.offset[cols[moving]] + ptr[moving]]]]
+                ptr[moving] += 1
+            self.ptr[cols] = ptr
+            self._refresh(cols)
+            return
+        # The usual case, a row that heads one or a few columns: the same steps on scalars, which is quicker.
+        for j in cols.tolist():
+            base, p = j * self.n, int(self.ptr[j]) + 1
+            while p < self.n and selected[self.order[base + p]]:
+                p += 1
+            self.ptr[j] = p
+            if p == self.n:
+                self.head_val[j] = self.next_val[j] = -np.inf
+                continue
+            row, nxt = int(self.order[base + p]), int(self.run_end[base + p])
+            self.head[j], self.head_val[j] = row, self.flat[base + row]
+            self.next_val[j] = self.flat[base + self.order[base + nxt]] if nxt < self.n else -np.inf
+
+    def lowest_unselected_at(self, cols: np.ndarray, mean: np.ndarray, best: float, selected: np.ndarray) -> int:
+        """Lowest unselected row in `cols` whose gap equals `best`, looking past each head's run."""
+        lowest = self.n
+        for j in cols:
+            q = int(self.run_end[self.offset[j] + self.ptr[j]])
+            while q < self.n and self.zt[j, self.order[self.offset[j] + q]] - mean[j] == best:
+                row = int(self.order[self.offset[j] + q])
+                if not selected[row]:
+                    lowest = min(lowest, row)
+                q += 1
+        return lowest
 
 
-def _lowest_in_rounding_ties(zt, order, run_end, ptr, tied, mean, best, selected, winner: int) -> int:
-    """Lower `winner` to any unselected row whose smaller value still rounds to the best difference."""
-    n = zt.shape[1]
-    nxt = run_end[tied, ptr[tied]]
-    open_ = nxt < n
-    cols, nxt = tied[open_], nxt[open_]
-    hit = zt[cols, order[cols, nxt]] - mean[cols] == best
-    for j, q in zip(cols[hit], nxt[hit]):
-        while q < n and zt[j, order[j, q]] - mean[j] == best:
-            row = int(order[j, q])
-            if not selected[row] and row < winner:
-                winner = row
-            q += 1
-    return winner
-
-
-def _advance(order: np.ndarray, ptr: np.ndarray, selected: np.ndarray, cols: np.ndarray) -> None:
-    """Move the pointers of `cols` past selected rows (each pointer only moves forward)."""
-    n = order.shape[1]
-    while cols.size:
-        ptr[cols] += 1
-        cols = cols[ptr[cols] < n]
-        cols = cols[selected[order[cols, ptr[cols]]]]
+def _rank_column(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows by (value desc, row asc), and for each position the end of its run of equal values."""
+    n = values.size
+    order = np.argsort(-values)
+    ranked = values[order]
+    new_run = np.r_[True, ranked[1:] != ranked[:-1]]
+    starts = np.flatnonzero(new_run)
+    ends = np.r_[starts[1:], n]
+    tied = np.flatnonzero(ends - starts > 1)
+    if tied.size > 64:  # equal values in ascending row order: sort by (run, row) packed in one integer
+        run = np.cumsum(new_run) - 1
+        order = np.sort(run * n + order) - run * n
+    else:
+        for r in tied.tolist():
+            order[starts[r] : ends[r]].sort()
+    return order, np.repeat(ends, ends - starts)
 
 
 # The `bids` selector (registered with @register) goes below: it gets the attribution matrix from the

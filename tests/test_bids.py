@@ -91,6 +91,12 @@ def test_larger_matrix_and_float32_input(bids):
     assert bids.bids_order(a, 300).tolist() == literal_bids(a, 300, bids.zscore_columns)
 
 
+def test_many_tied_runs_per_column(bids):
+    # Thousands of rows over 100 distinct values: every column has many runs of equal values to order by row.
+    a = np.random.default_rng(8).integers(0, 100, size=(3000, 4)).astype(float)
+    assert bids.bids_order(a, 800).tolist() == literal_bids(a, 800, bids.zscore_columns)
+
+
 def test_rounding_ties_are_resolved_not_just_exact_ties(bids, monkeypatch):
     """Rows 2..5 have distinct z-scores that all round to the same gap once row 0 is selected; the lowest wins."""
     a = np.array([[1.0], [-1.0], [1e-20], [2e-20], [3e-20], [4e-20]])
@@ -98,7 +104,7 @@ def test_rounding_ties_are_resolved_not_just_exact_ties(bids, monkeypatch):
     assert len(set(z[2:].tolist())) == 4 and len(set((z[2:] - z[0]).tolist())) == 1
     assert bids.bids_order(a, 6).tolist() == literal_bids(a, 6, bids.zscore_columns) == [0, 2, 3, 4, 5, 1]
     # Without the rounding-tie scan the column head (largest value, row 5) would win: the scan is what is tested.
-    monkeypatch.setattr(bids, "_lowest_in_rounding_ties", lambda *args: args[-1])
+    monkeypatch.setattr(bids._Columns, "lowest_unselected_at", lambda self, *args: self.n)
     assert bids.bids_order(a, 2).tolist() == [0, 5]
 
 
