@@ -9,7 +9,7 @@ Algorithm, for the raw attribution matrix A (N training rows x |V| validation co
            T.append(argmax over unselected i of max_j (A_norm[i, j] - mean_T[j]))
     3. return T (row indices in selection order; ties go to the lowest row index, as numpy.argmax does)
 
-`bids_order` makes exactly these choices in about O(N |V| log N + k |V|) instead of O(k N |V|): see its docstring.
+`bids_order` makes exactly these choices in O(N |V| + k |V| log k) time instead of the loop's O(k N |V|).
 """
 
 from __future__ import annotations
@@ -39,15 +39,16 @@ def bids_order(attribution: np.ndarray, k: int) -> np.ndarray:
     For a fixed mean vector m, max_i max_j (A_norm[i, j] - m[j]) = max_j max_i (...), and within one column
     the best unselected row is the first one in that column's order (value descending, row ascending),
     because x -> fl(x - m[j]) is monotone. So each column keeps its sorted order and a pointer to its
-    first unselected row; one step compares |V| column heads instead of N x |V| entries. The scores are
-    the literal loop's own float64 numbers, so the maximum is the same; ties go to the lowest row among
-    every row that reaches it, including rows whose different value rounds to the same difference.
+    first unselected row; one step compares |V| column heads instead of N x |V| entries. A pointer never
+    passes more than k places, so each column needs only its best k + 1 rows sorted. The scores are the
+    literal loop's own float64 numbers, so the maximum is the same; ties go to the lowest row among every
+    row that reaches it, including rows whose different value rounds to the same difference.
     """
     z = zscore_columns(attribution)
     n, v = z.shape
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
         raise ValueError(f"k must be an integer in [1, {n}] (the number of training rows), got {k!r}")
-    cols = _Columns(z)
+    cols = _Columns(z, depth=min(n, k + 1))
     del z
     selected = np.zeros(n, dtype=bool)
     total = np.zeros(v)  # float64 running sum of the selected rows of A_norm, in selection order
@@ -82,39 +83,45 @@ def _checked_matrix(attribution: np.ndarray) -> np.ndarray:
 
 
 class _Columns:
-    """Each column's rows sorted by (value desc, row asc), and a pointer to its first unselected row.
+    """Each column's best rows sorted by (value desc, row asc), and a pointer to its first unselected row.
 
-    Arrays are flat (column j occupies [j * N, (j + 1) * N)) so that one step gathers from all columns at once.
+    Only the first `depth` = k + 1 places of a column can ever hold its first unselected row (at most k rows
+    are selected), so a column is partitioned and only that prefix is sorted. Arrays are flat (column j at
+    [j * depth, (j + 1) * depth)) so that one step gathers from every column at once.
     """
 
-    def __init__(self, z: np.ndarray) -> None:
+    def __init__(self, z: np.ndarray, depth: int) -> None:
         n, v = z.shape
-        self.n = n
+        self.n, self.depth = n, depth
         self.zt = np.ascontiguousarray(z.T)  # one contiguous row of values per column
-        self.flat = self.zt.reshape(-1)
-        self.offset = np.arange(v, dtype=np.int64) * n
-        index = np.int64 if v * n > np.iinfo(np.int32).max else np.int32
-        self.order = np.empty(v * n, dtype=index)  # rows of each column, best first
-        self.run_end = np.empty(v * n, dtype=index)  # per position: where its run of equal values ends
+        self.values = self.zt.reshape(-1)  # value of row i in column j at j * n + i
+        self.z_off = np.arange(v, dtype=np.int64) * n
+        self.off = np.arange(v, dtype=np.int64) * depth
+        index = np.int64 if max(n, v * depth) > np.iinfo(np.int32).max else np.int32
+        self.order = np.empty(v * depth, dtype=index)  # the column's best rows, best first
+        self.run_end = np.empty(v * depth, dtype=index)  # per place: where its run of equal values ends
+        self.below = np.empty(v)  # the largest value left out of the prefix's last run (-inf if none)
         for j in range(v):
-            self.order[j * n : (j + 1) * n], self.run_end[j * n : (j + 1) * n] = _rank_column(self.zt[j])
-        self.ptr = np.zeros(v, dtype=np.int64)  # position of each column's first unselected row
+            part = slice(j * depth, (j + 1) * depth)
+            self.order[part], self.run_end[part], self.below[j] = _rank_column(self.zt[j], depth)
+        self.ptr = np.zeros(v, dtype=np.int64)  # place of each column's first unselected row
         self.head = np.empty(v, dtype=np.int64)  # that row
         self.head_val = np.empty(v)  # its value
         self.next_val = np.empty(v)  # the largest value below the head's run (-inf if none)
         self._refresh(np.arange(v))
 
     def _refresh(self, cols: np.ndarray) -> None:
-        live, done = cols[self.ptr[cols] < self.n], cols[self.ptr[cols] >= self.n]
-        self.head_val[done] = self.next_val[done] = -np.inf
-        pos = self.offset[live] + self.ptr[live]
+        """Recompute head, head_val and next_val of `cols` from their pointers."""
+        live, done = cols[self.ptr[cols] < self.depth], cols[self.ptr[cols] >= self.depth]
+        self.head_val[done] = self.next_val[done] = -np.inf  # every row selected (only when k = N)
+        pos = self.off[live] + self.ptr[live]
         self.head[live] = self.order[pos]
-        self.head_val[live] = self.flat[self.offset[live] + self.head[live]]
+        self.head_val[live] = self.values[self.z_off[live] + self.head[live]]
         nxt = self.run_end[pos]
-        has = nxt < self.n
-        self.next_val[live] = -np.inf
-        base = self.offset[live[has]]
-        self.next_val[live[has]] = self.flat[base + self.order[base + nxt[has]]]
+        inside = nxt < self.depth
+        self.next_val[live] = self.below[live]
+        at = live[inside]
+        self.next_val[at] = self.values[self.z_off[at] + self.order[self.off[at] + nxt[inside]]]
 
     def advance(self, cols: np.ndarray, selected: np.ndarray) -> None:
         """Move the pointers of `cols` (forward only) past selected rows, and refresh those columns' heads."""
@@ -122,46 +129,47 @@ class _Columns:
             ptr = self.ptr[cols] + 1
             moving = np.arange(cols.size)
             while moving.size:
-                moving = moving[ptr[moving] < self.n]
-                moving = moving[selected[self.order[self.offset[cols[moving]] + ptr[moving]]]]
+                moving = moving[ptr[moving] < self.depth]
+                moving = moving[selected[self.order[self.off[cols[moving]] + ptr[moving]]]]
                 ptr[moving] += 1
             self.ptr[cols] = ptr
             self._refresh(cols)
             return
         # The usual case, a row that heads one or a few columns: the same steps on scalars, which is quicker.
         for j in cols.tolist():
-            base, p = j * self.n, int(self.ptr[j]) + 1
-            while p < self.n and selected[self.order[base + p]]:
+            base, p = j * self.depth, int(self.ptr[j]) + 1
+            while p < self.depth and selected[self.order[base + p]]:
                 p += 1
             self.ptr[j] = p
-            if p == self.n:
+            if p == self.depth:
                 self.head_val[j] = self.next_val[j] = -np.inf
                 continue
             row, nxt = int(self.order[base + p]), int(self.run_end[base + p])
-            self.head[j], self.head_val[j] = row, self.flat[base + row]
-            self.next_val[j] = self.flat[base + self.order[base + nxt]] if nxt < self.n else -np.inf
+            self.head[j], self.head_val[j] = row, self.values[j * self.n + row]
+            self.next_val[j] = self.values[j * self.n + self.order[base + nxt]] if nxt < self.depth else self.below[j]
 
     def lowest_unselected_at(self, cols: np.ndarray, mean: np.ndarray, best: float, selected: np.ndarray) -> int:
-        """Lowest unselected row in `cols` whose gap equals `best`, looking past each head's run."""
-        lowest = self.n
-        for j in cols:
-            q = int(self.run_end[self.offset[j] + self.ptr[j]])
-            while q < self.n and self.zt[j, self.order[self.offset[j] + q]] - mean[j] == best:
-                row = int(self.order[self.offset[j] + q])
-                if not selected[row]:
-                    lowest = min(lowest, row)
-                q += 1
-        return lowest
+        """Lowest unselected row whose gap in one of `cols` equals `best` (a direct pass over those columns)."""
+        return min(int(np.flatnonzero((self.zt[j] - mean[j] == best) & ~selected)[0]) for j in cols)
 
 
-def _rank_column(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows by (value desc, row asc), and for each position the end of its run of equal values."""
+def _rank_column(values: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The first `depth` rows by (value desc, row asc); per place, the end of its run of equal values (at most
+    `depth`); and the largest value below the last run that the prefix leaves out (-inf if none)."""
     n = values.size
-    order = np.argsort(-values)
+    if depth < n:
+        cut = np.partition(values, n - depth)[n - depth]  # the depth-th largest value
+        above = np.flatnonzero(values > cut)
+        rows = np.concatenate([above, np.flatnonzero(values == cut)[: depth - above.size]])
+        rest = values[values < cut]
+        below = float(rest.max()) if rest.size else -np.inf
+    else:
+        rows, below = np.arange(n), -np.inf
+    order = rows[np.argsort(-values[rows])]
     ranked = values[order]
     new_run = np.r_[True, ranked[1:] != ranked[:-1]]
     starts = np.flatnonzero(new_run)
-    ends = np.r_[starts[1:], n]
+    ends = np.r_[starts[1:], depth]
     tied = np.flatnonzero(ends - starts > 1)
     if tied.size > 64:  # equal values in ascending row order: sort by (run, row) packed in one integer
         run = np.cumsum(new_run) - 1
@@ -169,7 +177,7 @@ def _rank_column(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     else:
         for r in tied.tolist():
             order[starts[r] : ends[r]].sort()
-    return order, np.repeat(ends, ends - starts)
+    return order, np.repeat(ends, ends - starts), below
 
 
 # The `bids` selector (registered with @register) goes below: it gets the attribution matrix from the

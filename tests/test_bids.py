@@ -103,9 +103,14 @@ def test_rounding_ties_are_resolved_not_just_exact_ties(bids, monkeypatch):
     z = bids.zscore_columns(a)[:, 0]
     assert len(set(z[2:].tolist())) == 4 and len(set((z[2:] - z[0]).tolist())) == 1
     assert bids.bids_order(a, 6).tolist() == literal_bids(a, 6, bids.zscore_columns) == [0, 2, 3, 4, 5, 1]
-    # Without the rounding-tie scan the column head (largest value, row 5) would win: the scan is what is tested.
+    # The same when the head's run of equal values reaches the end of the sorted prefix (k + 1 places):
+    # the tie with the smaller values below the prefix must still be seen.
+    b = np.array([[1.0], [-1.0], [1e-20], [2e-20], [3e-20], [3e-20], [3e-20]])
+    assert bids.bids_order(b, 2).tolist() == literal_bids(b, 2, bids.zscore_columns) == [0, 2]
+    # Without the rounding-tie pass the column head (largest value) would win: the pass is what is tested.
     monkeypatch.setattr(bids._Columns, "lowest_unselected_at", lambda self, *args: self.n)
     assert bids.bids_order(a, 2).tolist() == [0, 5]
+    assert bids.bids_order(b, 2).tolist() == [0, 4]
 
 
 def test_hand_worked_example(bids):
