@@ -1,0 +1,282 @@
+"""LESS gradient features (Xia et al., 2024): per-example gradients of the trainable (LoRA) parameters,
+turned into the Adam update direction for training examples (plain gradients for validation examples),
+randomly projected and L2-normalised; plus a resumable memory-mapped store for them."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.errors import HarnessError
+from harness.signals.batching import as_rows, check_device
+from harness.signals.per_example import iter_per_example_grads, trainable_names
+from harness.signals.projection import Projector
+from harness.storage import DONE_MARKER, atomic_write_json, atomic_write_text
+from harness.tokenization import TokenizedPool
+
+FORMULAS = ("paper", "authors")
+GRADIENT_KINDS = ("adam", "sgd")
+ADAM_COLUMNS = 1 << 22
+"""Columns of the [b, P] gradient turned into Adam directions at once (bounds the temporaries)."""
+
+
+def adam_direction(
+    grads: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step: int,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    formula: str = "paper",
+) -> torch.Tensor:
+    """The Adam update direction of each gradient row (grads [b, P] or [P]; moments [P]), in float32.
+
+    Both formulas first fold the gradient into the checkpoint's moments, as the next optimizer step
+    would: m' = b1*m + (1-b1)*g, v' = b2*v + (1-b2)*g^2.
+    - "paper" (LESS, eq. for Gamma in section 2.2): bias-corrected moments and eps outside the root,
+      m'/(1-b1^t) / (sqrt(v'/(1-b2^t)) + eps). The paper's t counts the update these moments belong
+      to; here t = step + 1 with step = torch's state["step"] (updates already folded in), so the result
+      is exactly the step torch.optim.Adam/AdamW would take (divided by lr, without weight decay) if
+      this example were the next batch.
+    - "authors" (LESS code, collect_grad_reps.py): no bias correction and eps inside the root,
+      m' / sqrt(v' + eps). With eps = 1e-8 this differs from "paper" wherever v' is tiny or t is small.
+    """
+    if formula not in FORMULAS:
+        raise HarnessError(f"adam formula must be one of {', '.join(FORMULAS)}, got {formula!r}")
+    b1, b2 = betas
+    g = grads.float()
+    m = torch.lerp(g, exp_avg.float().expand_as(g), b1)  # b1*m + (1-b1)*g
+    v = torch.lerp(g * g, exp_avg_sq.float().expand_as(g), b2)
+    if formula == "authors":
+        return m.div_(v.add_(eps).sqrt_())
+    t = int(step) + 1
+    m.div_(1 - b1**t)
+    return m.div_(v.div_(1 - b2**t).sqrt_().add_(eps))
+
+
+def flat_moments(
+    model: torch.nn.Module, moments: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """exp_avg and exp_avg_sq flattened in trainable_names(model) order, looked up by parameter name."""
+    names = trainable_names(model)
+    params = dict(model.named_parameters())
+    missing = [n for n in names if n not in moments]
+    if missing:
+        raise HarnessError(
+            f"the checkpoint has no Adam moments for parameter {missing[0]!r} ({len(missing)} missing); "
+            "use the checkpoint of this model's warm-up run"
+        )
+    m_parts, v_parts = [], []
+    for n in names:
+        m, v = moments[n]
+        if m.shape != params[n].shape or v.shape != params[n].shape:
+            raise HarnessError(
+                f"Adam moments for {n!r} have shape {tuple(m.shape)}, the parameter {tuple(params[n].shape)}; "
+                "use the checkpoint of this model's warm-up run"
+            )
+        m_parts.append(m.reshape(-1).to(device, torch.float32))
+        v_parts.append(v.reshape(-1).to(device, torch.float32))
+    return torch.cat(m_parts), torch.cat(v_parts)
+
+
+@dataclass
+class AdamState:
+    """Adam moments by parameter name, the step count and the hyper-parameters of a checkpoint."""
+
+    moments: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    step: int
+    betas: tuple[float, float]
+    eps: float
+
+
+def adam_state_from_optimizer(model: torch.nn.Module, optimizer_state: dict[str, Any]) -> AdamState:
+    """Name the moments of a torch Adam/AdamW state_dict (as harness.training saves it: the optimizer
+    was given the trainable parameters in model.named_parameters() order)."""
+    names = trainable_names(model)
+    groups = optimizer_state["param_groups"]
+    ids = [i for g in groups for i in g["params"]]
+    if len(ids) != len(names):
+        raise HarnessError(
+            f"the optimizer state covers {len(ids)} parameters, the model has {len(names)} trainable ones; "
+            "load the adapters of the same warm-up run before its optimizer state"
+        )
+    state = optimizer_state["state"]
+    params = dict(model.named_parameters())
+    moments, steps = {}, []
+    for i, name in zip(ids, names):
+        s = state.get(i)
+        if s is None:  # never updated: zero moments
+            zero = torch.zeros_like(params[name], dtype=torch.float32, device="cpu")
+            moments[name] = (zero, zero)
+            continue
+        moments[name] = (s["exp_avg"], s["exp_avg_sq"])
+        steps.append(int(float(s["step"])))
+    return AdamState(moments, max(steps, default=0), tuple(groups[0]["betas"]), float(groups[0]["eps"]))
+
+
+def gradient_features(
+    model: torch.nn.Module,
+    data: TokenizedPool,
+    rows: np.ndarray,
+    *,
+    kind: str,
+    moments: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    step: int = 0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    formula: str = "paper",
+    projector: Projector,
+    batch_size: int,
+    device: torch.device | str,
+    pad_id: int,
+) -> np.ndarray:
+    """[len(rows), d] float32 unit vectors: each example's gradient over the trainable parameters
+    (kind="adam": as an Adam update direction from the checkpoint's moments, for training examples;
+    kind="sgd": the plain gradient, for validation examples), projected, then L2-normalised."""
+    if kind not in GRADIENT_KINDS:
+        raise HarnessError(f"gradient feature kind must be adam or sgd, got {kind!r}")
+    rows = as_rows(rows)
+    device = check_device(model, device)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if projector.n_params != n_params:
+        raise HarnessError(
+            f"the projector was built for {projector.n_params} parameters, the model trains {n_params}; "
+            "build it from the model's trainable parameter count"
+        )
+    if kind == "adam":
+        if moments is None:
+            raise HarnessError("adam gradient features need the checkpoint's Adam moments; pass moments=")
+        exp_avg, exp_avg_sq = flat_moments(model, moments, device)
+    out = np.zeros((len(rows), projector.dim), dtype=np.float32)
+    for pos, flat in iter_per_example_grads(model, data, rows, batch_size=batch_size, device=device, pad_id=pad_id):
+        if kind == "adam":
+            for s in range(0, n_params, ADAM_COLUMNS):
+                cols = slice(s, s + ADAM_COLUMNS)
+                part = flat[:, cols]
+                flat[:, cols] = adam_direction(part, exp_avg[cols], exp_avg_sq[cols], step, betas, eps, formula)
+        out[pos] = F.normalize(projector.project(flat), dim=1).cpu().numpy()
+    return out
+
+
+STORE_DTYPES = ("float16", "float32")
+
+
+class FeatureStore:
+    """Rows of features in one memory-mapped .npy file, filled shard by shard.
+
+    A shard counts as written once its marker file appears; the marker is written atomically
+    (temporary file + rename) after the shard's rows are flushed to disk, so an interrupted fill leaves
+    only whole, committed shards and the next fill computes the missing ones. float16 is the default:
+    rows are unit vectors of d ~ 8192 entries of size ~1/sqrt(d) ~ 0.01, which float16 holds to about
+    4 significant digits (cosine error ~1e-4, far below the differences selection acts on) at half the
+    disk and page-cache footprint of float32 (LESS reports 17.7 GB for its store). One writer per store:
+    concurrent fills of the same path need a lock around them."""
+
+    FILE = "features.npy"
+
+    def __init__(
+        self,
+        path: Path | str,
+        n_rows: int,
+        dim: int,
+        *,
+        dtype: str = "float16",
+        shard_rows: int = 4096,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        if dtype not in STORE_DTYPES:
+            raise HarnessError(f"feature store dtype must be float16 or float32, got {dtype!r}")
+        if shard_rows < 1:
+            raise HarnessError(f"feature store shard_rows must be at least 1, got {shard_rows}")
+        self.path = Path(path)
+        self.n_rows, self.dim, self.dtype, self.shard_rows = int(n_rows), int(dim), dtype, int(shard_rows)
+        self.meta = {"n_rows": self.n_rows, "dim": self.dim, "dtype": dtype, "shard_rows": self.shard_rows}
+        self.meta["meta"] = json.loads(json.dumps(meta or {}, default=str))
+        meta_path = self.path / "meta.json"
+        if meta_path.exists():
+            found = json.loads(meta_path.read_text())
+            if found != self.meta:
+                raise HarnessError(
+                    f"feature store {self.path} holds other features ({found}); delete it or choose another path"
+                )
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_rows // self.shard_rows)
+
+    def shard_bounds(self, k: int) -> tuple[int, int]:
+        """Rows [start, stop) of shard k."""
+        start = k * self.shard_rows
+        return start, min(self.n_rows, start + self.shard_rows)
+
+    def _marker(self, k: int) -> Path:
+        return self.path / "shards" / f"{k:06d}.done"
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / DONE_MARKER).exists()
+
+    def missing_shards(self) -> list[int]:
+        """Shards not yet committed, in order."""
+        if self.complete:
+            return []
+        return [k for k in range(self.n_shards) if not self._marker(k).exists()]
+
+    def _ensure_file(self) -> Path:
+        target = self.path / self.FILE
+        if target.exists():
+            return target
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path / "meta.json", self.meta)
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{self.FILE}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            if self.n_rows == 0:
+                np.save(tmp, np.zeros((0, self.dim), dtype=self.dtype), allow_pickle=False)
+                os.replace(tmp + ".npy", tmp)
+            else:
+                mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(self.n_rows, self.dim))
+                mm.flush()
+                del mm
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def write_shard(self, k: int, values: np.ndarray) -> None:
+        """Write and commit shard k (values [rows of shard k, dim])."""
+        start, stop = self.shard_bounds(k)
+        values = np.asarray(values)
+        if values.shape != (stop - start, self.dim):
+            raise ValueError(f"shard {k} needs shape {(stop - start, self.dim)}, got {values.shape}")
+        mm = np.lib.format.open_memmap(self._ensure_file(), mode="r+")
+        mm[start:stop] = values.astype(self.dtype)
+        mm.flush()
+        del mm
+        atomic_write_text(self._marker(k), "ok\n")
+
+    def fill(self, compute: Callable[[int, int], np.ndarray]) -> np.memmap:
+        """Compute (compute(start, stop) -> [stop - start, dim]) and commit every missing shard, then open."""
+        self._ensure_file()
+        for k in self.missing_shards():
+            start, stop = self.shard_bounds(k)
+            self.write_shard(k, compute(start, stop))
+        if not self.complete:
+            atomic_write_text(self.path / DONE_MARKER, "ok\n")
+        return self.open()
+
+    def open(self) -> np.memmap:
+        """The finished store, read-only and memory-mapped ([n_rows, dim])."""
+        if not self.complete:
+            raise HarnessError(f"feature store {self.path} is incomplete; run its fill() again to finish it")
+        return np.load(self.path / self.FILE, mmap_mode="r")

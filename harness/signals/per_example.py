@@ -1,0 +1,172 @@
+"""Per-example signals of a proxy model: response-token loss, EL2N and gradient norms (GraNd).
+
+All of them run in batches. Per-example gradients come from torch.func (vmap over grad of a
+functional call of the model), so one batched forward/backward gives every example's own gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad, vmap
+
+from harness.signals.batching import as_rows, check_device, eval_mode, length_sorted_batches, quiet_vmap
+from harness.tokenization import TokenizedPool
+from harness.training import collate
+
+EL2N_TOKEN_CHUNK = 4096
+"""Response tokens whose float32 softmax is taken at once (bounds memory for large vocabularies)."""
+
+
+def _response_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: mean next-token cross-entropy and mean EL2N over response tokens (float32).
+
+    logits [b, T, V] predict labels shifted by one; labels are -100 outside the response."""
+    targets = labels[:, 1:]
+    mask = targets != -100
+    example = torch.arange(targets.size(0), device=targets.device).unsqueeze(1).expand_as(targets)[mask]
+    picked = logits[:, :-1][mask]  # [N, V], only response positions
+    tgt = targets[mask]
+    nll = torch.empty(tgt.numel(), dtype=torch.float32, device=logits.device)
+    el2n = torch.empty_like(nll)
+    for s in range(0, tgt.numel(), EL2N_TOKEN_CHUNK):
+        part = picked[s : s + EL2N_TOKEN_CHUNK].float()
+        logp = torch.log_softmax(part, dim=-1)
+        logp_y = logp.gather(1, tgt[s : s + EL2N_TOKEN_CHUNK, None]).squeeze(1)
+        p = logp.exp()
+        # ||p - onehot(y)||^2 = sum p^2 - 2 p_y + 1
+        sq = (p * p).sum(-1) - 2 * logp_y.exp() + 1
+        nll[s : s + EL2N_TOKEN_CHUNK] = -logp_y
+        el2n[s : s + EL2N_TOKEN_CHUNK] = sq.clamp_min(0).sqrt()
+    count = mask.sum(1).float()
+    b = targets.size(0)
+    loss = torch.zeros(b, device=logits.device).index_add_(0, example, nll) / count
+    score = torch.zeros(b, device=logits.device).index_add_(0, example, el2n) / count
+    return loss, score  # NaN for an example without response tokens
+
+
+def losses_and_el2n(
+    model: torch.nn.Module,
+    data: TokenizedPool,
+    rows: np.ndarray,
+    *,
+    batch_size: int,
+    device: torch.device | str,
+    pad_id: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per example (in the order of `rows`): mean response-token cross-entropy and EL2N, the L2 distance
+    between the softmax and the one-hot target averaged over response tokens. float32 math throughout."""
+    rows = as_rows(rows)
+    device = check_device(model, device)
+    losses = np.full(len(rows), np.nan, dtype=np.float32)
+    scores = np.full(len(rows), np.nan, dtype=np.float32)
+    with eval_mode(model), torch.no_grad():
+        for pos in length_sorted_batches(data, rows, batch_size):
+            batch = {k: v.to(device) for k, v in collate(data, rows[pos], pad_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            loss, score = _response_stats(logits, batch["labels"])
+            losses[pos] = loss.cpu().numpy()
+            scores[pos] = score.cpu().numpy()
+    return losses, scores
+
+
+def trainable_names(model: torch.nn.Module) -> list[str]:
+    """Names of the trainable parameters in model.named_parameters() order: the order of every flat
+    gradient vector here, and the order harness.training hands the parameters to AdamW."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _example_loss(model: torch.nn.Module, params: dict[str, torch.Tensor], ids: torch.Tensor, labels: torch.Tensor):
+    """One example's mean response-token loss as a function of the trainable parameters.
+
+    No attention mask is passed: batches are right-padded and attention is causal, so no real token
+    ever attends to padding, and padded positions carry no loss. This keeps data-dependent mask logic
+    out of vmap, and the result equals the example run alone (the tests check it)."""
+    logits = functional_call(model, params, args=(), kwargs={"input_ids": ids.unsqueeze(0), "use_cache": False})
+    logits = logits.logits[0, :-1].float()
+    targets = labels[1:]
+    mask = targets != -100
+    logp = torch.log_softmax(logits, dim=-1).gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1)
+    return -(logp * mask).sum() / mask.sum().clamp_min(1)
+
+
+def per_example_grad_dict(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    chunk_size: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """name -> [b, *param.shape] gradient of each example's own mean response loss, for the trainable
+    parameters, from one vmap(grad(...)) over the batch (`chunk_size` bounds how many at once)."""
+    names = trainable_names(model)
+    named = dict(model.named_parameters())
+    params = {n: named[n].detach() for n in names}
+
+    def loss_fn(p, ids, labels):
+        return _example_loss(model, p, ids, labels)
+
+    with quiet_vmap():
+        return vmap(grad(loss_fn), in_dims=(None, 0, 0), chunk_size=chunk_size)(
+            params, batch["input_ids"], batch["labels"]
+        )
+
+
+def per_example_grads(
+    model: torch.nn.Module,
+    data: TokenizedPool,
+    rows: np.ndarray,
+    *,
+    device: torch.device | str,
+    pad_id: int,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Flat per-example gradients [len(rows), P] (float32, on `device`) over the trainable parameters,
+    concatenated in trainable_names(model) order; rows form ONE batch (see iter_per_example_grads)."""
+    rows = as_rows(rows)
+    device = check_device(model, device)
+    batch = {k: v.to(device) for k, v in collate(data, rows, pad_id).items()}
+    with eval_mode(model):
+        grads = per_example_grad_dict(model, batch, chunk_size)
+    b = len(rows)
+    return torch.cat([grads[n].reshape(b, -1).float() for n in trainable_names(model)], dim=1)
+
+
+def iter_per_example_grads(
+    model: torch.nn.Module,
+    data: TokenizedPool,
+    rows: np.ndarray,
+    *,
+    batch_size: int,
+    device: torch.device | str,
+    pad_id: int,
+    chunk_size: int | None = None,
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(positions into rows, flat gradients [len(positions), P]) for length-sorted batches of `rows`."""
+    rows = as_rows(rows)
+    for pos in length_sorted_batches(data, rows, batch_size):
+        yield pos, per_example_grads(model, data, rows[pos], device=device, pad_id=pad_id, chunk_size=chunk_size)
+
+
+def grad_norms(
+    model: torch.nn.Module,
+    data: TokenizedPool,
+    rows: np.ndarray,
+    *,
+    batch_size: int,
+    device: torch.device | str,
+    pad_id: int,
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """GraNd: per example (in the order of `rows`) the L2 norm of the gradient of its mean response-token
+    loss over the trainable parameters (LoRA adapters only for a peft model)."""
+    rows = as_rows(rows)
+    device = check_device(model, device)
+    out = np.zeros(len(rows), dtype=np.float32)
+    with eval_mode(model):
+        for pos in length_sorted_batches(data, rows, batch_size):
+            batch = {k: v.to(device) for k, v in collate(data, rows[pos], pad_id).items()}
+            grads = per_example_grad_dict(model, batch, chunk_size)
+            sq = sum(g.reshape(len(pos), -1).float().square().sum(1) for g in grads.values())
+            out[pos] = sq.sqrt().cpu().numpy()
+    return out
