@@ -332,6 +332,7 @@ def _run_locked(
 
 def variant_label(spec: SelectorSpec, params: dict[str, Any]) -> str:
     """The selector's name plus the parameters that differ from its defaults, e.g. `influence[aggregate=sum]`."""
+
     def plain(value: Any) -> Any:
         return list(value) if isinstance(value, (list, tuple)) else value
 

@@ -1,15 +1,15 @@
 """Influence, LESS-style (Xia et al., "LESS: Selecting Influential Data for Targeted Instruction Tuning", 2024).
 
-    A = LESS influence matrix (N x |V|), from the signal service (harness.signals.less):
-        warm-up with LoRA (r=128, alpha=512, dropout 0.1, q/k/v/o) for 4 epochs on a random 5% of the pool,
-        lr 2e-5, linear schedule, 3% warm-up; per epoch checkpoint: training examples -> Adam update direction,
-        validation examples -> plain gradient; Rademacher projection to d = 8192; L2-normalise;
-        A[i, j] = sum over checkpoints of lr-weight * cos(train_i, val_j)
-    score(i) = aggregate(A[i, :]):
-        task_max     (LESS, default): mean over each target task's validation examples, then max over tasks
-        instance_max (a BIDS baseline): max over the validation examples
-        sum          (a BIDS baseline): sum over the validation examples
-    keep the global top k (ties to the lower pool index)
+A = LESS influence matrix (N x |V|), from the signal service (harness.signals.less):
+    warm-up with LoRA (r=128, alpha=512, dropout 0.1, q/k/v/o) for 4 epochs on a random 5% of the pool,
+    lr 2e-5, linear schedule, 3% warm-up; per epoch checkpoint: training examples -> Adam update direction,
+    validation examples -> plain gradient; Rademacher projection to d = 8192; L2-normalise;
+    A[i, j] = sum over checkpoints of lr-weight * cos(train_i, val_j)
+score(i) = aggregate(A[i, :]):
+    task_max     (LESS, default): mean over each target task's validation examples, then max over tasks
+    instance_max (a BIDS baseline): max over the validation examples
+    sum          (a BIDS baseline): sum over the validation examples
+keep the global top k (ties to the lower pool index)
 """
 
 import pandas as pd
