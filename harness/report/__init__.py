@@ -63,8 +63,16 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:60]
 
 
-def build_report(folder: str | Path, settings: Settings | None = None, out: str | Path | None = None) -> Report:
-    """Read every complete record under `folder` and write leaderboard.{md,csv}, curves and report.html."""
+def build_report(
+    folder: str | Path,
+    settings: Settings | None = None,
+    out: str | Path | None = None,
+    curve_metrics: list[str] | None = None,
+) -> Report:
+    """Read every complete record under `folder` and write leaderboard.{md,csv}, curves and report.html.
+
+    curve_metrics: the metrics to draw curves for (default: every metric the records tabulate).
+    """
     settings = settings or Settings()
     if settings.correction not in ("holm", "none"):
         raise HarnessError(f"unknown correction {settings.correction!r}; use holm or none")
@@ -85,7 +93,11 @@ def build_report(folder: str | Path, settings: Settings | None = None, out: str 
             f"{', '.join(group_differences(groups))}): one leaderboard each"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    curve_metrics = [m for m in available if m in set(records.results["metric"])]
+    tabulated = [m for m in available if m in set(records.results["metric"])]
+    unknown = sorted(set(curve_metrics or []) - set(available))
+    if unknown:
+        raise HarnessError(f"no metric {', '.join(unknown)} to plot; the records have: {', '.join(available)}")
+    curve_metrics = tabulated if curve_metrics is None else curve_metrics
     sections, md, csv_parts = [], [], []
     for g, (label, frame) in enumerate(groups):
         tag = "" if len(groups) == 1 else f"g{g + 1}_"

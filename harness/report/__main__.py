@@ -20,6 +20,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interval", choices=INTERVALS, default="wilson", help="interval for 0/1 metrics (wilson)")
     p.add_argument("--test", choices=("bootstrap", "mcnemar"), default="bootstrap", help="paired test (bootstrap)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap draws (2000)")
+    p.add_argument("--curves", default=None, help="comma-separated metrics to plot (default: every metric)")
     p.add_argument("--wandb", action="store_true", help="also log the tables and curves to one wandb run")
     p.add_argument("--wandb-project", default="data-selection-harness")
     return p.parse_args(argv)
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.n_boot < 100:
             raise HarnessError(f"--n-boot {args.n_boot} is too few for a p-value; use at least 100 (default 2000)")
-        report = build_report(args.folder, settings, args.out)
+        curves = args.curves.split(",") if args.curves else None
+        report = build_report(args.folder, settings, args.out, curves)
         print(report.markdown)
         if args.wandb:
             print(f"wandb: logged to {log_to_wandb(report, args.wandb_project)}")

@@ -66,8 +66,8 @@ def cell_scores(frame: pd.DataFrame, items: pd.DataFrame, metric: str) -> tuple[
     """Per run: task scores, task item counts and the macro score for `metric` (from items if not tabulated)."""
     rows = frame[(frame["metric"] == metric) & (frame["task"] != MACRO)]
     if len(rows):
-        scores = rows.pivot_table(index="run_id", columns="task", values="value", aggfunc="first")
-        counts = rows.pivot_table(index="run_id", columns="task", values="n_items", aggfunc="first")
+        rows = rows.drop_duplicates(["run_id", "task"]).set_index(["run_id", "task"])
+        scores, counts = rows["value"].unstack(), rows["n_items"].unstack()
         macro_rows = frame[(frame["metric"] == metric) & (frame["task"] == MACRO)].set_index("run_id")["value"]
         macro = macro_rows.groupby(level=0).first().reindex(scores.index)
         macro = macro.fillna(scores.mean(axis=1))
@@ -90,8 +90,8 @@ def item_matrix(items: pd.DataFrame, run_ids: list[str], metric: str) -> pd.Data
     mine = items[items["run_id"].isin(run_ids)]
     if mine.empty:
         return pd.DataFrame()
-    wide = mine.pivot_table(index=["task", "doc_id"], columns="run_id", values=col, aggfunc="first")
-    return wide.astype(float)
+    mine = mine.drop_duplicates(["task", "doc_id", "run_id"])
+    return mine.set_index(["task", "doc_id", "run_id"])[col].astype(float).unstack().sort_index()
 
 
 def _signals(values: pd.Series) -> str:

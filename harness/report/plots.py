@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -30,7 +31,8 @@ def _lines(table: pd.DataFrame):
 
 def scaling_curve(table: pd.DataFrame, metric: str, title: str, path: Path, alpha: float) -> Path:
     """Score against budget, one line per variant with its interval band, `full` as a horizontal line."""
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)
+    fig.subplots_adjust(left=0.11, right=0.97, top=0.9, bottom=0.12)
     for colour, variant, rows in _lines(table):
         ax.plot(rows["budget"], rows["score"], marker="o", color=colour, label=variant)
         ax.fill_between(rows["budget"], rows["ci_low"], rows["ci_high"], color=colour, alpha=0.15, linewidth=0)
@@ -42,10 +44,9 @@ def scaling_curve(table: pd.DataFrame, metric: str, title: str, path: Path, alph
     units = sorted(set(table["budget_unit"]))
     ax.set_xlabel(f"budget (fraction of the pool per {' or '.join(units)})")
     ax.set_ylabel(f"{metric} (macro, {round(100 * (1 - alpha))}% interval)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 90), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -57,7 +58,8 @@ def cost_curve(table: pd.DataFrame, metric: str, title: str, path: Path) -> Path
     with_train = bool(np.isfinite(train).all())
     cost = table["selection_seconds"].to_numpy(dtype=float) + (train if with_train else 0.0)
     table = table.assign(_cost=cost)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)
+    fig.subplots_adjust(left=0.11, right=0.97, top=0.9, bottom=0.12)
     for colour, variant, rows in _lines(table):
         rows = rows.sort_values("_cost")
         ax.errorbar(
@@ -78,10 +80,9 @@ def cost_curve(table: pd.DataFrame, metric: str, title: str, path: Path) -> Path
     _log_if_wide(ax, cost, "x")
     ax.set_xlabel("selection + training seconds" if with_train else "selection seconds (training time not recorded)")
     ax.set_ylabel(f"{metric} (macro)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 90), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
