@@ -93,7 +93,8 @@ def build_report(
             f"{', '.join(group_differences(groups))}): one leaderboard each"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    tabulated = [m for m in available if m in set(records.results["metric"])]
+    in_results = set(records.results["metric"].unique())
+    tabulated = [m for m in available if m in in_results]
     unknown = sorted(set(curve_metrics or []) - set(available))
     if unknown:
         raise HarnessError(f"no metric {', '.join(unknown)} to plot; the records have: {', '.join(available)}")

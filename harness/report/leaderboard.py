@@ -188,24 +188,39 @@ def _add_intervals(table: pd.DataFrame, alpha: float, binary: bool) -> None:
     table["seed_df"] = pooled_all[1]
 
 
-def _compare(a: pd.Series, b: pd.Series, wide: pd.DataFrame, settings: Settings, cache: dict) -> st.Comparison | None:
+@dataclass
+class _Items:
+    """The group's per-item matrix as numpy, with each run's column and each item's task code."""
+
+    values: np.ndarray
+    column: dict[str, int]
+    codes: np.ndarray
+
+    @classmethod
+    def of(cls, wide: pd.DataFrame) -> _Items:
+        if wide.empty:
+            return cls(np.empty((0, 0)), {}, np.empty(0, dtype=int))
+        codes = pd.factorize(wide.index.get_level_values(0))[0]
+        return cls(wide.to_numpy(dtype=float), {c: i for i, c in enumerate(wide.columns)}, codes)
+
+
+def _compare(a: pd.Series, b: pd.Series, items: _Items, settings: Settings, cache: dict) -> st.Comparison | None:
     """Paired comparison of two rows on the evaluation items both have, for every run of each."""
-    if wide.empty or not set(a["_runs"]) <= set(wide.columns) or not set(b["_runs"]) <= set(wide.columns):
+    if any(r not in items.column for r in a["_runs"] + b["_runs"]):
         return None
-    sub = wide[a["_runs"] + b["_runs"]]
-    mask = sub.notna().all(axis=1).to_numpy()
+    ia, ib = [items.column[r] for r in a["_runs"]], [items.column[r] for r in b["_runs"]]
+    sub = items.values[:, ia + ib]
+    mask = ~np.isnan(sub).any(axis=1)
     if not mask.any():
         return None
-    sub = sub[mask]
-    codes = pd.factorize(sub.index.get_level_values(0))[0]
-    xa, xb = sub[a["_runs"]].to_numpy(), sub[b["_runs"]].to_numpy()
+    xa, xb, codes = sub[mask, : len(ia)], sub[mask, len(ia) :], items.codes[mask]
     key = f"{a['variant']}|{a['budget']}|{b['variant']}|{b['budget']}"
     rng = np.random.default_rng([settings.n_boot, zlib.crc32(key.encode())])
     if settings.test == "mcnemar":
         seeds = [s for s in a["_seed_values"] if s in b["_seed_values"]]
-        ia = [a["_seed_values"].index(s) for s in seeds] or list(range(min(xa.shape[1], xb.shape[1])))
-        ib = [b["_seed_values"].index(s) for s in seeds] or ia
-        p, _, _ = st.mcnemar_exact(xa[:, ia], xb[:, ib])
+        sa = [a["_seed_values"].index(s) for s in seeds] or list(range(min(xa.shape[1], xb.shape[1])))
+        sb = [b["_seed_values"].index(s) for s in seeds] or sa
+        p, _, _ = st.mcnemar_exact(xa[:, sa], xb[:, sb])
         diff = float(a["score"] - b["score"])
         return st.Comparison(diff, np.nan, np.nan, p, np.nan, int(mask.sum()))
     weights = None
@@ -222,7 +237,7 @@ def compare_rows(table: pd.DataFrame, frame: pd.DataFrame, items: pd.DataFrame, 
     if settings.test == "mcnemar" and not is_binary(settings.metric):
         raise HarnessError(f"--test mcnemar needs a 0/1 metric; {settings.metric} is continuous: use --test bootstrap")
     runs = [r for ids in table["_runs"] for r in ids]
-    wide = item_matrix(items, runs, settings.metric)
+    matrix = _Items.of(item_matrix(items, runs, settings.metric))
     cache: dict = {}
     for col in ("diff_vs_random", "diff_low", "diff_high", "p_raw", "p_vs_random", "prob_better"):
         table[col] = np.nan
@@ -233,7 +248,7 @@ def compare_rows(table: pd.DataFrame, frame: pd.DataFrame, items: pd.DataFrame, 
         p = np.full((len(idx), len(idx)), np.nan)
         for i in range(len(idx)):
             for j in range(i + 1, len(idx)):
-                result = _compare(table.loc[idx[i]], table.loc[idx[j]], wide, settings, cache)
+                result = _compare(table.loc[idx[i]], table.loc[idx[j]], matrix, settings, cache)
                 if result is not None:
                     p[i, j] = p[j, i] = result.p_value
                 if result is not None and BASELINE in (table.at[idx[i], "variant"], table.at[idx[j], "variant"]):

@@ -25,20 +25,32 @@ def simulate_items(
     rng: np.random.Generator, run_id: str, skill: float, n_per_task: int = 50, tasks=TASKS, seed_sd: float = 0.0
 ) -> pd.DataFrame:
     """Per-item results of one run: item difficulty fixed by (task, doc_id), success by a logistic model."""
-    rows = []
     offset = rng.normal(0.0, seed_sd) if seed_sd else 0.0
+    frames = []
     for t, task in enumerate(tasks):
         difficulty = np.random.default_rng(1000 + t).normal(0.0, 1.0, n_per_task) + 0.3 * t
-        logit = skill + offset - difficulty
-        prob = 1 / (1 + np.exp(-logit))
+        prob = 1 / (1 + np.exp(-(skill + offset - difficulty)))
         correct = rng.random(n_per_task) < prob
         gold_prob = np.clip(prob * rng.uniform(0.6, 1.0, n_per_task), 1e-6, 1.0)
         norm = correct | (rng.random(n_per_task) < 0.05)
-        for d in range(n_per_task):
-            rows.append((run_id, task, d, bool(correct[d]), np.log(gold_prob[d]), gold_prob[d], 0, 1, 4))
-            rows[-1] += (float(correct[d]), float(norm[d]))
-    cols = ["run_id", "task", "doc_id", "correct", "gold_loglik", "gold_prob", "pred", "gold", "n_choices"]
-    return pd.DataFrame(rows, columns=cols + ["acc", "acc_norm"])
+        frames.append(
+            pd.DataFrame(
+                {
+                    "run_id": run_id,
+                    "task": task,
+                    "doc_id": np.arange(n_per_task),
+                    "correct": correct,
+                    "gold_loglik": np.log(gold_prob),
+                    "gold_prob": gold_prob,
+                    "pred": 0,
+                    "gold": 1,
+                    "n_choices": 4,
+                    "acc": correct.astype(float),
+                    "acc_norm": norm.astype(float),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
 
 
 def results_from_items(items: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
