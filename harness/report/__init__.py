@@ -51,7 +51,8 @@ def method_text(s: Settings) -> str:
         f"Score: the mean over seeds of each run's macro average ({s.metric}). Interval ({level}%): per task a "
         f"{interval} interval for 0/1 metrics (Student t over items for continuous ones) on the seed-averaged "
         "result, combined over tasks in quadrature, plus the seed-to-seed uncertainty (standard deviation pooled "
-        "over the rows at that budget, t quantile, divided by the square root of the row's seed count), added in "
+        "over the rows at that budget, or over all rows when that budget gives fewer than 4 degrees of freedom; "
+        "t quantile; divided by the square root of the row's seed count), added in "
         f"quadrature on each side. Versus random at the same budget: {test}; p-values {correction}; "
         "▲/▼ mark significant wins/losses. Rank: rows at one budget are ranked by score, but any two rows whose "
         "pairwise difference is not significant (after the same correction over all pairs at that budget) share "
@@ -113,7 +114,7 @@ def build_report(
         report.tables[label] = table
         public = lb.public_columns(table)
         csv_parts.append(public.assign(group=label))
-        md += [f"## {label}", "", lb.markdown(table, settings.metric, settings.alpha), ""]
+        md += [f"## {label}", "", lb.markdown(table, settings.metric, settings.alpha, settings.correction), ""]
         images = []
         for metric in dict.fromkeys([settings.metric, *curve_metrics]):
             summary = (

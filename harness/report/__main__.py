@@ -21,7 +21,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test", choices=("bootstrap", "mcnemar"), default="bootstrap", help="paired test (bootstrap)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap draws (2000)")
     p.add_argument("--curves", default=None, help="comma-separated metrics to plot (default: every metric)")
-    p.add_argument("--wandb", action="store_true", help="also log the tables and curves to one wandb run")
+    p.add_argument("--logger", choices=("none", "wandb"), default="none", help="wandb: also log to one wandb run")
+    p.add_argument("--wandb", action="store_true", help="the same as --logger wandb")
     p.add_argument("--wandb-project", default="data-selection-harness")
     return p.parse_args(argv)
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         curves = args.curves.split(",") if args.curves else None
         report = build_report(args.folder, settings, args.out, curves)
         print(report.markdown)
-        if args.wandb:
+        if args.wandb or args.logger == "wandb":
             print(f"wandb: logged to {log_to_wandb(report, args.wandb_project)}")
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -171,21 +171,26 @@ def summarize(frame: pd.DataFrame, items: pd.DataFrame, manifests: dict, setting
     return table
 
 
+MIN_SEED_DF = 4
+"""Fewer degrees of freedom than this at one budget: the seed SD is pooled over the whole group instead."""
+
+
 def _add_intervals(table: pd.DataFrame, alpha: float, binary: bool) -> None:
-    """Item uncertainty (per side) and seed uncertainty (pooled SD at the budget, t quantile) in quadrature."""
+    """Item uncertainty (per side) and seed uncertainty (pooled SD, t quantile) added in quadrature."""
     pooled_all = st.pooled_seed_sd(table["_per_seed"])
     seed_half = np.zeros(len(table))
+    table["seed_df"] = 0
     for _budget, rows in table.groupby("budget"):
         sd, df = st.pooled_seed_sd(rows["_per_seed"])
-        if not df:
+        if df < MIN_SEED_DF:
             sd, df = pooled_all
         if df:
             t = stats.t.ppf(1 - alpha / 2, df)
             seed_half[rows.index] = t * sd / np.sqrt(rows["n_seeds"].to_numpy())
+            table.loc[rows.index, "seed_df"] = df
     low = table["score"] - np.sqrt(table["_below"] ** 2 + seed_half**2)
     high = table["score"] + np.sqrt(table["_above"] ** 2 + seed_half**2)
     table["ci_low"], table["ci_high"] = (low.clip(0, 1), high.clip(0, 1)) if binary else (low, high)
-    table["seed_df"] = pooled_all[1]
 
 
 @dataclass
@@ -299,6 +304,7 @@ PUBLIC = [
     "n_seeds",
     "seeds",
     "seed_sd",
+    "seed_df",
     "worst_task",
     "worst_score",
     "task_sd",
@@ -331,13 +337,23 @@ def _fmt(value: float, digits: int) -> str:
     return "" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
 
-def markdown(table: pd.DataFrame, metric: str, alpha: float) -> str:
+def markdown(table: pd.DataFrame, metric: str, alpha: float, correction: str = "holm") -> str:
     """The leaderboard as a Markdown table (wins and losses against random marked)."""
     digits = 3 if is_binary(metric) else 4
     tasks = [c for c in table.columns if c.startswith("task:")]
     level = round(100 * (1 - alpha))
     head = ["rank", "variant", "budget", f"{metric} [{level}% CI]", "seeds (sd)", *[t[5:] for t in tasks]]
-    head += ["worst", "task sd", "vs random [CI]", "p (adj.)", "P(better)", "select s", "cached", "tokens", "steps"]
+    head += [
+        "worst",
+        "task sd",
+        "vs random [CI]",
+        "p (Holm)" if correction == "holm" else "p",
+        "P(better)",
+        "select s",
+        "cached",
+        "tokens",
+        "steps",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     marks = {"better": " ▲", "worse": " ▼"}
     for row in table.to_dict("records"):

@@ -101,8 +101,8 @@ def read_csvs(
 ) -> pd.DataFrame:
     """Parse many CSV files: those with one header are concatenated as text and parsed in one call.
 
-    with_source adds `_source` (the index in `paths` of each row's file); the files must then have no
-    multi-line fields (true of results.csv), which is checked.
+    with_source adds `_source` (the index in `paths` of each row's file); rows are attributed by counting lines,
+    and files with quoted multi-line fields fall back to one parse per file.
     """
     by_header: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
     for i, path in enumerate(paths):
@@ -118,7 +118,7 @@ def read_csvs(
         if with_source:
             lines = np.array([body.count(b"\n") for _, body in chunks])
             if lines.sum() != len(frame):  # a quoted newline somewhere: fall back to one call per file
-                parts = [pd.read_csv(io.BytesIO(header.encode() + b"\n" + body)) for _, body in chunks]
+                parts = [pd.read_csv(io.BytesIO(header.encode() + b"\n" + body), usecols=usecols) for _, body in chunks]
                 lines = np.array([len(p) for p in parts])
                 frame = pd.concat(parts, ignore_index=True)
             frame["_source"] = np.repeat([i for i, _ in chunks], lines)
@@ -201,12 +201,14 @@ def load_records(folder: str | Path, need_items: bool = True) -> Records:
             manifests[run_id] = {}
     items = pd.DataFrame(columns=["run_id", "task", "doc_id"])
     if need_items:
-        item_files = [Path(p) / ITEMS for p in run_dirs["record_dir"] if (Path(p) / ITEMS).exists()]
-        counts["no_items"] = len(run_dirs) - len(item_files)
-        if item_files:
-            items = read_csvs(item_files, usecols=lambda c: c not in ("pred", "gold"))
-            items = items[items["run_id"].astype(str).isin(set(run_dirs["run_id"]))]
-            items = items.assign(run_id=items["run_id"].astype(str), task=items["task"].astype(str))
+        present = [(r, Path(p) / ITEMS) for r, p in zip(run_dirs["run_id"], run_dirs["record_dir"])]
+        present = [(r, f) for r, f in present if f.exists()]
+        counts["no_items"] = len(run_dirs) - len(present)
+        if present:
+            items = read_csvs([f for _, f in present], usecols=lambda c: c not in ("pred", "gold"), with_source=True)
+            owners = np.array([r for r, _ in present], dtype=object)
+            items["run_id"] = owners[items.pop("_source").to_numpy()]  # the record's own id, even in older files
+            items["task"] = items["task"].astype(str)
     counts["records"] = len(run_dirs)
     return Records(results=results, items=items, manifests=manifests, counts=counts)
 
