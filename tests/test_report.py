@@ -62,9 +62,9 @@ def test_other_metrics_and_tests(sweep, tmp_path):
     loglik = build_report(sweep, Settings(metric="gold_loglik", n_boot=300), tmp_path / "ll", [])
     (table,) = loglik.tables.values()
     assert table["score"].lt(0).all() and table["ci_low"].notna().all() and (table["ci_low"] < table["ci_high"]).all()
-    item_only = build_report(sweep, Settings(metric="correct", n_boot=300), tmp_path / "c", ["acc"])
+    item_only = build_report(sweep, Settings(metric="correct", n_boot=300), tmp_path / "c", [])
     assert len(next(iter(item_only.tables.values()))) == 7
-    mcnemar = build_report(sweep, Settings(test="mcnemar", correction="none"), tmp_path / "m", ["acc"])
+    mcnemar = build_report(sweep, Settings(test="mcnemar", correction="none"), tmp_path / "m", [])
     (table,) = mcnemar.tables.values()
     assert table.loc[~table["variant"].isin(["random", "full"]), "p_vs_random"].between(0, 1).all()
     with pytest.raises(HarnessError, match="unknown metric 'bleu'.*acc_norm"):

@@ -137,3 +137,24 @@ def test_tie_blocks_never_separates_a_non_significant_pair():
                 if i != j and ranks[i] != ranks[j]:
                     assert different[i, j]
                     assert (ranks[i] < ranks[j]) == (scores[i] > scores[j])
+
+
+@pytest.mark.parametrize("seeds,seed_sd", [(1, 0.0), (3, 0.6)])
+def test_macro_interval_over_seeds_covers_the_truth(seeds, seed_sd):
+    """4 tasks x 50 fresh items, seeds that shift the model: the row interval covers the expected macro score."""
+    rng = np.random.default_rng(7)
+    shift, skill, tasks, n = np.array([0.0, 0.5, 1.0, -0.5]), 1.0, 4, 50
+    d, a = rng.normal(0, 1.5, 200_000), rng.normal(0, seed_sd, 200_000)
+    truth = np.mean([np.mean(1 / (1 + np.exp(-(skill + a - s - d)))) for s in shift])
+    covered, trials = 0, 500
+    for _ in range(trials):
+        difficulty, offsets = rng.normal(0, 1.5, (tasks, n)), rng.normal(0, seed_sd, seeds)
+        prob = 1 / (1 + np.exp(-(skill + offsets[:, None, None] - shift[None, :, None] - difficulty[None])))
+        k = (rng.random(prob.shape) < prob).sum(axis=2)  # (seeds, tasks)
+        per_seed = (k / n).mean(axis=1)
+        centre, below, above = st.macro_item_halfwidths(k, np.full(tasks, n))
+        assert centre == pytest.approx(per_seed.mean())
+        sd, df = st.pooled_seed_sd([per_seed])
+        low, high = st.with_seed_uncertainty(per_seed.mean(), below, above, sd, df, seeds, 0.05)
+        covered += low <= truth <= high
+    assert covered / trials >= 0.93, covered / trials

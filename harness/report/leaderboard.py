@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from harness.errors import HarnessError
 from harness.report import stats as st
@@ -118,22 +117,21 @@ def summarize(frame: pd.DataFrame, items: pd.DataFrame, manifests: dict, setting
     for key, cell in runs.groupby(ROW_KEYS, sort=True):
         ids = list(cell.index)
         task_means = scores.loc[ids].mean()
-        below, above = [], []
-        for task in tasks:
-            if binary:
-                n = float(counts.loc[ids, task].iloc[0])
-                k = float((scores.loc[ids, task] * counts.loc[ids, task]).mean())
-                low, high = st.binomial_interval(k, n, alpha, settings.interval)
-                centre = k / n
-            else:
-                in_task = wide.loc[task, [i for i in ids if i in wide.columns]] if task in wide.index else None
-                if in_task is None or in_task.empty:
-                    low = high = centre = np.nan
-                else:
-                    low, high = st.t_interval(in_task.mean(axis=1).to_numpy(), alpha)
-                    centre = float(in_task.mean(axis=1).mean())
-            below.append(centre - float(low))
-            above.append(float(high) - centre)
+        if binary:
+            k = (scores.loc[ids, tasks] * counts.loc[ids, tasks]).to_numpy(dtype=float)
+            _, below, above = st.macro_item_halfwidths(
+                k, counts.loc[ids[0], tasks].to_numpy(float), alpha, settings.interval
+            )
+        else:
+            below = above = np.nan
+            if not wide.empty:
+                sides = []
+                for task in tasks:
+                    mine = wide.loc[task, [i for i in ids if i in wide.columns]] if task in wide.index else None
+                    seed_mean = mine.mean(axis=1).to_numpy() if mine is not None else np.array([])
+                    low, high = st.t_interval(seed_mean, alpha)
+                    sides.append((seed_mean.mean() - low, high - seed_mean.mean()) if len(seed_mean) else (np.nan,) * 2)
+                below, above = (float(np.sqrt(np.sum(np.square(side))) / len(tasks)) for side in zip(*sides))
         per_seed = cell["_macro"].to_numpy(dtype=float)
         manifest = [manifests.get(i, {}) for i in ids]
         train_seconds = [m.get("timings", {}).get("train_seconds") for m in manifest]
@@ -149,8 +147,8 @@ def summarize(frame: pd.DataFrame, items: pd.DataFrame, manifests: dict, setting
                 "score": float(per_seed.mean()),
                 "seed_sd": float(per_seed.std(ddof=1)) if len(ids) > 1 else np.nan,
                 "_per_seed": per_seed,
-                "_below": float(np.sqrt(np.sum(np.square(below))) / len(tasks)),
-                "_above": float(np.sqrt(np.sum(np.square(above))) / len(tasks)),
+                "_below": below,
+                "_above": above,
                 **{f"task:{t}": float(task_means[t]) for t in tasks},
                 "worst_task": str(task_means.idxmin()),
                 "worst_score": float(task_means.min()),
@@ -178,18 +176,24 @@ MIN_SEED_DF = 4
 def _add_intervals(table: pd.DataFrame, alpha: float, binary: bool) -> None:
     """Item uncertainty (per side) and seed uncertainty (pooled SD, t quantile) added in quadrature."""
     pooled_all = st.pooled_seed_sd(table["_per_seed"])
-    seed_half = np.zeros(len(table))
+    low, high = table["score"].to_numpy(float).copy(), table["score"].to_numpy(float).copy()
     table["seed_df"] = 0
     for _budget, rows in table.groupby("budget"):
         sd, df = st.pooled_seed_sd(rows["_per_seed"])
         if df < MIN_SEED_DF:
             sd, df = pooled_all
-        if df:
-            t = stats.t.ppf(1 - alpha / 2, df)
-            seed_half[rows.index] = t * sd / np.sqrt(rows["n_seeds"].to_numpy())
-            table.loc[rows.index, "seed_df"] = df
-    low = table["score"] - np.sqrt(table["_below"] ** 2 + seed_half**2)
-    high = table["score"] + np.sqrt(table["_above"] ** 2 + seed_half**2)
+        at = rows.index.to_numpy()
+        low[at], high[at] = st.with_seed_uncertainty(
+            rows["score"].to_numpy(float),
+            rows["_below"].to_numpy(float),
+            rows["_above"].to_numpy(float),
+            sd,
+            df,
+            rows["n_seeds"].to_numpy(),
+            alpha,
+        )
+        table.loc[at, "seed_df"] = df
+    low, high = pd.Series(low, index=table.index), pd.Series(high, index=table.index)
     table["ci_low"], table["ci_high"] = (low.clip(0, 1), high.clip(0, 1)) if binary else (low, high)
 
 

@@ -49,11 +49,38 @@ def t_interval(values: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
     return float(mean - half), float(mean + half)
 
 
-def add_in_quadrature(centre: float, lows: Sequence[float], highs: Sequence[float], scale: float = 1.0):
-    """Combine independent half-widths side by side: centre -/+ scale * sqrt(sum of squared half-widths)."""
-    below = np.asarray(centre) - np.asarray(lows, dtype=float)
-    above = np.asarray(highs, dtype=float) - np.asarray(centre)
-    return centre - scale * np.sqrt(np.sum(below**2)), centre + scale * np.sqrt(np.sum(above**2))
+def macro_item_halfwidths(
+    k: np.ndarray, n: np.ndarray, alpha: float = 0.05, method: str = "wilson"
+) -> tuple[float, float, float]:
+    """Macro score of 0/1 results and its item-sampling half-widths below and above.
+
+    k: (seeds, tasks) successes, n: (tasks,) items. Each task gets an interval on its seed-averaged successes
+    (the seeds share the items, so averaging seeds does not shrink item uncertainty); the tasks' half-widths
+    are added in quadrature and divided by the number of tasks, side by side.
+    """
+    k_mean = np.atleast_2d(np.asarray(k, dtype=float)).mean(axis=0)
+    n = np.asarray(n, dtype=float)
+    low, high = binomial_interval(k_mean, n, alpha, method)
+    centre = k_mean / n
+    return (
+        float(centre.mean()),
+        float(np.sqrt(np.sum((centre - low) ** 2)) / len(n)),
+        float(np.sqrt(np.sum((high - centre) ** 2)) / len(n)),
+    )
+
+
+def with_seed_uncertainty(
+    score: np.ndarray,
+    below: np.ndarray,
+    above: np.ndarray,
+    seed_sd: float,
+    seed_df: int,
+    n_seeds: np.ndarray,
+    alpha: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high): item half-widths and the seed term t(df) * sd / sqrt(seeds) added in quadrature per side."""
+    seed = stats.t.ppf(1 - alpha / 2, seed_df) * seed_sd / np.sqrt(n_seeds) if seed_df else 0.0
+    return score - np.sqrt(np.square(below) + np.square(seed)), score + np.sqrt(np.square(above) + np.square(seed))
 
 
 def pooled_seed_sd(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
