@@ -28,7 +28,7 @@ ARCHIVE = "archive"
 SKIP_DIRS = {"checkpoints", "cache", ".hydra", "report", "wandb", "__pycache__"}
 """Folders never searched for records (caches, checkpoints, report output)."""
 
-GROUP_KEYS = ("data", "model", "data_hash", "model_hash", "train_hash", "eval_hash", "compute")
+GROUP_KEYS = ("data", "model", "data_hash", "model_hash", "train_hash", "eval_hash", "compute", "pool_fingerprint")
 """Records are comparable only when all of these agree."""
 
 DEFAULTS: dict[str, Any] = {
@@ -221,6 +221,8 @@ def comparability_groups(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]
         spec = dict(zip(keys, values))
         hashes = ", ".join(f"{k.split('_')[0]} {spec[k][:8]}" for k in keys[2:6] if spec[k])
         compute = f", compute by {spec['compute']}" if spec["compute"] else ""
+        if not hashes and spec["pool_fingerprint"]:
+            hashes = f"pool {spec['pool_fingerprint'][:8]}"
         label = f"{spec['data']} / {spec['model']}" + (f" ({hashes}{compute})" if hashes or compute else "")
         groups.append((label, frame))
     return groups
