@@ -1,4 +1,7 @@
-"""`python -m harness.report results/ [--metric acc] [--out DIR] [--alpha 0.05] [--correction holm|none] [--wandb]`."""
+"""Leaderboards, scaling curves and paired statistics from the run records under a folder.
+
+`python -m harness.report results/ [--metric acc] [--out DIR] [--alpha 0.05] [--correction holm|none] [--wandb]`
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from harness.report.stats import INTERVALS
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.splitlines()[0])
     p.add_argument("folder", help="folder holding run records (searched recursively)")
     p.add_argument("--metric", default="acc", help="acc (default), acc_norm, gold_loglik, gold_prob, exact_match, ...")
     p.add_argument("--out", default=None, help="output folder (default: FOLDER/report)")

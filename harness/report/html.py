@@ -38,6 +38,7 @@ td.better { background: #d9f2d9; } td.worse { background: #f8d7d7; }
 tr.reference td { font-style: italic; background: #f7f7f7; }
 img { max-width: 48%; margin: 0.3em; border: 1px solid #ddd; }
 .notes { color: #555; font-size: 13px; }
+.scroll { overflow-x: auto; }
 """
 
 
@@ -57,9 +58,7 @@ def table_html(frame: pd.DataFrame, table_id: str, digits: int = 4) -> str:
                 cells.append(f"<td{mark}>{html.escape(text)}</td>")
         ref = ' class="reference"' if row.get("variant") == "full" else ""
         body.append(f"<tr{ref}>{''.join(cells)}</tr>")
-    return (
-        f'<table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
-    )
+    return f'<div class="scroll"><table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
 def image_html(path: Path, alt: str) -> str:
