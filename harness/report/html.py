@@ -58,7 +58,11 @@ def table_html(frame: pd.DataFrame, table_id: str, digits: int = 4) -> str:
                 cells.append(f"<td{mark}>{html.escape(text)}</td>")
         ref = ' class="reference"' if row.get("variant") == "full" else ""
         body.append(f"<tr{ref}>{''.join(cells)}</tr>")
-    return f'<div class="scroll"><table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    rows = "".join(body)
+    return (
+        f'<div class="scroll"><table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{rows}</tbody></table></div>"
+    )
 
 
 def image_html(path: Path, alt: str) -> str:
