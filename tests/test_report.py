@@ -83,7 +83,11 @@ def test_real_folders_incomplete_archived_duplicate(tmp_path):
     shutil.move(tmp_path / "old", only_archived / "archive" / "20260101-000000")
     for name in ("results.csv", "eval_items.csv"):  # its rerun has not finished
         (only_archived / name).unlink()
+    (tmp_path / "other" / "empty").mkdir(parents=True)
+    (tmp_path / "other" / "empty" / "results.csv").write_text("")  # not a run record: skipped, counted
+    (tmp_path / "other" / "results.csv").write_text("model,score\nx,1\n")
     records = load_records(tmp_path)
+    assert records.counts["unreadable"] == 2 and "2 unreadable" in " ".join(records.notes())
     assert records.results.groupby("run_id")["record_dir"].nunique().max() == 1
     assert sorted(records.results.drop_duplicates("run_id")["variant"]) == ["bids", "el2n", "random"]
     assert records.counts["incomplete"] == 2 and records.counts["duplicates"] == 1

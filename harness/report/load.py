@@ -128,6 +128,16 @@ def read_csvs(
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
+def _has_columns(path: Path, required: tuple[str, ...]) -> bool:
+    """The CSV file's header names every required column (an empty or foreign file does not)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            header = handle.readline().strip().split(",")
+    except OSError:
+        return False
+    return all(c in header for c in required)
+
+
 def _choose(results: pd.DataFrame, dirs: list[Path], n_live: int) -> tuple[pd.DataFrame, dict[str, int]]:
     """Keep one record per run_id: the newest live one, else the newest archived one."""
     first = results.drop_duplicates("_source")[["_source", "run_id"]]
@@ -177,18 +187,19 @@ def load_records(folder: str | Path, need_items: bool = True) -> Records:
             f"no complete run records under {folder} ({incomplete} incomplete); "
             "run `python -m harness ...` first or point at the folder that holds them"
         )
-    results = read_csvs([d / RESULTS for d in dirs], with_source=True)
-    missing = [c for c in REQUIRED if c not in results]
-    if missing:
-        bad = results["_source"].unique() if "_source" in results else []
+    readable = [d for d in dirs if _has_columns(d / RESULTS, REQUIRED)]
+    counts["unreadable"] = len(dirs) - len(readable)
+    live_set = set(live)
+    n_live = sum(1 for d in readable if d in live_set)
+    dirs = readable
+    if not dirs:
         raise HarnessError(
-            f"results.csv under {folder} lacks column(s) {', '.join(missing)} "
-            f"({len(bad)} file(s)); these are not run records of this harness"
+            f"no results.csv under {folder} has the columns of a run record ({', '.join(REQUIRED)}); "
+            "point at the folder that holds the harness's runs"
         )
-    unreadable = results["run_id"].isna()
-    counts["unreadable"] = int(results.loc[unreadable, "_source"].nunique())
-    results = results[~unreadable]
-    results, chosen = _choose(results, dirs, len(live))
+    results = read_csvs([d / RESULTS for d in dirs], with_source=True)
+    results = results[results["run_id"].notna()].assign(run_id=lambda f: f["run_id"].astype(str))
+    results, chosen = _choose(results, dirs, n_live)
     counts.update(chosen)
     results = _normalise(results, dirs)
 
