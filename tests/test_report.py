@@ -67,6 +67,10 @@ def test_other_metrics_and_tests(sweep, tmp_path):
     mcnemar = build_report(sweep, Settings(test="mcnemar", correction="none"), tmp_path / "m", [])
     (table,) = mcnemar.tables.values()
     assert table.loc[~table["variant"].isin(["random", "full"]), "p_vs_random"].between(0, 1).all()
+    exact = build_report(sweep, Settings(interval="exact", n_boot=200), tmp_path / "e", [])
+    wilson = build_report(sweep, Settings(n_boot=200), tmp_path / "w", [])
+    widths = [(t["ci_high"] - t["ci_low"]).mean() for t in (*exact.tables.values(), *wilson.tables.values())]
+    assert widths[0] > widths[1]  # Clopper-Pearson is the more conservative interval
     with pytest.raises(HarnessError, match="unknown metric 'bleu'.*acc_norm"):
         build_report(sweep, Settings(metric="bleu"), tmp_path / "x")
 
