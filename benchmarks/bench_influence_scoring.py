@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -38,6 +37,12 @@ def write_store(path: Path, n: int, d: int, seed: int, chunk: int = 8192) -> Non
         np.lib.format.write_array_header_1_0(f, header)
         for i, start in enumerate(range(0, n, chunk)):
             np.roll(base, i, axis=0)[: min(chunk, n - start)].tofile(f)
+
+
+def meminfo_bytes(field: str) -> int:
+    """A /proc/meminfo figure (MemAvailable counts the page cache that can be dropped), in bytes."""
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
 
 def status_kib(field: str) -> int:
@@ -102,7 +107,7 @@ def main() -> None:
         write_s = time.perf_counter() - start
         streamed = {rows: run_child(path, args, "streamed", rows) for rows in args.block_rows}
         obvious_need = args.n * args.d * (2 + 4) + args.n * args.v * 4
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        available = meminfo_bytes("MemAvailable")
         obvious = run_child(path, args, "obvious", 0) if obvious_need < available / 2 else None
 
     print(f"store {args.n} x {args.d} float16 = {store_bytes / GIB:.2f} GiB, written in {write_s:.0f} s")

@@ -103,7 +103,7 @@ class _Columns:
         index = np.int64 if max(n, v * depth) > np.iinfo(np.int32).max else np.int32
         self.order = np.empty(v * depth, dtype=index)  # the column's best rows, best first
         self.run_end = np.empty(v * depth, dtype=index)  # per place: where its run of equal values ends
-        self.below = np.empty(v)  # the largest value left out of the prefix's last run (-inf if none)
+        self.below = np.empty(v)  # the largest value smaller than every value in the prefix (-inf if none)
         for j in range(v):
             part = slice(j * depth, (j + 1) * depth)
             self.order[part], self.run_end[part], self.below[j] = _rank_column(self.zt[j], depth)
@@ -158,7 +158,7 @@ class _Columns:
 
 def _rank_column(values: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, float]:
     """The first `depth` rows by (value desc, row asc); per place, the end of its run of equal values (at most
-    `depth`); and the largest value below the last run that the prefix leaves out (-inf if none)."""
+    `depth`); and the largest value smaller than every value in that prefix (-inf if none)."""
     n = values.size
     if depth < n:
         cut = np.partition(values, n - depth)[n - depth]  # the depth-th largest value

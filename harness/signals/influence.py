@@ -31,7 +31,7 @@ def lr_weights(avg_lrs: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def influence_matrix(
-    train_stores: list[np.ndarray], val_feats: list[np.ndarray], weights: np.ndarray, block_rows: int = 65536
+    train_stores: list[np.ndarray], val_feats: list[np.ndarray], weights: np.ndarray, block_rows: int = 8192
 ) -> np.ndarray:
     """N x |V| float32 matrix: sum over checkpoints c of weights[c] * cosine(train_c[i], val_c[j]).
 
