@@ -232,11 +232,6 @@ class SignalService:
         return {"moments": state["moments"], "betas": tuple(state["betas"]), "eps": float(state["eps"])}
 
 
-def _recipe(cfg: DictConfig) -> dict[str, Any]:
-    from harness.training import recipe_of
-
-    return json.loads(json.dumps(recipe_of(OmegaConf.to_container(cfg, resolve=True)), default=str))
-
     # ------------------------------------------------------------------ per-example signals
 
     def _per_example(self, name: str, warm: WarmupRun, epoch: int, compute: Callable[[Any], dict]) -> dict:
@@ -284,6 +279,10 @@ def _recipe(cfg: DictConfig) -> dict[str, Any]:
 
     # ------------------------------------------------------------------ LESS gradient features and influence
 
+    @property
+    def device_type(self) -> str:
+        return torch.device(self.accelerator.device).type
+
     def validation_tokens(self) -> TokenizedPool:
         """The pool's validation examples, tokenized as the pool is (small: kept in memory)."""
         if getattr(self, "_val_tokens", None) is None:
@@ -302,7 +301,8 @@ def _recipe(cfg: DictConfig) -> dict[str, Any]:
         from harness.signals.projection import Projector
 
         data = self.validation_tokens() if validation else self.tokens
-        spec = {"warmup": warm.key, "epoch": epoch, "validation": validation, **settings}
+        # CPU and CUDA generators draw different projections: the device type is part of the identity
+        spec = {"warmup": warm.key, "epoch": epoch, "validation": validation, "device": self.device_type, **settings}
         if validation:
             spec["validation_rows"] = digest(self.pool.validation[["task", "prompt", "response"]].values.tolist())
 
@@ -357,6 +357,7 @@ def _recipe(cfg: DictConfig) -> dict[str, Any]:
         spec = {
             "warmup": warm.key,
             "validation_rows": digest(self.pool.validation[["task", "prompt", "response"]].values.tolist()),
+            "device": self.device_type,
             **settings,
         }
 
@@ -368,3 +369,9 @@ def _recipe(cfg: DictConfig) -> dict[str, Any]:
 
         path = self.cached("influence", spec, build)
         return np.load(path / "influence.npy", mmap_mode="r"), self.pool.validation["task"].to_numpy()
+
+
+def _recipe(cfg: DictConfig) -> dict[str, Any]:
+    from harness.training import recipe_of
+
+    return json.loads(json.dumps(recipe_of(OmegaConf.to_container(cfg, resolve=True)), default=str))

@@ -1,0 +1,173 @@
+"""The signal service and the selectors it feeds: computed once and shared, safe across processes, and the
+selectors find what the testbed planted (noise for EL2N/GraNd, near-duplicates for diversity, balance for BIDS)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from accelerate import Accelerator
+from omegaconf import OmegaConf
+from sklearn.metrics import roc_auc_score
+
+from harness.config import ScratchModelSchema, TrainSchema
+from harness.modeling import load_tokenizer
+from harness.selection import SelectionContext, get_selector, load_plugins
+from harness.signals.service import SignalService
+from harness.testbed import TestbedConfig, generate_testbed
+from harness.tokenization import tokenize_pool
+
+MODEL = OmegaConf.merge(
+    OmegaConf.structured(ScratchModelSchema),
+    {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 2,
+     "num_key_value_heads": 2, "vocab_size": 300},
+)
+RECIPE = OmegaConf.merge(OmegaConf.structured(TrainSchema), {"global_batch_size": 16, "micro_batch_size": 16, "lr": 3e-3})
+
+
+def make_service(cache: Path, n_pool: int = 800) -> tuple:
+    full = generate_testbed(
+        TestbedConfig(n_pool=n_pool, n_validation_per_task=8, n_eval_per_task=4, n_facts=24, noise_rate=0.08)
+    )
+    truth = full.examples[["id", "truth_noisy", "truth_dup_group", "truth_filler"]].copy()
+    pool = full
+    pool.examples = pool.examples.drop(columns=["truth_noisy", "truth_dup_group", "truth_filler"], errors="ignore")
+    tok = load_tokenizer(pool, MODEL, cache)
+    tokens = tokenize_pool(pool, tok, MODEL.max_length, False, cache)
+    service = SignalService(
+        pool=pool, tokens=tokens, tokenizer=tok, model_cfg=MODEL, train_cfg=RECIPE, cache_dir=cache,
+        accelerator=Accelerator(cpu=True), batch_size=64,
+    )
+    return pool, truth, service
+
+
+def context(pool, service, budget: float, seed: int = 0, epochs: int = 2) -> SelectionContext:
+    k = round(budget * pool.n)
+    return SelectionContext(
+        pool=pool.view(), budget=budget, k=k, seed=seed, signals=service, epochs=epochs, global_batch_size=16,
+        target_tasks=sorted(set(pool.validation["task"])),
+    )
+
+
+def pick(name: str, ctx: SelectionContext, **params) -> list[str]:
+    load_plugins()
+    ctx.signals.used.clear()
+    return get_selector(name).fn(ctx, **params)
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    return make_service(tmp_path_factory.mktemp("signals"))
+
+
+def test_el2n_and_grand_find_the_planted_noise(bed):
+    pool, truth, service = bed
+    noisy = truth["truth_noisy"].to_numpy()
+    ctx = context(pool, service, 0.3)
+    el2n = pick("el2n", ctx, warmup_epochs=2, warmup_seeds=2)
+    grand = pick("grand", ctx, warmup_epochs=2, warmup_seeds=2)
+    assert all(u["cached"] for u in service.used if u["name"] == "warmup")  # GraNd reused EL2N's warm-ups
+    auroc_el2n = roc_auc_score(noisy, el2n.scores.to_numpy())
+    auroc_grand = roc_auc_score(noisy, grand.scores.to_numpy())
+    assert auroc_el2n > 0.75 and auroc_grand > 0.7, (auroc_el2n, auroc_grand)
+    random_ids = pick("random", ctx).ids
+    kept = dict(zip(truth["id"], noisy))
+    drop_top = pick("el2n", ctx, warmup_epochs=2, warmup_seeds=2, keep="drop_top", offset=0.1).ids
+    assert sum(kept[i] for i in drop_top) < sum(kept[i] for i in random_ids)
+
+
+def test_diversity_keeps_fewer_near_duplicates_than_random(bed):
+    pool, truth, service = bed
+    group = dict(zip(truth["id"], truth["truth_dup_group"]))
+
+    def redundant(ids: list[str]) -> int:
+        groups = [group[i] for i in ids if group[i] >= 0]
+        return len(groups) - len(set(groups))
+
+    ctx = context(pool, service, 0.2)
+    diverse = pick("diversity", ctx, warmup_epochs=2).ids
+    assert len(diverse) == ctx.k and len(set(diverse)) == ctx.k
+    random_ids = pick("random", ctx).ids
+    assert redundant(diverse) < redundant(random_ids), (redundant(diverse), redundant(random_ids))
+    iterative = pick("diversity", ctx, warmup_epochs=2, rounds=3, temperature=0.5)
+    assert len(iterative.ids) == ctx.k and len(iterative.info["rounds"]) == 2
+
+
+def test_bids_is_more_task_balanced_than_instance_max_and_deterministic(bed):
+    pool, _, service = bed
+    settings = {"warmup_mode": "full", "warmup_fraction": 1.0, "warmup_epochs": 2, "warmup_lr": 3e-3,
+                "proj_dim": 256}
+    ctx = context(pool, service, 0.15)
+    inst = pick("influence", ctx, aggregation="instance_max", **settings)
+    used_first = {u["name"]: u["cached"] for u in service.used}
+    bids = pick("bids", ctx, **settings)
+    assert {u["name"]: u["cached"] for u in service.used} == {"warmup": True, "influence": True}
+    assert used_first["influence"] is False
+    tasks = dict(zip(pool.examples["id"], pool.examples["task"]))
+
+    def spread(ids):
+        counts = np.array([sum(tasks[i] == t for i in ids) for t in sorted(set(tasks.values()))])
+        return counts.max() - counts.min()
+
+    assert spread(bids.ids) < spread(inst.ids), (spread(bids.ids), spread(inst.ids))
+    assert pick("bids", ctx, **settings).ids == bids.ids
+    for aggregation in ("task_max", "sum"):
+        pick("influence", ctx, aggregation=aggregation, **settings)
+        assert all(u["cached"] for u in service.used)
+
+
+def _ask(cache: str, barrier, out) -> None:
+    from harness.signals.service import SignalService
+
+    class Bare(SignalService):
+        def __init__(self) -> None:  # the caching machinery only
+            self.root, self.used, self._stack = Path(cache) / "signals", [], []
+            self._base = {"test": 1}
+
+    def build(work: Path) -> None:
+        with open(Path(cache) / "builds.txt", "a") as fh:
+            fh.write("built\n")
+        time.sleep(1.5)
+        np.save(work / "x.npy", np.arange(100_000, dtype=np.float32))
+
+    barrier.wait()
+    service = Bare()
+    path = service.cached("demo", {"a": 1}, build)
+    x = np.load(path / "x.npy", mmap_mode="r")
+    out.put((float(x.sum()), service.used[0]["cached"]))
+
+
+def test_two_processes_compute_a_signal_once_and_both_read_it(tmp_path):
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_ask, args=(str(tmp_path), barrier, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    results = [out.get(timeout=5) for _ in procs]
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert (tmp_path / "builds.txt").read_text() == "built\n"
+    assert [r[0] for r in results] == [float(np.arange(100_000, dtype=np.float32).sum())] * 2
+    assert sorted(r[1] for r in results) == [False, True]  # one computed it, the other found it cached
+    meta = json.loads(next((tmp_path / "signals" / "demo").glob("*/meta.json")).read_text())
+    assert meta["seconds"] >= 1.5
+
+
+def test_rs2_sees_every_example_before_repeats_and_trains_as_many_steps(bed):
+    pool, _, service = bed
+    ctx = context(pool, service, 0.3, epochs=7)
+    schedule = pick("rs2", ctx).epochs
+    assert len(schedule) == 7 and all(len(e) == ctx.k == len(set(e)) for e in schedule)
+    flat = [i for e in schedule for i in e]
+    assert len(set(flat[: pool.n])) == pool.n  # one full pass before any repeat
+    independent = pick("rs2", ctx, replacement=True).epochs
+    assert len(independent) == 7 and all(len(set(e)) == ctx.k for e in independent)
+    from harness.training import compute_plan, count_steps
+
+    plan = compute_plan(OmegaConf.merge(RECIPE, {"epochs": 7}), ctx.k, pool.n)
+    assert count_steps([np.arange(ctx.k)] * 7, 16) == plan.steps == count_steps([np.array(e) for e in schedule], 16)
