@@ -81,7 +81,7 @@ def test_batched_grad_norms_equal_one_example_backward_loop(setup, build):
     norms = grad_norms(model, data, ROWS, batch_size=5, device=CPU, pad_id=tok.pad_token_id)
     assert model.training
     reference = loop_grads(model, data, ROWS, tok.pad_token_id)
-    np.testing.assert_allclose(norms, reference.norm(dim=1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(norms, reference.double().norm(dim=1).numpy(), rtol=1e-5)
     flat = per_example_grads(model, data, ROWS[:6], device=CPU, pad_id=tok.pad_token_id)
     assert flat.shape == (6, sum(p.numel() for p in model.parameters() if p.requires_grad))
     torch.testing.assert_close(flat, reference[:6], rtol=1e-4, atol=1e-6)
@@ -90,11 +90,14 @@ def test_batched_grad_norms_equal_one_example_backward_loop(setup, build):
         assert (norms > 0).all()
 
 
-def test_batched_losses_and_el2n_equal_per_example_loop(setup):
+@pytest.mark.parametrize("build", [plain_model, lora_model], ids=["full", "lora"])
+def test_batched_losses_and_el2n_equal_per_example_loop(setup, build):
     tok, data = setup
-    model = plain_model(tok)
+    model = build(tok)
+    model.train()
     losses, el2n = losses_and_el2n(model, data, ROWS, batch_size=4, device=CPU, pad_id=tok.pad_token_id)
-    assert losses.dtype == np.float32 and el2n.dtype == np.float32
+    assert losses.dtype == np.float32 and el2n.dtype == np.float32 and model.training
+    model.eval()
     for i, r in enumerate(ROWS):
         batch = collate(data, np.array([r]), tok.pad_token_id)
         with torch.no_grad():

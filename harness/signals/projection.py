@@ -27,6 +27,7 @@ import hashlib
 import math
 
 import torch
+import torch.nn.functional as F
 
 from harness.errors import HarnessError
 
@@ -35,7 +36,11 @@ DEFAULT_BLOCK_ENTRIES = 1 << 25
 """Matrix entries per generated block (32M: 128 MB as float32 while in use); part of the definition.
 Large blocks keep the per-block overhead (generator seeding, kernel launches) small when P is ~1e8."""
 
-_BIT_SHIFTS = torch.arange(8, dtype=torch.uint8)
+
+def _sign_table(device: torch.device) -> torch.Tensor:
+    """Row b holds the 8 bits of byte b (least significant first) as +-1 floats."""
+    bits = (torch.arange(256, device=device).unsqueeze(1) >> torch.arange(8, device=device)) & 1
+    return bits.to(torch.float32).mul_(2).sub_(1)
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -100,11 +105,11 @@ class Projector:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(block_seed(self.seed, k))
         if self.kind == "rademacher":
+            # one random byte gives 8 signs: look its bits up in a 256 x 8 table of +-1 (one pass)
             n_bytes = -(-self.dim // 8)
-            raw = torch.randint(0, 256, (rows, n_bytes), generator=gen, dtype=torch.uint8, device=self.device)
-            bits = (raw.unsqueeze(-1) >> _BIT_SHIFTS.to(self.device)) & 1
-            signs = bits.reshape(rows, n_bytes * 8)[:, : self.dim].to(torch.float32).mul_(2).sub_(1)
-            return (signs,)
+            raw = torch.randint(0, 256, (rows * n_bytes,), generator=gen, device=self.device)
+            signs = F.embedding(raw, _sign_table(self.device)).reshape(rows, n_bytes * 8)[:, : self.dim]
+            return (signs.contiguous(),)
         s = self.sparsity
         lo = torch.tensor([j * self.dim // s for j in range(s)], device=self.device)
         width = torch.tensor([(j + 1) * self.dim // s - j * self.dim // s for j in range(s)], device=self.device)
