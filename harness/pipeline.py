@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import evaluation, record
 from harness.config import validate
-from harness.data import load_pool
+from harness.data import load_pool, load_truth
+from harness.diagnostics import selection_diagnostics
 from harness.modeling import build_model, for_evaluation, load_tokenizer, model_description
 from harness.pool import Pool
 from harness.record import RunRecord
@@ -147,13 +148,10 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
             for_evaluation(model),
             tokenizer,
             tasks,
-            batch_size=cfg.eval.batch_size,
-            limit=cfg.eval.limit,
             device=str(accelerator.device),
             seed=cfg.seed,
-            num_fewshot=cfg.eval.num_fewshot,
             add_bos_token=cfg.model.add_bos_token,
-            apply_chat_template=bool(pool.chat_template),
+            **evaluation.evaluate_options(cfg.eval, pool),
         )
         timings["eval_seconds"] = time.perf_counter() - start
 
@@ -161,6 +159,8 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
         log.info("stage 5/5: record")
         timings["total_seconds"] = time.perf_counter() - clock
         manifest.update(status="complete", training=record_training(outcome), timings=rounded(timings))
+        truth = load_truth(cfg.data)  # the hidden truth exists only from here on, never during selection
+        manifest["selection_diagnostics"] = selection_diagnostics(pool, selection.distinct_ids, truth)
         results = record.tidy_results(
             evaluated.metrics,
             {
@@ -225,7 +225,6 @@ def build_manifest(
         "versions": record.package_versions(),
         "git": record.git_state(),
     }
-    manifest["selection_diagnostics"] = record.selection_diagnostics(pool, selection)
     if selection.scores is not None:
         manifest["selection_scores"] = {str(i): float(v) for i, v in selection.scores.items()}
     return manifest
