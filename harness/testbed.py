@@ -535,6 +535,9 @@ def testbed_truth(cfg: TestbedConfig | None = None) -> pd.DataFrame:
     return generate_testbed_with_truth(cfg)[1]
 
 
+testbed_truth.__test__ = False  # type: ignore[attr-defined]  # its name starts with "test": pytest would collect it
+
+
 def generate_testbed_with_truth(cfg: TestbedConfig | None = None) -> tuple[Pool, pd.DataFrame]:
     """The pool and, separately, its planted truth (one row per example id)."""
     cfg = cfg or TestbedConfig()
