@@ -173,7 +173,7 @@ def missing_local_data(path: str, name: str | None = None, kwargs: dict | None =
                 return f"data file {f}"
         return None if files or local.exists() else f"data_files of the '{path}' builder"
     from datasets import config
-    from datasets.utils.py_utils import camelcase_to_snakecase
+    from datasets.naming import camelcase_to_snakecase
 
     cache = os.path.expanduser(str(kwargs.get("cache_dir") or config.HF_DATASETS_CACHE))
     parts = path.split("/")

@@ -17,7 +17,7 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.evaluation import tidy
-from harness.evaluation.tasks import check_tasks, include_paths, task_manager
+from harness.evaluation.tasks import check_tasks, include_paths, needs_builtin_tasks, task_manager
 from harness.evaluation.testbed_tasks import TESTBED_PREFIX
 from harness.hub import hub_offline, offline_mode
 
@@ -241,7 +241,7 @@ def evaluate(
     names = [t for t in tasks if isinstance(t, str)]
     if names:
         check_tasks(names, include)
-        inner = task_manager(include)
+        inner = task_manager(include, needs_builtin_tasks(names, include))
     else:  # task dicts only: skip indexing lm-eval's thousands of built-in tasks
         inner = task_manager((), defaults=False)
     dict_tasks = {str(t["task"]) for t in tasks if isinstance(t, dict) and "task" in t}

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -62,12 +63,27 @@ def task_manager(include: tuple[str, ...] = (), defaults: bool = True) -> Any:
         return TaskManager(include_path=list(include) or None, include_defaults=defaults)
 
 
+def needs_builtin_tasks(names: list[str], include: tuple[str, ...]) -> bool:
+    """False when every name (and every member of its groups) is declared in the user's own task folders.
+
+    Then lm-eval's index of its thousands of built-in tasks (seconds to build) is not needed."""
+    if not include:
+        return True
+    own = scan_lookup(include, builtin=False)
+    try:
+        for name in names:
+            list(leaf_configs(name, own))
+    except KeyError:
+        return True
+    return False
+
+
 def check_tasks(names: list[str], include: tuple[str, ...] = ()) -> None:
     """Raise a one-line HarnessError unless every name is an lm-eval task, group or tag (or a task YAML file)."""
     for name in names:
         if not isinstance(name, str) or not name.strip():
             raise HarnessError(f"lm-eval task names must be non-empty strings, got {name!r}")
-    known = set(task_manager(include).all_tasks)
+    known = set(task_manager(include, needs_builtin_tasks(names, include)).all_tasks)
     unknown = [n for n in names if n not in known and not (n.endswith((".yaml", ".yml")) and Path(n).is_file())]
     if not unknown:
         return
@@ -89,11 +105,11 @@ def _kind(cfg: dict[str, Any]) -> str:
     return "group" if "group" in cfg and "class" not in cfg else "task"
 
 
-def index_lookup(include: tuple[str, ...] = ()) -> LookupFn:
-    """Look names up in lm-eval's full task index (built once per process)."""
+def index_lookup(include: tuple[str, ...] = (), builtin: bool = True) -> LookupFn:
+    """Look names up in lm-eval's task index (built once per process)."""
 
     def lookup(name: str) -> tuple[str, dict[str, Any], set[str]] | None:
-        entry = task_manager(include).task_index.get(name)
+        entry = task_manager(include, builtin).task_index.get(name)
         if entry is None:
             return None
         if entry.kind.name == "TAG":
@@ -106,35 +122,40 @@ def index_lookup(include: tuple[str, ...] = ()) -> LookupFn:
     return lookup
 
 
-def _task_roots(include: tuple[str, ...]) -> list[Path]:
+def _task_roots(include: tuple[str, ...], builtin: bool = True) -> list[Path]:
     import lm_eval.tasks
 
-    return [*(Path(p) for p in include), Path(lm_eval.tasks.__file__).parent]
+    return [*(Path(p) for p in include), *([Path(lm_eval.tasks.__file__).parent] if builtin else [])]
 
 
-@functools.lru_cache(maxsize=4)
-def _declared_names(include: tuple[str, ...]) -> dict[str, list[Path]]:
-    """name -> YAML files with a top-level `task: <name>` or `group: <name>` line, from one pass over the text."""
-    pattern = re.compile(r"^(?:task|group):[ \t]*['\"]?([^'\"\s#]+)['\"]?[ \t]*(?:#.*)?$", re.M)
+@functools.lru_cache(maxsize=8)
+def _declared_names(include: tuple[str, ...], builtin: bool = True) -> dict[str, list[Path]]:
+    """name -> YAML files with a top-level `task: <name>` or `group: <name>` line, from one pass over the bytes."""
+    pattern = re.compile(rb"^(?:task|group):[ \t]*['\"]?([^'\"\s#]+)['\"]?[ \t]*(?:#.*)?$", re.M)
     names: dict[str, list[Path]] = {}
-    for root in _task_roots(include):
-        for path in sorted(root.rglob("*.yaml"), key=lambda p: p.as_posix()):
-            try:
-                text = path.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                continue
-            for name in dict.fromkeys(pattern.findall(text)):
-                names.setdefault(name, []).append(path)
+    for root in _task_roots(include, builtin):
+        for folder, dirs, files in os.walk(root):
+            dirs.sort()
+            for file in sorted(files):
+                if not file.endswith(".yaml"):
+                    continue
+                path = Path(folder) / file
+                try:
+                    data = path.read_bytes()
+                except OSError:
+                    continue
+                for name in dict.fromkeys(pattern.findall(data)):
+                    names.setdefault(name.decode("utf-8", "replace"), []).append(path)
     return names
 
 
-def scan_lookup(include: tuple[str, ...] = ()) -> LookupFn:
+def scan_lookup(include: tuple[str, ...] = (), builtin: bool = True) -> LookupFn:
     """Look names up by reading the task YAML files as text once (about a second; no index, no task code).
 
     Finds tasks and groups declared as `task: <name>` / `group: <name>`; tags are left to the full index."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    declared = _declared_names(include)
+    declared = _declared_names(include, builtin)
 
     @functools.cache
     def lookup(name: str) -> tuple[str, dict[str, Any], set[str]] | None:
@@ -256,10 +277,10 @@ def _testbed_tasks(eval_cfg: Any, pool: Pool, cache: Path) -> list[dict]:
 
 
 def _offline_fix(pool: Pool) -> str:
-    alt = "eval=testbed" if pool.eval_items is not None and not pool.eval_items.empty else "eval.include_path=<folder>"
+    testbed = "eval=testbed, or " if pool.eval_items is not None and not pool.eval_items.empty else ""
     return (
-        "run once with network (same HF_HOME) to cache it, or use tasks whose data is local "
-        f"({alt}; your own task YAMLs with absolute data_files: eval.include_path=<folder>)"
+        "run once with network (same HF_HOME) to cache it, or evaluate on local data: "
+        f"{testbed}your own task YAMLs (absolute data_files) with eval.include_path=<folder>"
     )
 
 
@@ -287,7 +308,7 @@ def resolve_tasks(eval_cfg: Any, pool: Pool, cache: Path) -> list[str | dict]:
         except KeyError:  # a tag or a name the scan cannot see: the full index decides
             pass
     check_tasks(names, include)
-    full = index_lookup(include)
+    full = index_lookup(include, needs_builtin_tasks(names, include))
     check_unsafe(names, full, confirmed)
     if reason is not None and not scanned:
         check_task_data(names, full, reason, _offline_fix(pool))
