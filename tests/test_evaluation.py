@@ -433,6 +433,16 @@ def test_generative_task_is_not_in_the_default_average(tmp_path, items):
     assert [c["task"] for c in asked] == ["testbed_add", "testbed_addition_gen"]
 
 
+def test_fewshot_keys_must_name_evaluated_tasks(tmp_path, items):
+    examples = pd.DataFrame({"id": ["a"], "task": ["add"], "prompt": ["p"], "response": ["r"]})
+    pool = Pool(name="tiny", examples=examples, validation=examples.iloc[:0], eval_items=items)
+    assert len(resolve_tasks({"suite": "testbed", "fewshot": {"add": 2, "testbed_rev": 1}}, pool, tmp_path)) == 2
+    with pytest.raises(HarnessError, match="eval.fewshot.rve names no evaluated task or group; did you mean 'rev'"):
+        resolve_tasks({"suite": "testbed", "fewshot": {"rve": 1}}, pool, tmp_path)
+    with pytest.raises(HarnessError, match="eval.fewshot.rev names no evaluated task"):
+        resolve_tasks({"suite": "testbed", "tasks": ["add"], "fewshot": {"rev": 1}}, pool, tmp_path)
+
+
 def test_fewshot_as_multiturn_needs_the_chat_template(run, model, tokenizer):
     with pytest.raises(HarnessError, match="eval.apply_chat_template=true"):
         evaluate(model, tokenizer, run["configs"], fewshot_as_multiturn=True)

@@ -238,3 +238,47 @@ def test_evaluation_makes_no_network_requests_once_telemetry_is_off(tmp_path, mo
     outcome = evaluate(tiny_llama(tokenizer), tokenizer, configs, batch_size=8, limit=4, add_bos_token=True)
     assert len(outcome.items) == 8
     assert attempts == []
+
+
+def _write_task(folder: Path, name: str, data: Path, extra: str = "") -> None:
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\nfewshot_split: test\noutput_type: multiple_choice\n"
+        "doc_to_text: question\ndoc_to_choice: options\ndoc_to_target: label\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+        f"metadata:\n  version: 1.0\n{extra}"
+    )
+
+
+def test_shots_per_group_task_and_global_on_users_tasks(tmp_path):
+    """Per-task values win (a group's value reaches its members); the global value skips tasks pinned to 0."""
+    from conftest import tiny_llama
+    from test_evaluation import _make_tokenizer
+
+    from harness.evaluation import evaluate
+
+    data = tmp_path / "items.jsonl"
+    rows = [{"question": f"add {a} {a} =", "options": [str(2 * a), str(2 * a + 1)], "label": a % 2} for a in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    for name in ("my_a", "my_b", "my_d"):
+        _write_task(folder, name, data)
+    _write_task(folder, "my_c", data, "num_fewshot: 0\n")
+    (folder / "my_group.yaml").write_text(
+        "group: my_group\ntask: [my_a, my_b]\naggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\n"
+    )
+    tokenizer = _make_tokenizer([f"{r['question']} {o}" for r in rows for o in r["options"]] * 3)
+    outcome = evaluate(
+        tiny_llama(tokenizer),
+        tokenizer,
+        ["my_group", "my_c", "my_d"],
+        batch_size=8,
+        limit=3,
+        num_fewshot=3,
+        fewshot={"my_group": 2, "my_b": 1},
+        include_path=str(folder),
+        add_bos_token=True,
+    )
+    assert outcome.shots == {"my_a": 2, "my_b": 1, "my_c": 0, "my_d": 3}
+    assert set(outcome.metrics["task"]) >= {"my_group", "my_a", "my_b", "my_c", "my_d", "macro_avg"}

@@ -111,7 +111,7 @@ def index_lookup(include: tuple[str, ...] = (), builtin: bool = True) -> LookupF
     def lookup(name: str) -> tuple[str, dict[str, Any], set[str]] | None:
         entry = task_manager(include, builtin).task_index.get(name)
         if entry is None:
-            return None
+            return _yaml_file(name)
         if entry.kind.name == "TAG":
             return "tag", {}, set(entry.tags)
         from lm_eval.tasks._yaml_loader import load_yaml
@@ -120,6 +120,16 @@ def index_lookup(include: tuple[str, ...] = (), builtin: bool = True) -> LookupF
         return ("group" if entry.kind.name == "GROUP" else "task"), dict(cfg), set()
 
     return lookup
+
+
+def _yaml_file(name: str) -> tuple[str, dict[str, Any], set[str]] | None:
+    """A task or group given as the path of its YAML file (lm-eval accepts those as names)."""
+    if not name.endswith((".yaml", ".yml")) or not Path(name).is_file():
+        return None
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    cfg = load_yaml(Path(name), resolve_func=False)
+    return _kind(cfg), cfg, set()
 
 
 def _task_roots(include: tuple[str, ...], builtin: bool = True) -> list[Path]:
@@ -166,12 +176,18 @@ def scan_lookup(include: tuple[str, ...] = (), builtin: bool = True) -> LookupFn
                 continue
             if cfg.get("task") == name or cfg.get("group") == name:
                 return _kind(cfg), cfg, set()
-        return None
+        return _yaml_file(name)
 
     return lookup
 
 
-def leaf_configs(name: str, lookup: LookupFn, overrides: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+ANCESTRY = "_harness_names"
+"""Key of a leaf config that lists the names it was reached through: the requested name, groups, itself."""
+
+
+def leaf_configs(
+    name: str, lookup: LookupFn, overrides: dict[str, Any] | None = None, via: tuple[str, ...] = ()
+) -> Iterator[dict[str, Any]]:
     """The configs of the leaf tasks a task, group or tag name stands for (dataset_path, unsafe_code, ...).
 
     Raises KeyError for a name the lookup does not know."""
@@ -179,38 +195,55 @@ def leaf_configs(name: str, lookup: LookupFn, overrides: dict[str, Any] | None =
     if found is None:
         raise KeyError(name)
     kind, cfg, members = found
+    via = (*via, name)
     if kind == "tag":
         for member in sorted(members):
-            yield from leaf_configs(member, lookup, overrides)
+            yield from leaf_configs(member, lookup, overrides, via)
         return
     if kind == "task":
-        yield {**cfg, **(overrides or {}), "task": cfg.get("task", name)}
+        leaf = {**cfg, **(overrides or {}), "task": cfg.get("task", name)}
+        tags = leaf.get("tag") or []
+        leaf[ANCESTRY] = [*via, *([tags] if isinstance(tags, str) else list(tags))]
+        yield leaf
         return
     group_overrides = {
         k: v for k, v in cfg.items() if k not in ("group", "task", "aggregate_metric_list", "metadata", "tag")
     }
     merged = {**group_overrides, **(overrides or {})}
     for item in cfg.get("task") or []:
-        yield from _member_configs(item, lookup, merged)
+        yield from _member_configs(item, lookup, merged, via)
 
 
-def _member_configs(item: Any, lookup: LookupFn, overrides: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _member_configs(
+    item: Any, lookup: LookupFn, overrides: dict[str, Any], via: tuple[str, ...]
+) -> Iterator[dict[str, Any]]:
     if isinstance(item, str):
-        yield from leaf_configs(item, lookup, overrides)
+        yield from leaf_configs(item, lookup, overrides, via)
     elif isinstance(item, dict) and "group" in item:
         if lookup(str(item["group"])) is not None:
             rest = {k: v for k, v in item.items() if k != "group"}
-            yield from leaf_configs(str(item["group"]), lookup, {**overrides, **rest})
+            yield from leaf_configs(str(item["group"]), lookup, {**overrides, **rest}, via)
         else:  # an inline group
             for sub in item.get("task") or []:
-                yield from _member_configs(sub, lookup, overrides)
+                yield from _member_configs(sub, lookup, overrides, (*via, str(item["group"])))
     elif isinstance(item, dict) and "task" in item:
         base = str(item["task"])
         if lookup(base) is not None:
             rest = {k: v for k, v in item.items() if k != "task"}
-            yield from leaf_configs(base, lookup, {**overrides, **rest})
+            yield from leaf_configs(base, lookup, {**overrides, **rest}, via)
         else:  # an inline task
-            yield {**overrides, **item}
+            yield {**overrides, **item, ANCESTRY: [*via, base]}
+
+
+def check_fewshot_keys(fewshot: Mapping[str, Any], allowed: set[str]) -> None:
+    """Raise a one-line HarnessError for an eval.fewshot key that names none of the evaluated tasks or groups."""
+    for key in fewshot:
+        if str(key) not in allowed:
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise HarnessError(
+                f"eval.fewshot.{key} names no evaluated task or group{hint} (eval.tasks decides what runs)"
+            )
 
 
 def check_unsafe(names: list[str], lookup: LookupFn, confirmed: bool) -> None:
@@ -264,6 +297,7 @@ def _testbed_tasks(eval_cfg: Any, pool: Pool, cache: Path) -> list[dict]:
             raise HarnessError(f"unknown testbed task '{unknown[0]}'; the pool has {', '.join(available)} (eval.tasks)")
     else:  # by default the multiple-choice tasks; generative ones only when asked for
         wanted = [t for t in available if not is_generative(t)]
+    check_fewshot_keys(cfg_get(eval_cfg, "fewshot", {}), {*wanted, *(TESTBED_PREFIX + w for w in wanted)})
     items = items[items["task"].isin(wanted)]
     digest = hashlib.sha256(pool.delimiter.encode())
     for row in items[list(EVAL_COLUMNS)].itertuples(index=False):
@@ -310,6 +344,9 @@ def resolve_tasks(eval_cfg: Any, pool: Pool, cache: Path) -> list[str | dict]:
     check_tasks(names, include)
     full = index_lookup(include, needs_builtin_tasks(names, include))
     check_unsafe(names, full, confirmed)
+    fewshot = cfg_get(eval_cfg, "fewshot", {})
+    if fewshot:
+        check_fewshot_keys(fewshot, {n for name in names for leaf in leaf_configs(name, full) for n in leaf[ANCESTRY]})
     if reason is not None and not scanned:
         check_task_data(names, full, reason, _offline_fix(pool))
     return names
