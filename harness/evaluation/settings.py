@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
-from harness.pool import Pool
+if TYPE_CHECKING:
+    from harness.pool import Pool
 
 
 @dataclass
