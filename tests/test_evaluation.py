@@ -465,3 +465,26 @@ def test_evaluate_options_from_config():
     assert got["gen_kwargs"] == {"max_gen_toks": 4} and got["apply_chat_template"] is True  # follows the pool
     assert evaluate_options(OmegaConf.create({"apply_chat_template": False}), pool)["apply_chat_template"] is False
     assert got["confirm_run_unsafe_code"] is False
+
+
+@pytest.mark.parametrize(
+    ("preset", "tasks", "fewshot"),
+    [
+        ("testbed", [], {}),
+        ("testbed_gen", ["addition_gen"], {}),
+        ("lm_eval_less", ["mmlu", "bbh", "tydiqa_goldp"], {"mmlu": 5, "bbh": 3, "tydiqa_goldp": 1}),
+    ],
+)
+def test_eval_presets_compose(preset, tasks, fewshot):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from harness import REPO_ROOT
+    from harness.config import register_resolvers, validate
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = validate(compose(config_name="config", overrides=[f"eval={preset}"]))
+    assert list(cfg.eval.tasks) == tasks and dict(cfg.eval.fewshot) == fewshot
+    assert cfg.eval.num_fewshot is None and cfg.eval.confirm_run_unsafe_code is False

@@ -282,3 +282,20 @@ def test_shots_per_group_task_and_global_on_users_tasks(tmp_path):
     )
     assert outcome.shots == {"my_a": 2, "my_b": 1, "my_c": 0, "my_d": 3}
     assert set(outcome.metrics["task"]) >= {"my_group", "my_a", "my_b", "my_c", "my_d", "macro_avg"}
+
+
+def test_offline_mode_switches_the_libraries_and_restores_them(monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with hub.offline_mode():
+        assert datasets.config.HF_HUB_OFFLINE and hub_constants.HF_HUB_OFFLINE
+    assert not datasets.config.HF_HUB_OFFLINE and not hub_constants.HF_HUB_OFFLINE
+    import os
+
+    assert "HF_HUB_OFFLINE" not in os.environ
+    with hub.offline_mode(False):
+        assert not datasets.config.HF_HUB_OFFLINE
