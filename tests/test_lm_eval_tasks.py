@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import warnings
 from pathlib import Path
@@ -294,8 +295,6 @@ def test_offline_mode_switches_the_libraries_and_restores_them(monkeypatch):
     with hub.offline_mode():
         assert datasets.config.HF_HUB_OFFLINE and hub_constants.HF_HUB_OFFLINE
     assert not datasets.config.HF_HUB_OFFLINE and not hub_constants.HF_HUB_OFFLINE
-    import os
-
     assert "HF_HUB_OFFLINE" not in os.environ
     with hub.offline_mode(False):
         assert not datasets.config.HF_HUB_OFFLINE
