@@ -38,6 +38,7 @@ so a table smaller than both together gives fewer facts items.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ import numpy as np
 import pandas as pd
 
 from harness.pool import EVAL_COLUMNS, PUBLIC_COLUMNS, TRUTH_COLUMNS, Pool
+
+log = logging.getLogger(__name__)
 
 TASKS: tuple[str, ...] = ("addition", "maximum", "counting", "reversal", "sorting", "facts")
 """Task names of the testbed, in a fixed order."""
@@ -507,6 +510,17 @@ def _facts_split(rng: np.random.Generator, facts: dict[str, str], cfg: TestbedCo
     n = len(entities)
     n_val = min(cfg.n_validation_per_task, max(min(1, n - 1), n - cfg.n_eval_per_task))
     n_eval = min(cfg.n_eval_per_task, n - n_val)
+    if (n_eval, n_val) != (cfg.n_eval_per_task, cfg.n_validation_per_task):
+        log.warning(
+            "facts: %d entities cannot give %d evaluation and %d validation entities apart; using %d and %d "
+            "(raise data.n_facts to %d for all)",
+            n,
+            cfg.n_eval_per_task,
+            cfg.n_validation_per_task,
+            n_eval,
+            n_val,
+            cfg.n_eval_per_task + cfg.n_validation_per_task,
+        )
     return entities[:n_eval], entities[n_eval : n_eval + n_val]
 
 

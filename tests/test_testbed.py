@@ -230,8 +230,23 @@ def test_facts_ask_taught_entities_outside_validation(pool, examples, facts):
     assert set(asked) <= taught and set(validated) <= taught  # the pool teaches both
 
 
-def test_small_fact_tables_keep_the_split():
+def test_conf_matches_the_generator_defaults():
+    """conf/data/testbed.yaml is what runs; the dataclass defaults are what the tests above check."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from harness import REPO_ROOT
+
+    conf = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "data" / "testbed.yaml"))
+    defaults = TestbedConfig()
+    for f in dataclasses.fields(TestbedConfig):
+        assert conf[f.name] == getattr(defaults, f.name), f.name
+
+
+def test_small_fact_tables_keep_the_split(caplog):
     p = generate_testbed(TestbedConfig(n_pool=300, n_validation_per_task=20, n_eval_per_task=12, n_facts=16))
+    assert "raise data.n_facts to 32" in caplog.text
     asked, validated = _keys(p.eval_items, "facts"), _keys(p.validation, "facts")
     assert len(asked) == 12 and len(validated) == 4 and not set(asked) & set(validated)
 
