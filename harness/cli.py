@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from harness import REPO_ROOT
 from harness.config import register_resolvers
 from harness.errors import HarnessError, first_line
+from harness.hub import disable_telemetry
 from harness.interrupt import Interrupted
 
 GROUP_NOUNS = {"selector": "selector", "model": "model", "data": "data pool", "eval": "evaluation suite"}
@@ -99,6 +100,7 @@ def explain(exc: BaseException) -> str:
 
 
 def main() -> None:
+    disable_telemetry()  # a benchmark that runs offline makes no usage or download-count requests
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach us, so we can say them in one line
     register_resolvers()
     try:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import HarnessError, first_line
+from harness.evaluation.settings import EvalSchema
 from harness.identity import run_name
 
 
@@ -120,16 +121,6 @@ class HubDataSchema(_TextPoolSchema):
     revision: str | None = None
     data_files: Any = None
     validation_split: str | None = None
-
-
-@dataclass
-class EvalSchema:
-    name: str = "testbed"
-    suite: str = "testbed"
-    tasks: list[str] = field(default_factory=list)
-    batch_size: int = 64
-    limit: int | None = None
-    num_fewshot: int = 0
 
 
 @dataclass

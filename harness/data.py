@@ -1,15 +1,20 @@
-"""Stage 2: the pool, from the embedded testbed, a local JSONL file or a Hugging Face dataset."""
+"""Stage 2: the pool, from the embedded testbed, a local JSONL file or a Hugging Face dataset.
+
+`load_pool` returns a truth-free Pool (what selection may see); `load_truth` returns the testbed's planted
+truth, for the record stage alone.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
+import pandas as pd
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from harness.loaders import load_hub_pool, load_jsonl_pool
 from harness.pool import Pool
-from harness.testbed import TestbedConfig, generate_testbed
+from harness.testbed import TestbedConfig, generate_testbed, testbed_truth
 
 TESTBED_FIELDS = {f.name for f in dataclasses.fields(TestbedConfig)}
 
@@ -20,8 +25,18 @@ def testbed_config(data_cfg: DictConfig) -> TestbedConfig:
     return TestbedConfig(**{k: v for k, v in values.items() if k in TESTBED_FIELDS})
 
 
+def load_truth(data_cfg: DictConfig) -> pd.DataFrame | None:
+    """The planted truth of the pool `load_pool(data_cfg)` returns (id, truth_noisy, truth_dup_group, truth_filler).
+
+    None for pools without one (JSONL, hub). The testbed regenerates it from its seed, so no truth is held
+    in memory while a selector runs."""
+    if data_cfg.source == "testbed":
+        return testbed_truth(testbed_config(data_cfg))
+    return None
+
+
 def load_pool(data_cfg: DictConfig) -> Pool:
-    """Dispatch on data.source; every loader returns the same Pool shape."""
+    """Dispatch on data.source; every loader returns the same truth-free Pool shape."""
     if data_cfg.source == "testbed":
         pool = generate_testbed(testbed_config(data_cfg))
         pool.delimiter = data_cfg.delimiter

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import re
 import socket
 import threading
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from harness.errors import HarnessError
@@ -79,6 +83,111 @@ def hub_offline() -> bool:
         if target not in _probe_results:
             _probe_results[target] = not _reachable(*target, timeout=PROBE_TIMEOUT_S)
         return _probe_results[target]
+
+
+def offline_reason() -> str | None:
+    """Why the hub counts as offline, in words for an error message (None when it is reachable)."""
+    for var in OFFLINE_ENV_VARS:
+        if _truthy(os.environ.get(var)):
+            return f"{var}={os.environ[var]} is set"
+    if hub_offline():
+        host, port = _probe_target()
+        return f"the Hugging Face hub ({host}:{port}) did not answer within {PROBE_TIMEOUT_S:g} s"
+    return None
+
+
+@contextlib.contextmanager
+def offline_mode(active: bool = True) -> Iterator[None]:
+    """While active, datasets and huggingface_hub read only their caches: a missing file fails at once, no retries."""
+    if not active:
+        yield
+        return
+    import datasets.config
+    import huggingface_hub.constants as hub_constants
+
+    saved = (datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE"))
+    datasets.config.HF_HUB_OFFLINE = True
+    hub_constants.HF_HUB_OFFLINE = True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved[0], saved[1]
+        if saved[2] is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved[2]
+
+
+TELEMETRY_ENV = {
+    "HF_HUB_DISABLE_TELEMETRY": "1",  # huggingface_hub (and transformers through it): usage pings
+    "DISABLE_TELEMETRY": "1",  # older name of the same switch
+    "DO_NOT_TRACK": "1",  # https://donottrack.sh, honoured by huggingface_hub
+    "HF_UPDATE_DOWNLOAD_COUNTS": "0",  # datasets: a HEAD request per load_dataset to count downloads
+}
+"""Environment switches that turn off usage reporting and download counting."""
+
+
+def disable_telemetry() -> None:
+    """Turn off telemetry and download counting: set TELEMETRY_ENV and the flags of already-imported libraries.
+
+    datasets and huggingface_hub read these variables at import; the harness may import them first, so
+    their module-level flags are set as well."""
+    os.environ.update(TELEMETRY_ENV)
+    import sys
+
+    if "datasets.config" in sys.modules:
+        sys.modules["datasets.config"].HF_UPDATE_DOWNLOAD_COUNTS = False
+    if "huggingface_hub.constants" in sys.modules:
+        sys.modules["huggingface_hub.constants"].HF_HUB_DISABLE_TELEMETRY = True
+
+
+_PACKAGED_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas", "imagefolder", "audiofolder", "webdataset")
+
+
+def _data_file_list(data_files: object) -> list[str]:
+    if data_files is None:
+        return []
+    if isinstance(data_files, (str, os.PathLike)):
+        return [str(data_files)]
+    if isinstance(data_files, dict):
+        return [f for v in data_files.values() for f in _data_file_list(v)]
+    return [str(f) for f in data_files]  # type: ignore[attr-defined]
+
+
+def missing_local_data(path: str, name: str | None = None, kwargs: dict | None = None) -> str | None:
+    """What of a dataset is not on this machine (None when everything is): checked without the network.
+
+    `path`, `name`, `kwargs` are datasets.load_dataset's path, config name and extra arguments (an lm-eval
+    task's dataset_path, dataset_name and dataset_kwargs). Generic builders (json, csv, ...) need their
+    data_files on disk; a hub dataset needs a prepared copy in the HF datasets cache (or its hub snapshot).
+    """
+    kwargs = dict(kwargs or {})
+    files = _data_file_list(kwargs.get("data_files"))
+    local = Path(os.path.expanduser(path))
+    if path in _PACKAGED_BUILDERS or local.exists():
+        for f in files:
+            if re.match(r"^[a-z][a-z0-9+]*://", f):
+                return f"data file {f} (a URL)"
+            if not glob.glob(os.path.expanduser(f)):
+                return f"data file {f}"
+        return None if files or local.exists() else f"data_files of the '{path}' builder"
+    from datasets import config
+    from datasets.naming import camelcase_to_snakecase
+
+    cache = os.path.expanduser(str(kwargs.get("cache_dir") or config.HF_DATASETS_CACHE))
+    parts = path.split("/")
+    parts[-1] = camelcase_to_snakecase(parts[-1])
+    root = os.path.join(cache, "___".join(parts))
+    pattern = os.path.join(root, "*" if (kwargs or not name) else str(name), "*", "*")
+    if any(os.path.isdir(p) for p in glob.glob(pattern)):
+        return None
+    import huggingface_hub.constants as hub_constants
+
+    snapshots = Path(hub_constants.HF_HUB_CACHE) / f"datasets--{path.replace('/', '--')}" / "snapshots"
+    if snapshots.is_dir() and any(snapshots.iterdir()):
+        return None
+    return f"dataset '{path}'" + (f" ({name})" if name else "") + f" in the HF datasets cache ({cache})"
 
 
 def looks_like_hub_id(name: str) -> bool:

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import evaluation, record, runtime
 from harness.config import validate
-from harness.data import load_pool
+from harness.data import load_pool, load_truth
+from harness.diagnostics import selection_diagnostics
 from harness.errors import HarnessError
 from harness.identity import describe_differences, identity, identity_hash
 from harness.interrupt import Interrupted, StopFlag, graceful_stop
@@ -299,13 +300,10 @@ def _run_locked(
             for_evaluation(model),
             tokenizer,
             tasks,
-            batch_size=cfg.eval.batch_size,
-            limit=cfg.eval.limit,
             device=str(accelerator.device),
             seed=cfg.seed,
-            num_fewshot=cfg.eval.num_fewshot,
             add_bos_token=cfg.model.add_bos_token,
-            apply_chat_template=bool(pool.chat_template),
+            **evaluation.evaluate_options(cfg.eval, pool),
         )
         timings["eval_seconds"] = time.perf_counter() - start
 
@@ -314,9 +312,12 @@ def _run_locked(
         timings["total_seconds"] = time.perf_counter() - clock
         training = record_training(outcome, plan, k, cfg.train.global_batch_size, n_params, n_trainable)
         manifest.update(status="complete", training=training, timings=rounded(timings))
-        manifest["selection_diagnostics"] = record.selection_diagnostics(pool, selection)
+        truth = load_truth(cfg.data)  # the hidden truth exists only from here on, never during selection
+        manifest["selection_diagnostics"] = selection_diagnostics(pool, selection.distinct_ids, truth)
         results = record.tidy_results(evaluated.metrics, result_meta(manifest, run_dir, training))
         evaluated.items.insert(0, "run_id", run_id)
+        manifest["eval"] = {"shots": evaluated.shots}
+        rec.write_lm_eval(evaluated.metadata)
         rec.write_manifest(manifest)
         rec.write_items(evaluated.items)
         rec.write_results(results)

@@ -1,4 +1,8 @@
-"""The training pool, its validation examples and evaluation items, and the truth-free view selectors get."""
+"""The training pool, its validation examples and evaluation items, and the truth-free view selectors get.
+
+A Pool never carries the testbed's planted truth: `harness.data.load_truth` returns it separately, and
+only the record stage asks for it (see harness/diagnostics.py).
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,10 @@ PUBLIC_COLUMNS = ("id", "task", "prompt", "response")
 """Columns every pool example has and every selector may read."""
 
 TRUTH_COLUMNS = ("truth_noisy", "truth_dup_group", "truth_filler")
-"""Planted ground truth of the testbed: kept beside the examples, never shown to selectors."""
+"""Planted ground truth of the testbed, per example id: never in a Pool (harness.data.load_truth has it)."""
 
 EVAL_COLUMNS = ("task", "doc_id", "prompt", "choices", "gold")
-"""Multiple-choice evaluation items of the testbed (one lm-eval task per skill)."""
+"""Evaluation items of the testbed (one lm-eval task per task name; a generative task has one choice, the answer)."""
 
 
 @dataclass
@@ -36,6 +40,9 @@ class Pool:
         missing = [c for c in PUBLIC_COLUMNS if c not in self.examples.columns]
         if missing:
             raise ValueError(f"pool examples lack columns {missing}")
+        leaked = [c for c in TRUTH_COLUMNS if c in self.examples.columns or c in self.validation.columns]
+        if leaked:
+            raise ValueError(f"a Pool must not carry truth columns {leaked}; keep them in a separate frame")
         self.examples = self.examples.reset_index(drop=True)
         self.validation = self.validation.reset_index(drop=True)
         if self.examples["id"].duplicated().any():
@@ -50,10 +57,6 @@ class Pool:
     def tasks(self) -> list[str]:
         """Task names in a stable order (sorted)."""
         return sorted(self.examples["task"].unique())
-
-    @property
-    def has_truth(self) -> bool:
-        return all(c in self.examples.columns for c in TRUTH_COLUMNS)
 
     def fingerprint(self) -> str:
         """sha256 of the public content of pool and validation, in order: equal pools, equal prints.

@@ -21,8 +21,6 @@ import pandas as pd
 
 from harness import REPO_ROOT, __version__
 from harness.locking import HeartbeatLock
-from harness.pool import Pool
-from harness.selection import Selection
 from harness.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 RESULTS = "results.csv"
@@ -188,33 +186,6 @@ def file_sha256(path: str | Path) -> str | None:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError:
         return None
-
-
-def selection_diagnostics(pool: Pool, selection: Selection) -> dict[str, Any]:
-    """What was kept, measured against the testbed's hidden truth (never shown to the selector)."""
-    ids = selection.distinct_ids
-    kept = pool.examples.iloc[pool.index_of(ids)]
-    pool_counts = pool.examples["task"].value_counts().sort_index()
-    kept_counts = kept["task"].value_counts().reindex(pool_counts.index, fill_value=0)
-    out: dict[str, Any] = {
-        "per_task": {t: int(c) for t, c in kept_counts.items()},
-        "pool_per_task": {t: int(c) for t, c in pool_counts.items()},
-        "n_distinct": len(ids),
-    }
-    if pool.has_truth:
-        dup = kept["truth_dup_group"]
-        in_groups = dup[dup >= 0]
-        out.update(
-            noisy=int(kept["truth_noisy"].sum()),
-            filler=int(kept["truth_filler"].sum()),
-            duplicates=int(len(in_groups)),
-            duplicate_groups=int(in_groups.nunique()),
-            redundant_duplicates=int(len(in_groups) - in_groups.nunique()),
-            pool_noisy=int(pool.examples["truth_noisy"].sum()),
-            pool_filler=int(pool.examples["truth_filler"].sum()),
-            pool_duplicates=int((pool.examples["truth_dup_group"] >= 0).sum()),
-        )
-    return out
 
 
 def command_line() -> str:

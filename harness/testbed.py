@@ -1,8 +1,9 @@
 """The embedded default pool: a seeded multi-skill testbed with planted noise, near-duplicates and filler.
 
 Everything comes from one ``numpy`` Generator seeded from ``TestbedConfig.seed``, so the same config
-always gives the same pool (same frames, same fingerprint). The planted truth is kept in the hidden
-columns ``truth_noisy``, ``truth_dup_group`` and ``truth_filler``; selectors never see them.
+always gives the same pool (same frames, same fingerprint). The planted truth (``truth_noisy``,
+``truth_dup_group``, ``truth_filler`` per example id) is a separate frame, returned only by
+``generate_testbed_with_truth`` / ``testbed_truth``: the ``Pool`` itself never carries it.
 
 Skills (one lm-eval task each, named ``testbed_<task>`` elsewhere):
 
@@ -17,13 +18,27 @@ sorting    string      ``sort dbca =`` -> ``abcd``              0.11
 facts      knowledge   ``home of zorvak =`` -> ``melin``        0.12
 =========  ==========  ======================================  ========
 
-Evaluation items are four-way multiple choice (gold plus three wrong answers of the same form).
-For every task but ``facts`` they ask problems that appear nowhere in the pool or the validation
-examples; ``facts`` asks the facts of a small fictional table that the pool teaches.
+Evaluation items are four-way multiple choice (gold plus three wrong answers of the same form); the
+generative task ``addition_gen`` asks further addition problems open-ended (exact match on the sum).
+
+Held-out sets, free of shortcuts. Every problem has a *key* that is the same for problems that differ
+only by a commutative rewrite: ``a + b`` and ``b + a`` share the key ``{a, b}``; ``maximum`` keys on the
+multiset of its numbers (any order); ``sorting`` on the multiset of its letters (any order gives the same
+answer); ``counting`` and ``reversal`` on the exact text (order changes the problem). Phrasing and prefix
+never enter the key. Each key is drawn once, in the order evaluation items, generative items, validation,
+pool: so no evaluation item shares a key with a validation example, a pool example or another item, in
+any phrasing, and no validation example shares one with the pool.
+
+``facts`` is different on purpose: the pool teaches every entity of a fictional table; evaluation asks
+about entities that are not in the validation set, and validation asks about other entities (the pool
+teaches those too). Each entity is asked at most once across evaluation and validation: evaluation gets
+up to ``n_eval_per_task`` entities, validation up to ``n_validation_per_task`` of the rest (at least one),
+so a table smaller than both together gives fewer facts items.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,10 +46,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from harness.pool import Pool
+from harness.pool import EVAL_COLUMNS, PUBLIC_COLUMNS, TRUTH_COLUMNS, Pool
+
+log = logging.getLogger(__name__)
 
 TASKS: tuple[str, ...] = ("addition", "maximum", "counting", "reversal", "sorting", "facts")
 """Task names of the testbed, in a fixed order."""
+
+GENERATIVE_TASKS: dict[str, str] = {"addition_gen": "addition"}
+"""Open-ended evaluation tasks -> the skill they ask (items only; not in the pool, not in the default average)."""
 
 CAPABILITIES: dict[str, str] = {
     "addition": "arithmetic",
@@ -160,7 +180,7 @@ class TestbedConfig:
     reversal_len_max: int = 5
     sorting_len_min: int = 3
     sorting_len_max: int = 5
-    n_facts: int = 160
+    n_facts: int = 250
     n_fact_values: int = 16
 
     __test__ = False  # not a pytest test class despite the name
@@ -384,8 +404,35 @@ def _wrong_answers(
     return _pick(rng, facts_values, lambda: facts_values[int(rng.integers(len(facts_values)))], gold, k)
 
 
+def problem_key(task: str, args: tuple) -> tuple:
+    """The identity of a problem up to commutative rewrites (see the module docstring)."""
+    if task == "addition":
+        return tuple(sorted(args))
+    if task == "maximum":
+        return tuple(sorted(args[0]))
+    if task == "sorting":
+        return tuple(sorted(args[0]))
+    return tuple(args)
+
+
+def prompt_key(task: str, prompt: str) -> tuple:
+    """The problem key of a prompt in any phrasing, read from its text (as the checker reads it)."""
+    if task in ("addition", "maximum"):
+        nums = [int(x) for x in re.findall(r"\d+", prompt)]
+        return problem_key(task, (nums[0], nums[1]) if task == "addition" else (tuple(nums),))
+    if task == "counting":
+        m = re.search(r"\b([a-z]) in ([a-z]+)\b", prompt)
+        if m is None:
+            raise ValueError(f"cannot parse a counting prompt: {prompt!r}")
+        return (m.group(1), m.group(2))
+    words = [w for w in re.findall(r"[a-z0-9]+", prompt) if w not in RESERVED]
+    if len(words) != 1:
+        raise ValueError(f"cannot parse a {task} prompt: {prompt!r}")
+    return problem_key(task, (words[0],))
+
+
 class _Problems:
-    """Draws problems of one task that no earlier draw used (facts: cycles evenly through the table)."""
+    """Draws problems of one task whose key no earlier draw used (facts: cycles evenly through the table)."""
 
     def __init__(self, task: str, rng: np.random.Generator, cfg: TestbedConfig, facts: dict[str, str]) -> None:
         self.task, self.rng, self.cfg = task, rng, cfg
@@ -404,8 +451,9 @@ class _Problems:
         while len(out) < n:
             args = _sample(self.task, self.rng, self.cfg)
             tries += 1
-            if args not in self.used:
-                self.used.add(args)
+            key = problem_key(self.task, args)
+            if key not in self.used:
+                self.used.add(key)
                 out.append(args)
             elif tries > 50 * (n + 100):
                 raise ValueError(
@@ -456,8 +504,56 @@ def _filler(rng: np.random.Generator) -> tuple[str, str]:
     return prompt, response
 
 
+def _facts_split(rng: np.random.Generator, facts: dict[str, str], cfg: TestbedConfig) -> tuple[list, list]:
+    """Disjoint entity lists for evaluation (up to n_eval_per_task) and validation (up to n_validation_per_task)."""
+    entities = [list(facts)[int(i)] for i in rng.permutation(len(facts))]
+    n = len(entities)
+    n_val = min(cfg.n_validation_per_task, max(min(1, n - 1), n - cfg.n_eval_per_task))
+    n_eval = min(cfg.n_eval_per_task, n - n_val)
+    if (n_eval, n_val) != (cfg.n_eval_per_task, cfg.n_validation_per_task):
+        log.warning(
+            "facts: %d entities cannot give %d evaluation and %d validation entities apart; using %d and %d "
+            "(raise data.n_facts to %d for all)",
+            n,
+            cfg.n_eval_per_task,
+            cfg.n_validation_per_task,
+            n_eval,
+            n_val,
+            cfg.n_eval_per_task + cfg.n_validation_per_task,
+        )
+    return entities[:n_eval], entities[n_eval : n_eval + n_val]
+
+
+def _eval_row(task: str, doc_id: int, args: tuple, choices: list[str], rng: np.random.Generator) -> dict:
+    perm = rng.permutation(len(choices))
+    return {
+        "task": task,
+        "doc_id": doc_id,
+        "prompt": _render(_skill(task), args, TEMPLATES[_skill(task)][0]),
+        "choices": [choices[int(i)] for i in perm],
+        "gold": int(np.flatnonzero(perm == 0)[0]),
+    }
+
+
+def _skill(task: str) -> str:
+    return GENERATIVE_TASKS.get(task, task)
+
+
 def generate_testbed(cfg: TestbedConfig | None = None) -> Pool:
-    """Generate the embedded default pool (examples with truth, validation, eval items) from ``cfg.seed``."""
+    """Generate the embedded default pool (examples, validation, eval items; no truth) from ``cfg.seed``."""
+    return generate_testbed_with_truth(cfg)[0]
+
+
+def testbed_truth(cfg: TestbedConfig | None = None) -> pd.DataFrame:
+    """The planted truth of ``generate_testbed(cfg)``'s pool: id, truth_noisy, truth_dup_group, truth_filler."""
+    return generate_testbed_with_truth(cfg)[1]
+
+
+testbed_truth.__test__ = False  # type: ignore[attr-defined]  # its name starts with "test": pytest would collect it
+
+
+def generate_testbed_with_truth(cfg: TestbedConfig | None = None) -> tuple[Pool, pd.DataFrame]:
+    """The pool and, separately, its planted truth (one row per example id)."""
     cfg = cfg or TestbedConfig()
     cfg.validate()
     rng = np.random.default_rng(cfg.seed)
@@ -466,30 +562,24 @@ def generate_testbed(cfg: TestbedConfig | None = None) -> Pool:
     shares = cfg.shares()
     tasks = list(shares)
     problems = {t: _Problems(t, rng, cfg, facts) for t in tasks}
+    eval_facts, val_facts = _facts_split(rng, facts, cfg) if "facts" in tasks else ([], [])
 
-    # Evaluation items first, then validation: the pool never repeats their problems (facts excepted).
+    # Evaluation items first, then generative items, then validation: each draw takes keys nobody drew before,
+    # and the pool (drawn last) never repeats them (facts: see the module docstring).
     eval_rows: list[dict] = []
     for t in tasks:
-        for doc_id, args in enumerate(problems[t].draw(cfg.n_eval_per_task)):
+        drawn = [(e,) for e in eval_facts] if t == "facts" else problems[t].draw(cfg.n_eval_per_task)
+        for doc_id, args in enumerate(drawn):
             gold = _solve(t, args, facts)
             choices = [gold, *_wrong_answers(t, args, gold, cfg.n_choices - 1, rng, fact_values)]
-            perm = rng.permutation(len(choices))
-            eval_rows.append(
-                {
-                    "task": t,
-                    "doc_id": doc_id,
-                    "prompt": _render(t, args, TEMPLATES[t][0]),
-                    "choices": [choices[int(i)] for i in perm],
-                    "gold": int(np.flatnonzero(perm == 0)[0]),
-                }
-            )
+            eval_rows.append(_eval_row(t, doc_id, args, choices, rng))
+    for g, skill in GENERATIVE_TASKS.items():
+        if skill in tasks:
+            for doc_id, args in enumerate(problems[skill].draw(cfg.n_eval_per_task)):
+                eval_rows.append(_eval_row(g, doc_id, args, [_solve(skill, args, facts)], rng))
     val_rows: list[dict] = []
     for t in tasks:
-        if t == "facts" and cfg.n_validation_per_task <= len(facts):
-            chosen = rng.choice(len(facts), cfg.n_validation_per_task, replace=False)
-            val_args = [(list(facts)[int(i)],) for i in chosen]
-        else:
-            val_args = problems[t].draw(cfg.n_validation_per_task)
+        val_args = [(e,) for e in val_facts] if t == "facts" else problems[t].draw(cfg.n_validation_per_task)
         for args in val_args:
             val_rows.append(
                 {"task": t, "prompt": _render(t, args, TEMPLATES[t][0]), "response": _solve(t, args, facts)}
@@ -572,11 +662,14 @@ def generate_testbed(cfg: TestbedConfig | None = None) -> Pool:
 
     examples = pd.DataFrame([rows[int(k)] for k in rng.permutation(len(rows))])
     examples.insert(0, "id", [f"tb-{k:06d}" for k in range(len(examples))])
-    examples = examples.astype({"truth_noisy": bool, "truth_dup_group": np.int64, "truth_filler": bool})
+    truth = examples[["id", *TRUTH_COLUMNS]].astype(
+        {"truth_noisy": bool, "truth_dup_group": np.int64, "truth_filler": bool}
+    )
+    examples = examples[list(PUBLIC_COLUMNS)]
     validation = pd.DataFrame(val_rows, columns=["task", "prompt", "response"])
     validation.insert(0, "id", [f"tbv-{k:06d}" for k in range(len(validation))])
-    eval_items = pd.DataFrame(eval_rows, columns=["task", "doc_id", "prompt", "choices", "gold"])
-    return Pool(
+    eval_items = pd.DataFrame(eval_rows, columns=list(EVAL_COLUMNS))
+    pool = Pool(
         name="testbed",
         examples=examples,
         validation=validation,
@@ -584,3 +677,4 @@ def generate_testbed(cfg: TestbedConfig | None = None) -> Pool:
         capabilities={t: CAPABILITIES[t] for t in tasks},
         delimiter=" ",
     )
+    return pool, truth.reset_index(drop=True)

@@ -18,13 +18,13 @@ from harness.evaluation import (
     ITEM_COLUMNS,
     MACRO,
     METRIC_COLUMNS,
-    _metrics,
     check_tasks,
     evaluate,
     resolve_tasks,
     testbed_task_configs,
 )
-from harness.pool import Pool  # noqa: E402
+from harness.evaluation.tidy import metrics_frame
+from harness.pool import Pool
 
 DELIMITER = " "
 N_PER_TASK = 12
@@ -179,7 +179,9 @@ def test_metrics_frame_rows_and_values(run):
 
 def test_items_frame(run, items):
     got = run["outcome"].items
-    assert list(got.columns) == list(ITEM_COLUMNS)
+    assert list(got.columns) == [*ITEM_COLUMNS, "acc", "acc_norm"]  # then lm-eval's per-sample metrics
+    assert got["acc"].dtype == float and got["acc_norm"].dtype == float
+    assert (got["acc"] == got["correct"].astype(float)).all()
     assert len(got) == len(items)
     assert got["correct"].dtype == bool and got["pred"].dtype == np.int64 and got["doc_id"].dtype == np.int64
     expected = items.assign(task="testbed_" + items["task"])
@@ -268,7 +270,7 @@ def test_metrics_with_groups_average_the_top_level():
         "n-samples": {t: {"original": 5, "effective": 5} for t in "abc"},
     }
     items = pd.DataFrame(columns=list(ITEM_COLUMNS))
-    table = _metrics(results, items).set_index(["task", "metric"])
+    table = metrics_frame(results, items).set_index(["task", "metric"])
     assert table.loc[("g", "acc"), "n_items"] == 10
     assert table.loc[(MACRO, "acc"), "value"] == pytest.approx((0.8 + 0.2) / 2)
     assert table.loc[(MACRO, "acc"), "n_items"] == 15
@@ -276,22 +278,213 @@ def test_metrics_with_groups_average_the_top_level():
     assert ("a", "acc_stderr") not in table.index
 
 
-def test_resolve_lm_eval_tasks_offline_fails_before_training(tmp_path, items, monkeypatch):
-    """Offline, a standard task whose dataset is not in the local cache is a one-line error up front."""
+def test_evaluation_is_a_package_with_one_module_per_job():
     from harness import evaluation
 
-    class FakeTaskManager:
-        all_tasks = ["arc_easy", "hellaswag"]
+    assert hasattr(evaluation, "__path__")
+    import importlib
 
-        def load(self, names):
-            raise ConnectionError("Couldn't reach 'allenai/ai2_arc' on the Hub (OfflineModeIsEnabled)")
+    for name in ("testbed_tasks", "tasks", "runner", "tidy", "settings"):
+        importlib.import_module(f"harness.evaluation.{name}")
+    assert evaluation.EvalOutcome.__module__ == "harness.evaluation.runner"
+    assert callable(evaluation.resolve_tasks) and callable(evaluation.evaluate)
 
-    monkeypatch.setattr(evaluation, "_task_manager", FakeTaskManager)
-    monkeypatch.setattr(evaluation, "hub_offline", lambda: True)
+
+def test_shots_default_to_each_task_and_are_reported(run):
+    assert run["outcome"].shots == {"testbed_add": 0, "testbed_rev": 0}
+
+
+def test_metadata_is_json_safe_and_complete(run):
+    meta = run["outcome"].metadata
+    text = json.dumps(meta, allow_nan=False)
+    assert "samples" not in meta
+    for key in ("configs", "versions", "n-shot", "higher_is_better", "n-samples", "lm_eval_version", "config"):
+        assert key in meta, key
+    assert meta["n-shot"] == {"testbed_add": 0, "testbed_rev": 0}
+    assert meta["configs"]["testbed_add"]["output_type"] == "multiple_choice"
+    assert meta["higher_is_better"]["testbed_add"]["acc"] is True
+    assert json.loads(text) == meta
+
+
+def test_metric_columns_of_items_from_lm_eval_samples():
+    """Every per-sample metric lm-eval logged becomes a float column; NaN where a task lacks it."""
+    from harness.evaluation.tidy import items_frame
+
+    results = {
+        "configs": {"mc": {"output_type": "multiple_choice"}, "gen": {"output_type": "generate_until"}},
+        "samples": {
+            "mc": [
+                {
+                    "doc_id": 0,
+                    "target": 1,
+                    "arguments": [("p", " a"), ("p", " b")],
+                    "filtered_resps": [(-2.0, False), (-1.0, True)],
+                    "metrics": ["acc", "acc_norm"],
+                    "acc": 1.0,
+                    "acc_norm": 0.0,
+                }
+            ],
+            "gen": [{"doc_id": 3, "filtered_resps": ["12"], "metrics": ["exact_match"], "exact_match": 1.0}],
+        },
+    }
+    frame = items_frame(results, set()).set_index("task")
+    assert list(frame.columns[-3:]) == ["acc", "acc_norm", "exact_match"]
+    assert frame.loc["mc", "acc"] == 1.0 and frame.loc["mc", "acc_norm"] == 0.0
+    assert math.isnan(frame.loc["mc", "exact_match"]) and math.isnan(frame.loc["gen", "acc"])
+    assert frame.loc["gen", "exact_match"] == 1.0 and bool(frame.loc["gen", "correct"])
+    assert frame.loc["mc", "gold"] == 1 and frame.loc["mc", "pred"] == 1
+
+
+def _validation(items: pd.DataFrame) -> pd.DataFrame:
+    """Validation examples (prompt, response) for the two item tasks, unlike every evaluation item."""
+    rows = [("add", f"add {a} {a} =", str(2 * a)) for a in range(20, 26)]
+    rows += [("rev", f"reverse {w} =", w[::-1]) for w in ("abcd", "bcde", "cdef", "defa")]
+    return pd.DataFrame(rows, columns=["task", "prompt", "response"])
+
+
+def test_global_and_per_task_shots_come_from_validation(tmp_path, items, model, tokenizer):
+    validation = _validation(items)
+    configs = testbed_task_configs(items, DELIMITER, tmp_path / "data", validation)
+    assert all(c["fewshot_split"] == "validation" for c in configs)
+    outcome = evaluate(
+        model, tokenizer, configs, batch_size=16, limit=4, num_fewshot=2, fewshot={"rev": 1}, add_bos_token=True
+    )
+    assert outcome.shots == {"testbed_add": 2, "testbed_rev": 1}
+    configs_run = outcome.metadata["configs"]
+    assert configs_run["testbed_add"]["num_fewshot"] == 2 and configs_run["testbed_rev"]["num_fewshot"] == 1
+
+
+def test_fewshot_examples_are_validation_examples(tmp_path, items, model, tokenizer):
+    import lm_eval
+
+    from harness.evaluation import runner
+
+    validation = _validation(items)
+    configs = testbed_task_configs(items, DELIMITER, tmp_path / "data", validation)
+    seen: list[str] = []
+    real = lm_eval.simple_evaluate
+
+    def spy(*args, **kwargs):
+        results = real(*args, **kwargs)
+        seen.extend(str(a[0]) for t in results["samples"].values() for s in t for a in s["arguments"][:1])
+        return results
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lm_eval, "simple_evaluate", spy)
+        runner.evaluate(model, tokenizer, configs, limit=3, fewshot={"add": 3}, add_bos_token=True)
+    add_contexts = [c for c in seen if "add" in c]
+    assert add_contexts
+    eval_prompts = set(items["prompt"])
+    for context in add_contexts:
+        lines = [p for p in validation["prompt"] if p in context]
+        assert len(lines) == 3, context
+        assert sum(p in context for p in eval_prompts) == 1  # only the item itself
+
+
+def _gen_items(n: int = 16) -> pd.DataFrame:
+    rng = random.Random(1)
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(10, 49), rng.randint(10, 49)
+        rows.append(("addition_gen", i, f"add {a} {b} =", [str(a + b)], 0))
+    return pd.DataFrame(rows, columns=["task", "doc_id", "prompt", "choices", "gold"])
+
+
+def test_generative_testbed_task_runs_and_scores_exact_match(tmp_path, tokenizer):
+    items = _gen_items()
+    model = tiny_llama(tokenizer, layers=2, heads=4)
+    texts = [p + DELIMITER + c[0] for p, c in zip(items["prompt"], items["choices"])]
+    seqs = [
+        [tokenizer.bos_token_id, *tokenizer.encode(t, add_special_tokens=False), tokenizer.eos_token_id] for t in texts
+    ]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
+    labels = torch.full((len(seqs), width), -100)
+    for k, s in enumerate(seqs):
+        ids[k, : len(s)] = torch.tensor(s)
+        labels[k, : len(s)] = torch.tensor(s)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    configs = testbed_task_configs(items, DELIMITER, tmp_path / "data")
+    assert configs[0]["output_type"] == "generate_until"
+    outcome = evaluate(model, tokenizer, configs, batch_size=8, add_bos_token=True)
+    em = outcome.metrics.set_index(["task", "metric"])["value"][("testbed_addition_gen", "exact_match")]
+    assert em >= 0.8  # the model memorised the sums, and greedy decoding stops at its end of sequence
+    assert list(outcome.items.columns) == [*ITEM_COLUMNS, "exact_match"]
+    assert (outcome.items["exact_match"] == outcome.items["correct"].astype(float)).all()
+    assert outcome.shots == {"testbed_addition_gen": 0}
+    short = evaluate(model, tokenizer, configs, batch_size=8, add_bos_token=True, gen_kwargs={"max_gen_toks": 1})
+    assert short.metadata["configs"]["testbed_addition_gen"]["generation_kwargs"]["max_gen_toks"] == 1
+    assert short.metrics.set_index(["task", "metric"])["value"][("testbed_addition_gen", "exact_match")] < em
+
+
+def test_generative_task_is_not_in_the_default_average(tmp_path, items):
+    examples = pd.DataFrame({"id": ["a"], "task": ["add"], "prompt": ["p"], "response": ["r"]})
+    both = pd.concat([items, _gen_items(4)], ignore_index=True)
+    pool = Pool(name="tiny", examples=examples, validation=examples.iloc[:0], eval_items=both)
+    default = resolve_tasks({"suite": "testbed", "tasks": []}, pool, tmp_path)
+    assert [c["task"] for c in default] == ["testbed_add", "testbed_rev"]
+    asked = resolve_tasks({"suite": "testbed", "tasks": ["add", "addition_gen"]}, pool, tmp_path)
+    assert [c["task"] for c in asked] == ["testbed_add", "testbed_addition_gen"]
+
+
+def test_fewshot_keys_must_name_evaluated_tasks(tmp_path, items):
     examples = pd.DataFrame({"id": ["a"], "task": ["add"], "prompt": ["p"], "response": ["r"]})
     pool = Pool(name="tiny", examples=examples, validation=examples.iloc[:0], eval_items=items)
-    with pytest.raises(HarnessError, match="cannot load the data of lm-eval tasks arc_easy") as err:
-        resolve_tasks({"suite": "lm_eval", "tasks": ["arc_easy"]}, pool, tmp_path)
-    assert "\n" not in str(err.value)
-    with pytest.raises(HarnessError, match="unknown lm-eval task 'arc_eazy'; did you mean 'arc_easy'"):
-        resolve_tasks({"suite": "lm_eval", "tasks": ["arc_eazy"]}, pool, tmp_path)
+    assert len(resolve_tasks({"suite": "testbed", "fewshot": {"add": 2, "testbed_rev": 1}}, pool, tmp_path)) == 2
+    with pytest.raises(HarnessError, match="eval.fewshot.rve names no evaluated task or group; did you mean 'rev'"):
+        resolve_tasks({"suite": "testbed", "fewshot": {"rve": 1}}, pool, tmp_path)
+    with pytest.raises(HarnessError, match="eval.fewshot.rev names no evaluated task"):
+        resolve_tasks({"suite": "testbed", "tasks": ["add"], "fewshot": {"rev": 1}}, pool, tmp_path)
+
+
+def test_fewshot_as_multiturn_needs_the_chat_template(run, model, tokenizer):
+    with pytest.raises(HarnessError, match="eval.apply_chat_template=true"):
+        evaluate(model, tokenizer, run["configs"], fewshot_as_multiturn=True)
+    with pytest.raises(HarnessError, match="eval.num_fewshot must be a non-negative integer"):
+        evaluate(model, tokenizer, run["configs"], num_fewshot=-1)
+
+
+def test_evaluate_options_from_config():
+    from omegaconf import OmegaConf
+
+    from harness.evaluation import evaluate_options
+
+    examples = pd.DataFrame({"id": ["a"], "task": ["t"], "prompt": ["p"], "response": ["r"]})
+    pool = Pool(name="x", examples=examples, validation=examples.iloc[:0], chat_template=True)
+    cfg = OmegaConf.create(
+        {"batch_size": 8, "num_fewshot": None, "fewshot": {"mmlu": 5, "bbh": 3}, "gen_kwargs": {"max_gen_toks": 4}}
+    )
+    got = evaluate_options(cfg, pool)
+    assert got["fewshot"] == {"mmlu": 5, "bbh": 3} and got["num_fewshot"] is None
+    assert got["gen_kwargs"] == {"max_gen_toks": 4} and got["apply_chat_template"] is True  # follows the pool
+    assert evaluate_options(OmegaConf.create({"apply_chat_template": False}), pool)["apply_chat_template"] is False
+    assert got["confirm_run_unsafe_code"] is False
+
+
+@pytest.mark.parametrize(
+    ("preset", "tasks", "fewshot"),
+    [
+        ("testbed", [], {}),
+        ("testbed_gen", ["addition_gen"], {}),
+        ("lm_eval_less", ["mmlu", "bbh", "tydiqa_goldp"], {"mmlu": 5, "bbh": 3, "tydiqa_goldp": 1}),
+    ],
+)
+def test_eval_presets_compose(preset, tasks, fewshot):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from harness import REPO_ROOT
+    from harness.config import register_resolvers, validate
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = validate(compose(config_name="config", overrides=[f"eval={preset}"]))
+    assert list(cfg.eval.tasks) == tasks and dict(cfg.eval.fewshot) == fewshot
+    assert cfg.eval.num_fewshot is None and cfg.eval.confirm_run_unsafe_code is False

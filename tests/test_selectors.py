@@ -94,7 +94,7 @@ def test_user_plugin_folder_and_truth_isolation(tmp_path, pool):
     sel = select("peek_test", pool, 0.1, stride=3)
     assert len(sel.ids) == 60
     assert not set(TRUTH_COLUMNS) & set(sel.info["columns"])
-    assert pool.has_truth  # the truth exists, but the view never carries it
+    assert not set(TRUTH_COLUMNS) & set(pool.examples.columns)  # nor the Pool: harness.data.load_truth has it
 
 
 def test_budget_that_keeps_nothing_is_an_error():

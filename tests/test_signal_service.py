@@ -18,29 +18,41 @@ from harness.config import ScratchModelSchema, TrainSchema
 from harness.modeling import load_tokenizer
 from harness.selection import SelectionContext, get_selector, load_plugins
 from harness.signals.service import SignalService
-from harness.testbed import TestbedConfig, generate_testbed
+from harness.testbed import TestbedConfig, generate_testbed_with_truth
 from harness.tokenization import tokenize_pool
 
 MODEL = OmegaConf.merge(
     OmegaConf.structured(ScratchModelSchema),
-    {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 2,
-     "num_key_value_heads": 2, "vocab_size": 300},
+    {
+        "hidden_size": 48,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "vocab_size": 300,
+    },
 )
-RECIPE = OmegaConf.merge(OmegaConf.structured(TrainSchema), {"global_batch_size": 16, "micro_batch_size": 16, "lr": 3e-3})
+RECIPE = OmegaConf.merge(
+    OmegaConf.structured(TrainSchema), {"global_batch_size": 16, "micro_batch_size": 16, "lr": 3e-3}
+)
 
 
 def make_service(cache: Path, n_pool: int = 800) -> tuple:
-    full = generate_testbed(
+    pool, truth = generate_testbed_with_truth(
         TestbedConfig(n_pool=n_pool, n_validation_per_task=8, n_eval_per_task=4, n_facts=24, noise_rate=0.08)
     )
-    truth = full.examples[["id", "truth_noisy", "truth_dup_group", "truth_filler"]].copy()
-    pool = full
-    pool.examples = pool.examples.drop(columns=["truth_noisy", "truth_dup_group", "truth_filler"], errors="ignore")
+    truth = truth.set_index("id").loc[pool.examples["id"]].reset_index()  # in pool order
     tok = load_tokenizer(pool, MODEL, cache)
     tokens = tokenize_pool(pool, tok, MODEL.max_length, False, cache)
     service = SignalService(
-        pool=pool, tokens=tokens, tokenizer=tok, model_cfg=MODEL, train_cfg=RECIPE, cache_dir=cache,
-        accelerator=Accelerator(cpu=True), batch_size=64,
+        pool=pool,
+        tokens=tokens,
+        tokenizer=tok,
+        model_cfg=MODEL,
+        train_cfg=RECIPE,
+        cache_dir=cache,
+        accelerator=Accelerator(cpu=True),
+        batch_size=64,
     )
     return pool, truth, service
 
@@ -48,7 +60,13 @@ def make_service(cache: Path, n_pool: int = 800) -> tuple:
 def context(pool, service, budget: float, seed: int = 0, epochs: int = 2) -> SelectionContext:
     k = round(budget * pool.n)
     return SelectionContext(
-        pool=pool.view(), budget=budget, k=k, seed=seed, signals=service, epochs=epochs, global_batch_size=16,
+        pool=pool.view(),
+        budget=budget,
+        k=k,
+        seed=seed,
+        signals=service,
+        epochs=epochs,
+        global_batch_size=16,
         target_tasks=sorted(set(pool.validation["task"])),
     )
 
@@ -99,8 +117,7 @@ def test_diversity_keeps_fewer_near_duplicates_than_random(bed):
 
 def test_bids_is_more_task_balanced_than_instance_max_and_deterministic(bed):
     pool, _, service = bed
-    settings = {"warmup_mode": "full", "warmup_fraction": 1.0, "warmup_epochs": 2, "warmup_lr": 3e-3,
-                "proj_dim": 256}
+    settings = {"warmup_mode": "full", "warmup_fraction": 1.0, "warmup_epochs": 2, "warmup_lr": 3e-3, "proj_dim": 256}
     ctx = context(pool, service, 0.15)
     inst = pick("influence", ctx, aggregation="instance_max", **settings)
     used_first = {u["name"]: u["cached"] for u in service.used}

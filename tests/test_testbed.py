@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -12,11 +13,15 @@ from harness.pool import EVAL_COLUMNS, PUBLIC_COLUMNS, TRUTH_COLUMNS
 from harness.testbed import (
     CAPABILITIES,
     CHARSET,
+    GENERATIVE_TASKS,
     TASKS,
+    TEMPLATES,
     TestbedConfig,
     correct_answer,
     fact_table,
     generate_testbed,
+    generate_testbed_with_truth,
+    testbed_truth,
 )
 
 
@@ -26,8 +31,20 @@ def cfg() -> TestbedConfig:
 
 
 @pytest.fixture(scope="module")
-def pool(cfg):
-    return generate_testbed(cfg)
+def both(cfg):
+    return generate_testbed_with_truth(cfg)
+
+
+@pytest.fixture(scope="module")
+def pool(both):
+    return both[0]
+
+
+@pytest.fixture(scope="module")
+def examples(both) -> pd.DataFrame:
+    """Pool examples joined with their truth (the Pool itself has none)."""
+    pool, truth = both
+    return pool.examples.merge(truth, on="id", validate="one_to_one")
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +52,12 @@ def facts(cfg) -> dict[str, str]:
     return fact_table(cfg)
 
 
-def test_shape_and_columns(pool, cfg):
-    ex = pool.examples
+def test_shape_and_columns(pool, examples, both, cfg):
+    ex = examples
     assert pool.n == cfg.n_pool
-    assert set(PUBLIC_COLUMNS) | set(TRUTH_COLUMNS) <= set(ex.columns)
-    assert pool.has_truth
+    assert list(pool.examples.columns) == list(PUBLIC_COLUMNS)  # the truth lives apart from the pool
+    assert list(both[1].columns) == ["id", *TRUTH_COLUMNS] and list(both[1]["id"]) == list(pool.examples["id"])
+    pd.testing.assert_frame_equal(testbed_truth(cfg), both[1])
     assert ex["id"].str.fullmatch(r"tb-\d{6}").all()
     assert ex["id"].is_unique
     assert list(pool.eval_items.columns) == list(EVAL_COLUMNS)
@@ -80,8 +98,8 @@ def test_tasks_interleave(pool):
     assert len(runs) > pool.n / 3
 
 
-def test_label_noise(pool, cfg, facts):
-    ex = pool.examples
+def test_label_noise(examples, cfg, facts):
+    ex = examples
     assert abs(ex["truth_noisy"].mean() - cfg.noise_rate) < 0.005
     assert not (ex["truth_noisy"] & ex["truth_filler"]).any()
     for row in ex[~ex["truth_filler"]].itertuples():
@@ -95,8 +113,8 @@ def test_label_noise(pool, cfg, facts):
     assert set(ex.loc[ex["truth_noisy"], "task"]) == set(TASKS)
 
 
-def test_noisy_answers_have_the_same_form(pool, facts):
-    noisy = pool.examples[pool.examples["truth_noisy"]]
+def test_noisy_answers_have_the_same_form(examples, facts):
+    noisy = examples[examples["truth_noisy"]]
     for row in noisy.itertuples():
         if row.task in ("addition", "maximum", "counting"):
             assert row.response.isdigit()
@@ -107,8 +125,8 @@ def test_noisy_answers_have_the_same_form(pool, facts):
             assert row.response in set(facts.values())
 
 
-def test_near_duplicate_groups(pool, cfg):
-    ex = pool.examples
+def test_near_duplicate_groups(pool, examples, cfg):
+    ex = examples
     in_group = ex[ex["truth_dup_group"] >= 0]
     assert abs(len(in_group) / pool.n - cfg.dup_rate) < 0.02
     sizes = in_group.groupby("truth_dup_group").size()
@@ -121,8 +139,8 @@ def test_near_duplicate_groups(pool, cfg):
     assert not (in_group["truth_noisy"] | in_group["truth_filler"]).any()
 
 
-def test_filler(pool, cfg):
-    ex = pool.examples
+def test_filler(pool, examples, cfg):
+    ex = examples
     filler = ex[ex["truth_filler"]]
     assert abs(len(filler) / pool.n - cfg.filler_rate) < 0.005
     assert (filler["truth_dup_group"] == -1).all()
@@ -142,7 +160,7 @@ def test_validation(pool, cfg, facts):
 
 
 def test_eval_items(pool, cfg, facts):
-    ev = pool.eval_items
+    ev = pool.eval_items[pool.eval_items["task"].isin(TASKS)]
     per_task = ev.groupby("task").size()
     assert set(per_task.index) == set(TASKS)
     assert (per_task >= 100).all() and (per_task == cfg.n_eval_per_task).all()
@@ -161,35 +179,86 @@ def test_eval_items(pool, cfg, facts):
     assert golds.min() > 0.15 * len(ev)
 
 
-def test_held_out_items_are_unseen(pool):
-    pool_prompts = set(pool.examples["prompt"])
-    val_prompts = set(pool.validation["prompt"])
+def _key(task: str, prompt: str) -> tuple:
+    """A problem's identity up to commutative rewrites, read independently of the generator's own code."""
+    if task in ("addition", "maximum"):
+        return tuple(sorted(int(x) for x in re.findall(r"\d+", prompt)))
+    if task == "counting":
+        return re.search(r"\b([a-z]) in ([a-z]+)\b", prompt).groups()
+    template_words = {w for t in TEMPLATES[task] for w in re.findall(r"[a-z]+", t)} | {"q", "please", "ok"}
+    (word,) = [w for w in re.findall(r"[a-z]+", prompt) if w not in template_words]
+    return tuple(sorted(word)) if task == "sorting" else (word,)
+
+
+def _keys(frame: pd.DataFrame, task: str, skill: str | None = None) -> list[tuple]:
+    """Keys of the rows of one task (a generative task's prompts read as its skill's)."""
+    return [_key(skill or task, p) for p in frame.loc[frame["task"] == task, "prompt"]]
+
+
+def test_commutative_rewrites_share_a_key():
+    assert _key("addition", "add 37 45 =") == _key("addition", "q: what is 45 + 37 ?")
+    assert _key("maximum", "max 3 9 4 =") == _key("maximum", "ok largest of 9 4 3 =")
+    assert _key("sorting", "sort dbca =") == _key("sorting", "please order abcd =")
+    assert _key("reversal", "reverse abc =") != _key("reversal", "flip cba =")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_held_out_items_share_no_problem_with_pool_or_validation(seed):
+    """Under every phrasing and commutative rewrite: evaluation, generative items, validation and pool are disjoint."""
+    pool, truth = generate_testbed_with_truth(TestbedConfig(seed=seed))
+    taught = pool.examples[~truth["truth_filler"].to_numpy()]
     for task in TASKS:
-        if CAPABILITIES[task] == "knowledge":
+        if task == "facts":
             continue
-        ev = set(pool.eval_items.loc[pool.eval_items["task"] == task, "prompt"])
-        va = set(pool.validation.loc[pool.validation["task"] == task, "prompt"])
-        assert len(ev) == len(pool.eval_items[pool.eval_items["task"] == task])
-        assert not ev & pool_prompts
-        assert not va & pool_prompts
-        assert not ev & val_prompts
+        ev = _keys(pool.eval_items, task)
+        gen = [k for g, skill in GENERATIVE_TASKS.items() if skill == task for k in _keys(pool.eval_items, g, task)]
+        va = _keys(pool.validation, task)
+        po = set(_keys(taught, task))
+        assert len(set(ev)) == len(ev) and len(set(gen)) == len(gen) and len(set(va)) == len(va), task
+        for name, held in (("evaluation", ev), ("generative", gen), ("validation", va)):
+            assert not set(held) & po, (task, name)
+        assert not set(ev) & set(va) and not set(gen) & set(va) and not set(ev) & set(gen), task
 
 
-def test_facts_are_taught_and_a_small_subset_misses_many(pool, facts):
-    ex = pool.examples
-    assert 100 <= len(facts) <= 200
-    ev = pool.eval_items[pool.eval_items["task"] == "facts"]
-    asked = {p.split()[2] for p in ev["prompt"]}  # canonical "home of <entity> ="
-    assert asked == set(facts)
-    taught = ex[(ex["task"] == "facts") & ~ex["truth_noisy"] & ~ex["truth_filler"]]
-    entities = taught["prompt"].map(lambda p: next(w for w in p.replace("?", "").split() if w in facts))
-    per_fact = entities.value_counts()
-    assert set(per_fact.index) == set(facts) and per_fact.min() >= 1
-    rng = np.random.default_rng(0)
-    subset = ex.iloc[rng.choice(pool.n, round(0.05 * pool.n), replace=False)]
-    sub = subset[(subset["task"] == "facts") & ~subset["truth_noisy"] & ~subset["truth_filler"]]
-    covered = {w for p in sub["prompt"] for w in p.split() if w in facts}
-    assert len(covered) < 0.6 * len(facts)
+def test_facts_ask_taught_entities_outside_validation(pool, examples, facts):
+    asked = _keys(pool.eval_items, "facts")
+    validated = _keys(pool.validation, "facts")
+    assert len(set(asked)) == len(asked) == 200 and len(set(validated)) == len(validated) == 50
+    assert not set(asked) & set(validated)  # evaluation asks about entities validation never shows
+    clean = examples[(examples["task"] == "facts") & ~examples["truth_noisy"] & ~examples["truth_filler"]]
+    taught = set(_keys(clean, "facts"))
+    assert set(asked) <= taught and set(validated) <= taught  # the pool teaches both
+
+
+def test_conf_matches_the_generator_defaults():
+    """conf/data/testbed.yaml is what runs; the dataclass defaults are what the tests above check."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from harness import REPO_ROOT
+
+    conf = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "data" / "testbed.yaml"))
+    defaults = TestbedConfig()
+    for f in dataclasses.fields(TestbedConfig):
+        assert conf[f.name] == getattr(defaults, f.name), f.name
+
+
+def test_small_fact_tables_keep_the_split(caplog):
+    p = generate_testbed(TestbedConfig(n_pool=300, n_validation_per_task=20, n_eval_per_task=12, n_facts=16))
+    assert "raise data.n_facts to 32" in caplog.text
+    asked, validated = _keys(p.eval_items, "facts"), _keys(p.validation, "facts")
+    assert len(asked) == 12 and len(validated) == 4 and not set(asked) & set(validated)
+
+
+def test_generative_items(pool, facts, cfg):
+    gen = pool.eval_items[pool.eval_items["task"] == "addition_gen"]
+    assert len(gen) == cfg.n_eval_per_task and sorted(gen["doc_id"]) == list(range(len(gen)))
+    for row in gen.itertuples():
+        assert len(row.choices) == 1 and row.gold == 0
+        assert row.choices[0] == correct_answer("addition", row.prompt)
+    no_addition = generate_testbed(TestbedConfig(task_shares={"reversal": 1.0}, n_pool=200))
+    assert set(no_addition.eval_items["task"]) == {"reversal"}
 
 
 def test_small_character_set_and_short_text(pool):
@@ -243,8 +312,9 @@ def test_config_knobs():
     p = generate_testbed(small)
     assert p.tasks == ["addition", "facts", "reversal"]
     assert p.examples["task"].value_counts().to_dict() == {"addition": 360, "reversal": 120, "facts": 120}
-    assert not p.examples[["truth_noisy", "truth_filler"]].any().any()
-    assert (p.examples["truth_dup_group"] == -1).all()
+    truth = testbed_truth(small)
+    assert not truth[["truth_noisy", "truth_filler"]].any().any()
+    assert (truth["truth_dup_group"] == -1).all()
     add = p.examples[p.examples["task"] == "addition"]
     assert add["prompt"].map(lambda s: min(int(x) for x in s.split() if x.isdigit()) >= 100).all()
     with pytest.raises(ValueError, match="unknown testbed tasks"):

@@ -231,7 +231,6 @@ class SignalService:
         state = torch.load(warm.checkpoint(epoch), map_location="cpu", weights_only=False)
         return {"moments": state["moments"], "betas": tuple(state["betas"]), "eps": float(state["eps"])}
 
-
     # ------------------------------------------------------------------ per-example signals
 
     def _per_example(self, name: str, warm: WarmupRun, epoch: int, compute: Callable[[Any], dict]) -> dict:

@@ -5,6 +5,7 @@ then prints the table in the README: per-task accuracy (mean and seed-to-seed st
 the macro average, and whether full beats random by more than the spread of seeds.
 
     python tasks/testbed/calibrate.py --results results/calibration --seeds 0 1 2
+    python tasks/testbed/calibrate.py --seeds 0 1 --budgets 0.05 -- data.n_pool=2000   # overrides after --
 """
 
 from __future__ import annotations
