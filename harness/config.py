@@ -158,6 +158,7 @@ TOP_LEVEL_KEYS = {
     "paths",
     "plugins",
     "num_threads",
+    "dist_timeout_minutes",
 }
 CHOICES = {
     "train.scheduler": ("linear", "cosine", "constant_with_warmup"),
@@ -301,6 +302,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     check_recipe(out.train)
     if out.eval.batch_size < 1:
         raise HarnessError(f"eval.batch_size must be at least 1, got {out.eval.batch_size}")
+    timeout = cfg.get("dist_timeout_minutes", 360)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise HarnessError(f"dist_timeout_minutes must be a positive number of minutes, got {timeout!r}")
     threads = cfg.get("num_threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise HarnessError(f"num_threads must be a positive integer or null (automatic), got {threads!r}")

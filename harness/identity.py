@@ -25,7 +25,7 @@ NOT_IDENTITY = (
 )
 """Keys inside those groups that never change the result (where and how fast it runs, what is kept)."""
 
-NOT_IN_NAME = ("paths", "logger", "rerun", "plugins", "num_threads", "signals", "launcher", *NOT_IDENTITY)
+NOT_IN_NAME = ("paths", "logger", "rerun", "plugins", "num_threads", "dist_timeout_minutes", *NOT_IDENTITY)
 """Overrides that never show in a run folder's name (they are not part of the identity)."""
 
 ALREADY_IN_NAME = ("data", "model", "selector", "budget", "seed")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -171,6 +172,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     if check_identity(rec, run_id, ident, cfg.rerun) == "complete":
         print(f"already complete: {run_dir} (pass rerun=true to run it again; the old record is archived)")
         return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="complete")
+    os.environ.update(runtime.distributed_env_from_slurm())
     main = runtime.is_main_process_env()
     lock = rec.lock()
     held = None
@@ -179,7 +181,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
             lock.acquire(wait=False)
         except LockHeld as exc:
             held = describe_owner(exc.owner)
-    accelerator = runtime.make_accelerator(cfg.train.mixed_precision)
+    accelerator = runtime.make_accelerator(cfg.train.mixed_precision, cfg.dist_timeout_minutes)
     held = broadcast_object_list([held])[0] if accelerator.num_processes > 1 else held
     if held is not None:
         print(f"skipped: {run_dir} is running elsewhere ({held}); it resumes or finishes there")
@@ -223,16 +225,11 @@ def _run_locked(
     tokens = tokenize_pool(pool, tokenizer, cfg.model.max_length, cfg.model.add_bos_token, cache)
     timings["pool_seconds"] = time.perf_counter() - clock
     model_id = pool.fingerprint() + str(model_description(cfg.model))
-    if cfg.rerun and accelerator.is_main_process:  # the input is checked: what is there moves aside now
-        moved = rec.archive()
-        if moved:
-            log.info("rerun: earlier record moved to %s", moved)
-    accelerator.wait_for_everyone()
 
     # Stage 2: select, on the main process only (or reuse the selection of an interrupted attempt).
     log.info("stage 2/5: select (%s, budget %s)", spec.name, budget)
     plan_for = _PlanFor(cfg.train, pool.n)
-    stored = rec.manifest()
+    stored = None if cfg.rerun else rec.manifest()
     manifest = None
     if stored is not None and stored.get("run_id") == run_id and stored.get("status") == "training":
         selection, k, plan = selection_from_manifest(stored), stored["k"], plan_for(stored["k"])
@@ -258,7 +255,12 @@ def _run_locked(
         plan = plan_for(k)
     epochs = training_epochs(selection, pool, plan.epochs)
     recipe = {**recipe_of(cfg.train), "max_steps": plan.max_steps}
-    check_resumable(run_dir, plan_fingerprint(epochs, recipe, seeds["order"], model_id))
+    if not cfg.rerun:
+        check_resumable(run_dir, plan_fingerprint(epochs, recipe, seeds["order"], model_id))
+    if cfg.rerun and accelerator.is_main_process:  # every input is checked: what is there moves aside now
+        moved = rec.archive()
+        if moved:
+            log.info("rerun: earlier record moved to %s", moved)
     if manifest is None:
         manifest = build_manifest(cfg, spec, params, pool, selection, k, budget, seeds, ident, run_id, plan)
     manifest.update(status="training", runtime=runtime.describe(accelerator, threads))

@@ -43,12 +43,49 @@ def is_main_process_env() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
-    """The accelerator for the recipe; `auto` means bf16 on a GPU that supports it, else full precision."""
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list such as 'gpu[03-05,07],cpu1' -> 'gpu03'."""
+    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist[: nodelist.index("]") + 1]
+    if "[" not in head:
+        return head
+    prefix, ranges = head.split("[", 1)
+    return prefix + ranges.rstrip("]").split(",")[0].split("-")[0]
+
+
+def distributed_env_from_slurm(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Where Slurm started several tasks of one job (srun --ntasks N) and no launcher set RANK, the variables
+    torch.distributed needs, taken from Slurm's (set before the accelerator is created)."""
+    env = os.environ if environ is None else environ
+    ntasks = int(env.get("SLURM_NTASKS", "1") or 1)
+    if ntasks <= 1 or "RANK" in env or "SLURM_PROCID" not in env:
+        return {}
+    per_node = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "1").split("(")[0]
+    job = int(env.get("SLURM_JOB_ID", "0") or 0)
+    return {
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": str(ntasks),
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": per_node.split(",")[0],
+        "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(env.get("SLURM_JOB_NODELIST", "localhost")),
+        "MASTER_PORT": env.get("MASTER_PORT") or str(20000 + job % 20000),
+    }
+
+
+def make_accelerator(mixed_precision: str, timeout_minutes: float = 360) -> Accelerator:
+    """The accelerator for the recipe; `auto` means bf16 on a GPU that supports it, else full precision.
+
+    Evaluation runs on the main process while the others wait at a barrier, so the collective timeout is
+    set to `timeout_minutes` (default 6 hours, enough for long lm-eval suites) instead of torch's 10 or 30."""
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    os.environ.update(distributed_env_from_slurm())
     mp = mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(mixed_precision=mp)
+    kwargs = InitProcessGroupKwargs(timeout=timedelta(minutes=timeout_minutes))
+    return Accelerator(mixed_precision=mp, kwargs_handlers=[kwargs])
 
 
 def describe(accelerator: Accelerator, threads: int) -> dict[str, Any]:

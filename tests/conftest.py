@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ OFFLINE = {
 }
 os.environ.update(OFFLINE)
 
-MICRO_POOL = ["data.n_pool=300", "data.n_validation_per_task=20", "data.n_eval_per_task=12", "data.n_facts=16"]
+MICRO_POOL = ["data.n_pool=300", "data.n_validation_per_task=20", "data.n_eval_per_task=12", "data.n_facts=32"]
 """A small testbed pool."""
 
 MICRO_RECIPE = [
@@ -38,6 +39,15 @@ MICRO_RECIPE = [
 
 MICRO = MICRO_POOL + MICRO_RECIPE
 """Overrides that shrink the default job to seconds."""
+
+
+LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+\]\[")
+"""Progress log lines (Hydra's format), which go to stderr beside errors."""
+
+
+def message_lines(err: str) -> list[str]:
+    """The non-empty lines of stderr that are not progress log lines or progress bars."""
+    return [line for line in err.splitlines() if line.strip() and not LOG_LINE.match(line) and "step/s" not in line]
 
 
 def find_cell(root: Path, selector: str, prefix: str = "") -> Path:

@@ -6,11 +6,11 @@ import json
 import time
 
 import pytest
-from conftest import MICRO, MICRO_POOL, MICRO_RECIPE
+from conftest import MICRO, MICRO_POOL, MICRO_RECIPE, message_lines
 
 
 def assert_one_line_error(code: int, err: str, tmp_path, *fragments: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = message_lines(err)
     assert code == 2, (code, err)
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for fragment in fragments:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from conftest import MICRO, OFFLINE, record_path, run_harness
+from conftest import MICRO, OFFLINE, message_lines, record_path, run_harness
 
 from harness.locking import HeartbeatLock
 
@@ -41,7 +41,7 @@ def test_same_folder_other_config_is_refused_untouched(harness_cli, tmp_path):
     assert code == 0, err
     before = {p.name: p.stat().st_mtime_ns for p in cell.iterdir() if p.name != "harness.log"}
     code, out, err = harness_cli([*MICRO, "train.epochs=3", "train.lr=5e-4", f"hydra.run.dir={cell}"])
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = message_lines(err)
     assert code == 2 and len(lines) == 1, err
     assert "different config" in lines[0] and "train.epochs: 1 -> 3" in lines[0] and "train.lr" in lines[0]
     assert {p.name: p.stat().st_mtime_ns for p in cell.iterdir() if p.name != "harness.log"} == before
@@ -117,7 +117,7 @@ def test_compute_steps_trains_every_budget_equally(harness_cli, tmp_path):
 def test_bad_recipe_values_are_one_line(harness_cli, tmp_path):
     for override in ("train.lr=-1", "train.warmup_ratio=2", "train.adam_eps=0", "num_threads=0"):
         code, _, err = harness_cli([*MICRO, override])
-        lines = [line for line in err.splitlines() if line.strip()]
+        lines = message_lines(err)
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (override, err)
         assert override.split("=")[0] in lines[0]
     assert not (tmp_path / "results" / "runs").exists()
@@ -185,8 +185,7 @@ def test_sigint_and_sigterm_stop_with_a_checkpoint_and_resume(tmp_path):
             time.sleep(0.2)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
-        lines = [line for line in err.decode().splitlines() if line.strip() and not line.startswith("[")]
-        lines = [line for line in lines if "train:" not in line]  # progress bar
+        lines = [line for line in message_lines(err.decode()) if "train:" not in line]
         assert proc.returncode == 128 + sig, err.decode()[-3000:]
         assert len(lines) == 1 and lines[0].startswith(word), lines
         step = int(lines[0].rsplit(" ", 1)[1])

@@ -1,0 +1,97 @@
+"""Two processes on gloo give the single process's result: same weights, same evaluation items."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from conftest import MICRO, OFFLINE
+
+from harness.runtime import distributed_env_from_slurm, first_host
+
+ARGS = [*MICRO, "train.epochs=2", "train.keep_checkpoint=true", "train.micro_batch_size=4"]
+
+
+def launch(tmp_path, name: str, processes: int) -> tuple:
+    cell = tmp_path / name
+    env = {**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}
+    if processes == 1:
+        cmd = [sys.executable, "-m", "harness"]
+    else:
+        accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
+        env["ACCELERATE_USE_CPU"] = "1"  # `--cpu --num_processes 2` would silently start one process
+        cmd = [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "harness",
+        ]
+    done = subprocess.run(
+        [*cmd, *ARGS, f"hydra.run.dir={cell}", f"paths.results={tmp_path / 'results'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    state = torch.load(next((cell / "checkpoints").glob("step-*")) / "state.pt", weights_only=False)
+    return cell, state, done
+
+
+def test_two_processes_train_and_evaluate_like_one(tmp_path):
+    one, state1, _ = launch(tmp_path, "one", 1)
+    two, state2, done = launch(tmp_path, "two", 2)
+    manifest = pd.read_json(two / "manifest.json", typ="series")
+    assert manifest["runtime"]["world_size"] == 2
+    assert done.stdout.count("record: ") == 1  # one record, written by the main process
+    for name, value in state1["model"].items():
+        torch.testing.assert_close(state2["model"][name], value, rtol=1e-4, atol=2e-6)
+    items1 = pd.read_csv(one / "eval_items.csv").drop(columns="run_id")
+    items2 = pd.read_csv(two / "eval_items.csv").drop(columns="run_id")
+    assert (items1["correct"] == items2["correct"]).mean() > 0.98
+    pd.testing.assert_series_equal(items1["gold_loglik"], items2["gold_loglik"], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, {}),
+        ({"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "RANK": "1"}, {}),  # a launcher already set it
+        (
+            {
+                "SLURM_NTASKS": "4",
+                "SLURM_PROCID": "3",
+                "SLURM_LOCALID": "1",
+                "SLURM_TASKS_PER_NODE": "2(x2)",
+                "SLURM_JOB_ID": "77",
+                "SLURM_JOB_NODELIST": "gpu[07-08]",
+            },
+            {
+                "RANK": "3",
+                "WORLD_SIZE": "4",
+                "LOCAL_RANK": "1",
+                "LOCAL_WORLD_SIZE": "2",
+                "MASTER_ADDR": "gpu07",
+                "MASTER_PORT": "20077",
+            },
+        ),
+    ],
+)
+def test_distributed_environment_from_slurm_tasks(env, expected):
+    assert distributed_env_from_slurm(env) == expected
+    assert first_host("node3,node4") == "node3"
