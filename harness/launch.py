@@ -131,3 +131,25 @@ def export_distributed_env(env: MutableMapping[str, str] | None = None) -> bool:
         MASTER_PORT=env.get("MASTER_PORT") or str(20000 + job % 20000),
     )
     return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m harness.launch check GPUS_PER_NODE PROCESSES`: the sbatch fallback's resource check."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3 or args[0] != "check":
+        print("usage: python -m harness.launch check GPUS_PER_NODE PROCESSES", file=sys.stderr)
+        return 2
+    try:
+        gpus = _count({"--gpus": args[1]}, "--gpus", "")
+        procs = _count({"--procs": args[2]}, "--procs", "")
+        check_resources(gpus_per_node=gpus, processes=procs, prefix="--")
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

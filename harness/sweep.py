@@ -67,8 +67,20 @@ def planned_cells(config: DictConfig) -> list[list[str]]:
     return expand_cells(list(config.hydra.overrides.task), {str(k): str(v) for k, v in params.items()})
 
 
+def varying(cells: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Each cell's overrides without those every cell shares (what tells the cells apart)."""
+    if len(cells) < 2:
+        return [list(cell) for cell in cells]
+    everywhere = set.intersection(*(set(cell) for cell in cells))
+    return [[o for o in cell if o not in everywhere] for cell in cells]
+
+
 def check_cells(config: DictConfig, cells: Sequence[Sequence[str]]) -> None:
-    """Compose and type-check every cell before any runs; HarnessError naming the first bad cell and its fix."""
+    """Compose and type-check cells before any runs; HarnessError naming the first bad cell and its fix.
+
+    Every swept value is checked in at least one cell (the first cell that brings a value not seen yet), so a
+    sweep of 3 x 5 x 3 values composes about ten configs, not 45.
+    """
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -77,13 +89,13 @@ def check_cells(config: DictConfig, cells: Sequence[Sequence[str]]) -> None:
     from harness.config import validate
 
     loader = GlobalHydra.instance().config_loader()
-    seen: set[tuple[str, ...]] = set()
+    seen: set[str] = set()
+    shown = varying(cells)
     for i, cell in enumerate(cells):
-        key = tuple(cell)
-        if key in seen:
+        if seen.issuperset(cell):
             continue
-        seen.add(key)
-        where = f"sweep cell {i} ({' '.join(cell)})"
+        seen.update(cell)
+        where = f"sweep cell {i} ({' '.join(shown[i]) or 'no swept values'})"
         try:
             cfg = loader.load_sweep_config(config, list(cell))
         except (HydraException, OmegaConfBaseException) as exc:
@@ -94,6 +106,21 @@ def check_cells(config: DictConfig, cells: Sequence[Sequence[str]]) -> None:
             validate(cfg)
         except HarnessError as exc:
             raise HarnessError(f"{where}: {exc}") from None
+
+
+def check_multirun(config: DictConfig, cells: bool = True) -> list[list[str]]:
+    """Everything checked before a multirun launches or submits anything: the launcher's resources, then
+    (with cells=True) every cell's composed config. Returns the cells; raises HarnessError (one line)."""
+    from hydra.errors import HydraException
+
+    check_launcher(config.hydra.launcher)
+    try:
+        planned = planned_cells(config)
+    except HydraException as exc:
+        raise HarnessError(f"cannot expand the sweep: {first_line(exc)}") from None
+    if cells:
+        check_cells(config, planned)
+    return planned
 
 
 def _open(cfg: DictConfig) -> Any:
@@ -209,15 +236,14 @@ def headline(summary: dict[str, Any]) -> str:
 def render(summary: dict[str, Any]) -> str:
     """The summary as a small text table, one line per cell."""
     rows = [("cell", "state", "overrides (those that vary)", "run folder / reason")]
-    everywhere = set.intersection(*(set(c["overrides"]) for c in summary["cells"])) if summary["cells"] else set()
-    for c in summary["cells"]:
+    shown = varying([c["overrides"] for c in summary["cells"]])
+    for c, overrides in zip(summary["cells"], shown):
         detail = c.get("reason") or ""
         if c["state"] in ("complete", "skipped", "running") and c.get("run_dir"):
             detail = c["run_dir"] + (f" ({detail})" if detail else "")
         if c.get("slurm", {}).get("restarts"):
             detail += f" [requeued {c['slurm']['restarts']}x]"
-        varying = [o for o in c["overrides"] if o not in everywhere] if len(summary["cells"]) > 1 else c["overrides"]
-        rows.append((str(c["cell"]), c["state"], " ".join(varying), detail))
+        rows.append((str(c["cell"]), c["state"], " ".join(overrides), detail))
     widths = [max(len(r[k]) for r in rows) for k in range(3)]
     lines = [f"sweep {summary['sweep_id']} ({summary['launcher']}): {headline(summary)}"]
     lines += ["  ".join(r[k].ljust(widths[k]) for k in range(3)) + "  " + r[3] for r in rows]
@@ -293,10 +319,11 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         launcher = config.hydra.launcher
-        check_launcher(launcher)
-        cells = planned_cells(config)
-        if self.check:
-            check_cells(config, cells)
+        try:
+            cells = check_multirun(config, cells=self.check)
+        except HarnessError as exc:  # Hydra turns a callback's Exception into a warning and goes on: stop here
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(exc.exit_code) from None
         target = str(launcher.get("_target_", ""))
         self.launcher = target.rsplit(".", 1)[-1].removesuffix("Launcher").lower() or "basic"
         sweep_id = new_sweep_id()

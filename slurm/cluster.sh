@@ -10,6 +10,7 @@
 # $HARNESS_SLURM_DIR or /tmp/harness-slurm. Clients find the cluster through DIR/env:
 #   . DIR/env    # exports SLURM_CONF=DIR/etc/slurm.conf
 # No systemd, no cgroups: proctrack/linuxproc, task/none. Ports: $HARNESS_SLURM_PORT (slurmctld) and the next one.
+# A requeued job may start again after cred_expire seconds ($HARNESS_SLURM_CRED_EXPIRE, 15; Slurm's default is 120).
 set -euo pipefail
 
 ACTION=${1:-}
@@ -90,7 +91,7 @@ SlurmUser=$(id -un)
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$DIR/munge/munge.socket.2
+AuthInfo=socket=$DIR/munge/munge.socket.2,cred_expire=${HARNESS_SLURM_CRED_EXPIRE:-15}
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/slurmd-%n
 SlurmctldPidFile=$DIR/run/slurmctld.daemon.pid
