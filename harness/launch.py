@@ -91,7 +91,7 @@ def check_launcher(launcher: Mapping[str, Any]) -> None:
     check_resources(counts["gpus_per_node"], counts["gpus_per_task"], counts["tasks_per_node"], prefix=prefix)
     setup = launcher.get("setup")
     if setup is not None and (isinstance(setup, str) or not all(isinstance(line, str) for line in setup)):
-        raise HarnessError(f"{prefix}setup must be a list of shell lines, e.g. hydra.launcher.setup='[\"module load cuda\"]'")
+        raise HarnessError(f"{prefix}setup must be a list of shell lines, e.g. {prefix}setup='[\"module load cuda\"]'")
 
 
 def _first_host(nodelist: str) -> str:
