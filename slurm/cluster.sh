@@ -65,7 +65,7 @@ install() {
 }
 
 write_configs() {
-    mkdir -p "$DIR"/{etc,munge,run,log,state,spool}
+    mkdir -p "$DIR"/{etc,munge,run,log,state,spool/slurmd}
     chmod 0700 "$DIR/etc"
     chmod 0755 "$DIR" "$DIR/munge" # munged refuses a socket folder others can write to
     if [[ ! -s $DIR/etc/munge.key ]]; then
@@ -93,7 +93,7 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$DIR/munge/munge.socket.2,cred_expire=${HARNESS_SLURM_CRED_EXPIRE:-15}
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool/slurmd-%n
+SlurmdSpoolDir=$DIR/spool/slurmd
 SlurmctldPidFile=$DIR/run/slurmctld.daemon.pid
 SlurmdPidFile=$DIR/run/slurmd.daemon.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
@@ -112,6 +112,7 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MpiDefault=none
+MailProg=/bin/true
 KillWait=5
 MinJobAge=600
 InactiveLimit=0
@@ -139,6 +140,12 @@ start() {
         return
     fi
     stop_daemons # a half-started cluster from before
+    local port
+    for port in "$PORT" $((PORT + 1)); do
+        if (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            die "port $port is taken (another Slurm?); stop it or pick free ports with HARNESS_SLURM_PORT=N"
+        fi
+    done
     write_configs
     export SLURM_CONF=$DIR/etc/slurm.conf
     start_daemon munged munged --foreground --force --socket="$DIR/munge/munge.socket.2" \

@@ -174,3 +174,20 @@ def test_requeued_cell_resumes_from_its_checkpoint(slurm_env, tmp_path):
     assert steps == list(range(1, manifest["training"]["steps"] + 1))  # one line per step, none twice
     assert summary["cells"][0]["slurm"]["restarts"] >= 1  # the same cell, run again by Slurm
     assert len(list(results.rglob("results.csv"))) == 2
+
+
+def test_a_cell_with_two_slurm_tasks_trains_as_two_processes(slurm_env, tmp_path):
+    # tasks_per_node=2: Slurm starts the cell twice; the callback maps SLURM_PROCID/NTASKS to RANK/WORLD_SIZE, so
+    # accelerate joins them into one run (gloo on CPU): rank 1 trains but leaves evaluation and the record to rank 0.
+    results = tmp_path / "results"
+    two = ["hydra.launcher.tasks_per_node=2", "seed=3"]
+    cmd = [sys.executable, "-m", "harness", "-m", *CPU_CELL, *two, *MICRO, "train.epochs=1", f"paths.results={results}"]
+    env = {**slurm_env, "ACCELERATE_USE_CPU": "1"}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=LIMIT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert the_summary(results)["counts"] == {"complete": 1}
+    assert len(list(results.rglob("results.csv"))) == 1
+    logs = {p.name.split("_")[-2]: p.read_text() for p in results.rglob(".submitit/*/*_log.out")}
+    assert sorted(logs) == ["0", "1"]  # one log per Slurm task
+    assert "stage 3/5: train" in logs["1"] and "stage 4/5" not in logs["1"]
+    assert "stage 4/5" in logs["0"]
