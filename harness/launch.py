@@ -49,6 +49,11 @@ def check_resources(
             f"{prefix}gpus_per_task={gpus_per_task} but {prefix}gpus_per_node={gpus_per_node}; "
             f"request GPUs with {prefix}gpus_per_node=N or drop gpus_per_task"
         )
+    if gpus_per_task and tasks > 1:
+        raise HarnessError(
+            f"{prefix}gpus_per_task binds one GPU set to each of the {tasks} tasks, but accelerate picks the GPU by "
+            f"LOCAL_RANK; leave {prefix}gpus_per_task=null and set {prefix}gpus_per_node={tasks}"
+        )
     if gpus_per_task and gpus_per_task * tasks > gpus:
         raise HarnessError(
             f"{tasks} task(s) x {prefix}gpus_per_task={gpus_per_task} need more than {prefix}gpus_per_node={gpus}; "

@@ -299,6 +299,25 @@ def end_cell(record: Path, cell: int, exit_code: int, log: str | None = None) ->
 # ---------------------------------------------------------------- the Hydra callback
 
 
+class _ErrorTail:
+    """Passes everything through to a stream and keeps the last `error: ...` line: why a cell that exits failed."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.last: str | None = None
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            if line.startswith("error: "):
+                self.last = line.removeprefix("error: ").strip()
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 class SweepSummary(Callback):
     """Checks a multirun before it launches anything and keeps the sweep's summary of its cells.
 
@@ -383,7 +402,9 @@ class SweepSummary(Callback):
         }
         was_complete = (run_dir / RESULTS).exists() and not bool(OmegaConf.select(config, "rerun", default=False))
         write_status(record, cell, status)
-        self._cell = {"record": record, "cell": cell, "status": status, "was_complete": was_complete}
+        tail = _ErrorTail(sys.stderr)
+        sys.stderr = tail
+        self._cell = {"record": record, "cell": cell, "status": status, "was_complete": was_complete, "tail": tail}
         self._clock = time.time()
         if not self._exit_hooked:
             atexit.register(self._job_exit)
@@ -395,6 +416,7 @@ class SweepSummary(Callback):
         if self._cell is None:
             return
         cell, self._cell = self._cell, None
+        self._untail(cell)
         status = dict(cell["status"])
         run_dir = Path(status["run_dir"])
         outcome = getattr(job_return, "_return_value", None)
@@ -415,12 +437,18 @@ class SweepSummary(Callback):
         if self._cell is None:
             return
         cell, self._cell = self._cell, None
+        self._untail(cell)
         sys.stderr.flush()
         status = dict(cell["status"])
-        reason = error_from_log(status.get("log")) or "the process exited before the cell finished"
+        reason = cell["tail"].last or error_from_log(status.get("log")) or "the process exited before the cell finished"
         status.update(state="failed", reason=reason, ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
         write_status(cell["record"], cell["cell"], status)
         refresh(cell["record"])
+
+    @staticmethod
+    def _untail(cell: dict[str, Any]) -> None:
+        if sys.stderr is cell["tail"]:
+            sys.stderr = cell["tail"].stream
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into Slurm jobs: no per-process state travels
         state = dict(self.__dict__)

@@ -64,7 +64,7 @@ def test_a_failing_cell_is_in_the_summary_with_its_reason(tmp_path):
     assert done.returncode != 0
     (summary,) = summaries(results)
     failed, other = summary["cells"]
-    assert failed["state"] == "failed" and failed["reason"]
+    assert failed["state"] == "failed" and "budget=0.001 keeps 0" in failed["reason"]
     assert other["state"] in ("complete", "not run")  # a sweep that stops at the failure leaves the rest not run
     assert "failed" in done.stdout + done.stderr
 
@@ -123,12 +123,14 @@ def test_expand_cells_follows_hydra_order_with_the_command_line_last():
 def test_slurm_resource_checks():
     check_resources(gpus_per_node=4, tasks_per_node=4)
     check_resources(gpus_per_node=0, tasks_per_node=2)  # CPU processes (gloo): any count
-    check_resources(gpus_per_node=2, gpus_per_task=1, tasks_per_node=2)
+    check_resources(gpus_per_node=2, gpus_per_task=2, tasks_per_node=1)
     for kwargs in (
         {"gpus_per_node": 0, "gpus_per_task": 1},
         {"gpus_per_node": None, "gpus_per_task": 2},
         {"gpus_per_node": 2, "tasks_per_node": 3},
         {"gpus_per_node": 2, "gpus_per_task": 2, "tasks_per_node": 2},
+        {"gpus_per_node": 2, "gpus_per_task": 1, "tasks_per_node": 2},  # each task would see one GPU, not cuda:1
+        {"gpus_per_node": 1, "gpus_per_task": 2},
         {"gpus_per_node": 1, "processes": 2},
         {"gpus_per_node": 1, "processes": 0},
     ):
