@@ -418,8 +418,10 @@ class SweepSummary(Callback):
         cell, self._cell = self._cell, None
         self._untail(cell)
         status = dict(cell["status"])
-        run_dir = Path(status["run_dir"])
         outcome = getattr(job_return, "_return_value", None)
+        if getattr(outcome, "run_dir", None) is not None:  # the task function returned the pipeline's RunOutcome
+            status["run_dir"] = str(Path(outcome.run_dir).absolute())
+        run_dir = Path(status["run_dir"])
         if job_return.status == JobStatus.FAILED:
             status.update(state="failed", reason=first_line(outcome) if outcome is not None else "failed")
         elif getattr(outcome, "skipped", None) is True or (cell["was_complete"] and (run_dir / RESULTS).exists()):
