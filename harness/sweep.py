@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from harness.config import register_resolvers
 from harness.errors import HarnessError, first_line
@@ -100,7 +100,7 @@ def check_cells(config: DictConfig, cells: Sequence[Sequence[str]]) -> None:
             cfg = loader.load_sweep_config(config, list(cell))
         except (HydraException, OmegaConfBaseException) as exc:
             raise HarnessError(f"{where}: {explain(exc)}") from None
-        with _open(cfg):
+        with open_dict(cfg):
             del cfg["hydra"]
         try:
             validate(cfg)
@@ -121,12 +121,6 @@ def check_multirun(config: DictConfig, cells: bool = True) -> list[list[str]]:
     if cells:
         check_cells(config, planned)
     return planned
-
-
-def _open(cfg: DictConfig) -> Any:
-    from omegaconf import open_dict
-
-    return open_dict(cfg)
 
 
 # ---------------------------------------------------------------- status files and the summary
