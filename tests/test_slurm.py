@@ -167,7 +167,7 @@ def test_requeued_cell_resumes_from_its_checkpoint(slurm_env, tmp_path):
     record = Path(summary["cells"][0]["run_dir"])
     manifest = json.loads((record / "manifest.json").read_text())
     assert manifest["status"] == "complete"
-    logs = [*results.rglob(".submitit/*/*.out"), *record.glob("*.log")]
+    logs = [*results.rglob(".submitit/*/*_log.*"), *record.glob("*.log")]
     log = "\n".join(p.read_text(errors="replace") for p in logs)
     assert manifest["training"]["resumed_from_step"] > 0 or "resumed from checkpoint" in log
     steps = [json.loads(line)["step"] for line in (record / "train_log.jsonl").read_text().splitlines()]
@@ -187,7 +187,10 @@ def test_a_cell_with_two_slurm_tasks_trains_as_two_processes(slurm_env, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     assert the_summary(results)["counts"] == {"complete": 1}
     assert len(list(results.rglob("results.csv"))) == 1
-    logs = {p.name.split("_")[-2]: p.read_text() for p in results.rglob(".submitit/*/*_log.out")}
-    assert sorted(logs) == ["0", "1"]  # one log per Slurm task
+    logs: dict[str, str] = {}
+    for path in sorted(results.rglob(".submitit/*/*_log.*")):  # <job>_<task>_log.out / .err
+        rank = path.name.split("_")[-2]
+        logs[rank] = logs.get(rank, "") + path.read_text(errors="replace")
+    assert sorted(logs) == ["0", "1"]  # one process per Slurm task
     assert "stage 3/5: train" in logs["1"] and "stage 4/5" not in logs["1"]
     assert "stage 4/5" in logs["0"]
