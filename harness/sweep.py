@@ -1,0 +1,508 @@
+"""Sweeps: the cells a multirun launches, checks before anything runs or is submitted, and a summary of
+the cells (complete, skipped as already complete, failed and why) for local and Slurm sweeps alike.
+
+Each cell writes a small status file from the process that runs it (Hydra's on_job_start/on_job_end run
+there, on a cluster node for Slurm sweeps); the summary gathers them, so it is right whichever process
+writes it last. Layout, under `hydra.sweep.dir`:
+
+    _sweeps/<sweep id>/plan.json          the cells, in launch order (cell i = Hydra job i = array task i)
+    _sweeps/<sweep id>/cells/<i>.json     one status per cell
+    _sweeps/<sweep id>/summary.json|txt   the gathered summary
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import shlex
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from harness.config import register_resolvers
+from harness.errors import HarnessError, first_line
+from harness.launch import check_launcher, export_distributed_env
+from harness.storage import atomic_write_json, atomic_write_text
+
+register_resolvers()  # a Slurm job unpickles this callback before Hydra resolves the cell's run folder
+
+RECORDS = "_sweeps"
+RESULTS = "results.csv"
+ENV_RECORD = "HARNESS_SWEEP_RECORD"  # the sbatch fallback: where its cells write their status
+ENV_CELL = "HARNESS_SWEEP_CELL"  # ... and which cell this process runs (default: SLURM_ARRAY_TASK_ID)
+ENV_LOG = "HARNESS_SWEEP_LOG"  # ... and the job's log, read for the reason when a cell dies
+STATES = ("complete", "skipped", "failed", "running", "pending", "not run")
+ERROR_LINE = re.compile(r"^(error: .+|([A-Za-z_][\w.]*)?(Error|Exception|Interrupt|Exit)\b.*)$")
+
+
+# ---------------------------------------------------------------- the cells of a sweep
+
+
+def expand_cells(arguments: Sequence[str], params: Mapping[str, Any] | None = None) -> list[list[str]]:
+    """The cells of a sweep in launch order, as Hydra's basic sweeper expands them.
+
+    `params` is `hydra.sweeper.params` (what a `+sweep=...` preset sets); the command line comes after it
+    and wins for a key given in both.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    lines = [f"{key}={value}" for key, value in (params or {}).items()] + list(arguments)
+    overrides = OverridesParser.create().parse_overrides(lines)
+    return [list(cell) for cell in BasicSweeper.split_arguments(overrides, None)[0]]
+
+
+def planned_cells(config: DictConfig) -> list[list[str]]:
+    """The cells the running multirun will launch (from its composed config)."""
+    params = config.hydra.sweeper.get("params") or {}
+    return expand_cells(list(config.hydra.overrides.task), {str(k): str(v) for k, v in params.items()})
+
+
+def varying(cells: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Each cell's overrides without those every cell shares (what tells the cells apart)."""
+    if len(cells) < 2:
+        return [list(cell) for cell in cells]
+    everywhere = set.intersection(*(set(cell) for cell in cells))
+    return [[o for o in cell if o not in everywhere] for cell in cells]
+
+
+def check_cells(config: DictConfig, cells: Sequence[Sequence[str]]) -> None:
+    """Compose and type-check cells before any runs; HarnessError naming the first bad cell and its fix.
+
+    Every swept value is checked in at least one cell (the first cell that brings a value not seen yet), so a
+    sweep of 3 x 5 x 3 values composes about ten configs, not 45.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from harness.cli import explain
+    from harness.config import validate
+
+    loader = GlobalHydra.instance().config_loader()
+    seen: set[str] = set()
+    shown = varying(cells)
+    for i, cell in enumerate(cells):
+        if seen.issuperset(cell):
+            continue
+        seen.update(cell)
+        where = f"sweep cell {i} ({' '.join(shown[i]) or 'no swept values'})"
+        try:
+            cfg = loader.load_sweep_config(config, list(cell))
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise HarnessError(f"{where}: {explain(exc)}") from None
+        with open_dict(cfg):
+            del cfg["hydra"]
+        try:
+            validate(cfg)
+        except HarnessError as exc:
+            raise HarnessError(f"{where}: {exc}") from None
+
+
+def check_multirun(config: DictConfig, cells: bool = True) -> list[list[str]]:
+    """Everything checked before a multirun launches or submits anything: the launcher's resources, then
+    (with cells=True) every cell's composed config. Returns the cells; raises HarnessError (one line)."""
+    from hydra.errors import HydraException
+
+    check_launcher(config.hydra.launcher)
+    try:
+        planned = planned_cells(config)
+    except HydraException as exc:
+        raise HarnessError(f"cannot expand the sweep: {first_line(exc)}") from None
+    if cells:
+        check_cells(config, planned)
+    return planned
+
+
+# ---------------------------------------------------------------- status files and the summary
+
+
+def _is_writer() -> bool:
+    """Only the first process of a cell (rank 0 of accelerate or of a multi-task Slurm job) writes its status."""
+    return all(os.environ.get(key, "0") in ("", "0") for key in ("RANK", "SLURM_PROCID"))
+
+
+def _slurm_ids() -> dict[str, Any]:
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return {}
+    ids = {
+        "job_id": env["SLURM_JOB_ID"],
+        "array_job_id": env.get("SLURM_ARRAY_JOB_ID"),
+        "array_task_id": env.get("SLURM_ARRAY_TASK_ID"),
+        "restarts": int(env.get("SLURM_RESTART_COUNT", "0") or 0),
+    }
+    return {k: v for k, v in ids.items() if v is not None}
+
+
+def _submitit_log() -> str | None:
+    """The stderr file of the submitit job this process runs in, if any."""
+    if "SUBMITIT_EXECUTOR" not in os.environ and "SUBMITIT_FOLDER" not in os.environ:
+        return None
+    try:
+        import submitit
+
+        return str(submitit.JobEnvironment().paths.stderr)
+    except Exception:  # noqa: BLE001 - not inside a submitit job after all
+        return None
+
+
+def error_from_log(path: str | os.PathLike[str] | None) -> str | None:
+    """The last error line of a job log ('error: ...' from the harness, or an exception's last line)."""
+    if not path or not Path(path).is_file():
+        return None
+    lines = Path(path).read_text(errors="replace").splitlines()[-400:]
+    for line in reversed(lines):
+        line = line.strip()
+        if ERROR_LINE.match(line):
+            return line.removeprefix("error: ")
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_status(record: Path, cell: int, status: dict[str, Any]) -> None:
+    """One cell's status file (atomic: a reader sees the old or the new one)."""
+    atomic_write_json(Path(record) / "cells" / f"{cell}.json", {"cell": cell, **status})
+
+
+def gather(record: Path, final: bool = False) -> dict[str, Any]:
+    """The sweep's summary from its plan and the cells' status files.
+
+    With final=True (every job has returned) a cell that never reported is 'not run', and one still marked
+    running ended without an end status, so it failed.
+    """
+    record = Path(record)
+    plan = _read_json(record / "plan.json") or {"cells": []}
+    statuses = {}
+    for path in (record / "cells").glob("*.json"):
+        status = _read_json(path)
+        if status is not None:
+            statuses[int(status["cell"])] = status
+    cells = []
+    for i, overrides in enumerate(plan["cells"]):
+        status = dict(statuses.get(i) or {"state": "pending"})
+        status.update(cell=i, overrides=status.get("overrides") or overrides)
+        state = status["state"]
+        run_dir = status.get("run_dir")
+        if state == "running" and run_dir and (Path(run_dir) / RESULTS).exists() and final:
+            status.update(state="complete", reason="record complete; the job ended without reporting")
+        elif state == "running" and final:
+            reason = error_from_log(status.get("log")) or "ended without a record or an end status"
+            status.update(state="failed", reason=reason)
+        elif state == "pending" and final:
+            status.update(state="not run", reason=plan.get("stopped") or "never started")
+        cells.append(status)
+    counts = {state: sum(c["state"] == state for c in cells) for state in STATES}
+    return {
+        "sweep_id": plan.get("sweep_id"),
+        "launcher": plan.get("launcher"),
+        "started": plan.get("started"),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "final": final,
+        "n_cells": len(cells),
+        "counts": {k: v for k, v in counts.items() if v},
+        "cells": cells,
+    }
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """'12 cells: 9 complete, 2 skipped (already complete), 1 failed'."""
+    names = {"skipped": "skipped (already complete)"}
+    parts = [f"{n} {names.get(state, state)}" for state, n in summary["counts"].items()]
+    return f"{summary['n_cells']} cells: " + (", ".join(parts) or "none")
+
+
+def render(summary: dict[str, Any]) -> str:
+    """The summary as a small text table, one line per cell."""
+    rows = [("cell", "state", "overrides (those that vary)", "run folder / reason")]
+    shown = varying([c["overrides"] for c in summary["cells"]])
+    for c, overrides in zip(summary["cells"], shown):
+        detail = c.get("reason") or ""
+        if c["state"] in ("complete", "skipped", "running") and c.get("run_dir"):
+            detail = c["run_dir"] + (f" ({detail})" if detail else "")
+        if c.get("slurm", {}).get("restarts"):
+            detail += f" [requeued {c['slurm']['restarts']}x]"
+        rows.append((str(c["cell"]), c["state"], " ".join(overrides), detail))
+    widths = [max(len(r[k]) for r in rows) for k in range(3)]
+    lines = [f"sweep {summary['sweep_id']} ({summary['launcher']}): {headline(summary)}"]
+    lines += ["  ".join(r[k].ljust(widths[k]) for k in range(3)) + "  " + r[3] for r in rows]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def refresh(record: Path, final: bool = False) -> dict[str, Any]:
+    """Gather and write summary.json and summary.txt, under a lock so concurrent cells never interleave."""
+    from filelock import FileLock
+
+    record = Path(record)
+    with FileLock(str(record / ".summary.lock"), timeout=60):
+        summary = gather(record, final=final)
+        atomic_write_json(record / "summary.json", summary)
+        atomic_write_text(record / "summary.txt", render(summary))
+    return summary
+
+
+def write_plan(record: Path, cells: Sequence[Sequence[str]], launcher: str, sweep_id: str) -> None:
+    """The sweep's cells in launch order, written once before any cell starts."""
+    Path(record).mkdir(parents=True, exist_ok=True)
+    plan = {
+        "sweep_id": sweep_id,
+        "launcher": launcher,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "cells": [list(cell) for cell in cells],
+    }
+    atomic_write_json(Path(record) / "plan.json", plan)
+
+
+def new_sweep_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
+
+
+def end_cell(record: Path, cell: int, exit_code: int, log: str | None = None) -> dict[str, Any]:
+    """After a cell's process exits (sbatch fallback): a cell that never reported its end failed; say why."""
+    record = Path(record)
+    status = _read_json(record / "cells" / f"{cell}.json")
+    if status is None or status.get("state") == "running":
+        status = dict(status or {})
+        run_dir = status.get("run_dir")
+        if exit_code == 0 and run_dir and (Path(run_dir) / RESULTS).exists():
+            status.update(state="complete")
+        else:
+            reason = error_from_log(log or status.get("log")) or f"exited with code {exit_code}"
+            status.update(state="failed", reason=reason, exit_code=exit_code)
+        status.pop("cell", None)
+        write_status(record, cell, {**status, "ended": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return refresh(record)
+
+
+# ---------------------------------------------------------------- the Hydra callback
+
+
+class _ErrorTail:
+    """Passes everything through to a stream and keeps the last `error: ...` line: why a cell that exits failed."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.last: str | None = None
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            if line.startswith("error: "):
+                self.last = line.removeprefix("error: ").strip()
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+class SweepSummary(Callback):
+    """Checks a multirun before it launches anything and keeps the sweep's summary of its cells.
+
+    Registered in conf/config.yaml under hydra.callbacks. In a single run it does nothing, unless the
+    sbatch fallback names a sweep record in $HARNESS_SWEEP_RECORD.
+    """
+
+    def __init__(self, check: bool = True) -> None:
+        self.check = check
+        self.record: str | None = None
+        self.launcher = "basic"
+        self._cell: dict[str, Any] | None = None
+        self._done = False
+        self._exit_hooked = False
+        self._clock = 0.0
+
+    # --- the process that runs `python -m harness -m ...`
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launcher = config.hydra.launcher
+        try:
+            cells = check_multirun(config, cells=self.check)
+        except HarnessError as exc:  # Hydra turns a callback's Exception into a warning and goes on: stop here
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(exc.exit_code) from None
+        target = str(launcher.get("_target_", ""))
+        self.launcher = target.rsplit(".", 1)[-1].removesuffix("Launcher").lower() or "basic"
+        sweep_id = new_sweep_id()
+        record = Path(str(config.hydra.sweep.dir)).absolute() / RECORDS / sweep_id
+        write_plan(record, cells, self.launcher, sweep_id)
+        self.record = str(record)
+        atexit.register(self._launcher_exit)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.record is None:
+            return
+        self._done = True
+        summary = refresh(Path(self.record), final=True)
+        print(f"sweep summary: {headline(summary)} -> {Path(self.record) / 'summary.txt'}")
+
+    def _launcher_exit(self) -> None:
+        """The multirun stopped early (a cell raised or exited): the summary still says what happened."""
+        if self._done or self.record is None:
+            return
+        record = Path(self.record)
+        if self.launcher in ("basic", "local"):  # cells ran in this process: the rest never will
+            plan = _read_json(record / "plan.json") or {}
+            plan["stopped"] = "the sweep stopped before this cell"
+            atomic_write_json(record / "plan.json", plan)
+            summary = refresh(record, final=True)
+        else:  # Slurm cells go on without this process and update the summary as they end
+            summary = refresh(record)
+        print(f"sweep summary: {headline(summary)} -> {record / 'summary.txt'}", file=sys.stderr)
+
+    # --- the process that runs one cell (the same process for local sweeps, a Slurm task otherwise)
+
+    def _record_for(self, config: DictConfig) -> tuple[Path, int] | None:
+        if self.record is not None:
+            return Path(self.record), int(config.hydra.job.num)
+        record = os.environ.get(ENV_RECORD)
+        cell = os.environ.get(ENV_CELL) or os.environ.get("SLURM_ARRAY_TASK_ID")
+        if record and cell is not None:
+            return Path(record), int(cell)
+        return None
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        export_distributed_env()
+        where = self._record_for(config)
+        if where is None or not _is_writer():
+            return
+        record, cell = where
+        run_dir = Path(str(config.hydra.runtime.output_dir))
+        status = {
+            "state": "running",
+            "overrides": list(config.hydra.overrides.task),
+            "run_dir": str(run_dir),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "slurm": _slurm_ids(),
+            "log": os.environ.get(ENV_LOG) or _submitit_log(),
+        }
+        was_complete = (run_dir / RESULTS).exists() and not bool(OmegaConf.select(config, "rerun", default=False))
+        write_status(record, cell, status)
+        tail = _ErrorTail(sys.stderr)
+        sys.stderr = tail
+        self._cell = {"record": record, "cell": cell, "status": status, "was_complete": was_complete, "tail": tail}
+        self._clock = time.time()
+        if not self._exit_hooked:
+            atexit.register(self._job_exit)
+            self._exit_hooked = True
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        if self._cell is None:
+            return
+        cell, self._cell = self._cell, None
+        self._untail(cell)
+        status = dict(cell["status"])
+        outcome = getattr(job_return, "_return_value", None)
+        if getattr(outcome, "run_dir", None) is not None:  # the task function returned the pipeline's RunOutcome
+            status["run_dir"] = str(Path(outcome.run_dir).absolute())
+        run_dir = Path(status["run_dir"])
+        if job_return.status == JobStatus.FAILED:
+            status.update(state="failed", reason=first_line(outcome) if outcome is not None else "failed")
+        elif getattr(outcome, "skipped", None) is True or (cell["was_complete"] and (run_dir / RESULTS).exists()):
+            status.update(state="skipped", reason="already complete")
+        elif (run_dir / RESULTS).exists():
+            status.update(state="complete")
+        else:
+            status.update(state="failed", reason="the cell returned without a complete record")
+        status.update(ended=time.strftime("%Y-%m-%dT%H:%M:%S"), seconds=round(time.time() - self._clock, 1))
+        write_status(cell["record"], cell["cell"], status)
+        refresh(cell["record"])
+
+    def _job_exit(self) -> None:
+        """The process exits inside a cell (sys.exit from an error, Ctrl-C): record the cell as failed."""
+        if self._cell is None:
+            return
+        cell, self._cell = self._cell, None
+        self._untail(cell)
+        sys.stderr.flush()
+        status = dict(cell["status"])
+        reason = cell["tail"].last or error_from_log(status.get("log")) or "the process exited before the cell finished"
+        status.update(state="failed", reason=reason, ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        write_status(cell["record"], cell["cell"], status)
+        refresh(cell["record"])
+
+    @staticmethod
+    def _untail(cell: dict[str, Any]) -> None:
+        if sys.stderr is cell["tail"]:
+            sys.stderr = cell["tail"].stream
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled into Slurm jobs: no per-process state travels
+        state = dict(self.__dict__)
+        state.update(_cell=None, _exit_hooked=False, _done=False)
+        return state
+
+
+# ---------------------------------------------------------------- `python -m harness.sweep ...`
+
+
+def read_line(lines_file: Path, cell: int) -> list[str]:
+    """The overrides on line `cell` (0-based) of a file of override lines; blank and # lines are skipped."""
+    lines = [line for line in Path(lines_file).read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not 0 <= cell < len(lines):
+        raise HarnessError(f"{lines_file} has {len(lines)} cell line(s); there is no cell {cell}")
+    return shlex.split(lines[cell])
+
+
+def count_lines(lines_file: Path) -> int:
+    text = Path(lines_file).read_text() if Path(lines_file).is_file() else None
+    if text is None:
+        raise HarnessError(f"no file of override lines at {lines_file}; write one or use python -m harness.sweep_lines")
+    return sum(1 for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+USAGE = """usage: python -m harness.sweep COMMAND ...
+  summary RECORD                       gather the cells' status files into RECORD/summary.txt and print it
+  plan LINES_FILE RECORD [LAUNCHER]    write RECORD/plan.json from a file of override lines (sbatch fallback)
+  count LINES_FILE                     the number of cells in a file of override lines
+  argv LINES_FILE CELL                 the overrides of one cell, NUL-separated (for shell scripts)
+  end-cell RECORD CELL EXIT_CODE [LOG] mark a cell that exited without reporting as failed, with the reason"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Small commands the sbatch fallback and users call: summary, plan, count, argv, end-cell."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args[:1] == ["summary"] and len(args) == 2:
+            print(render(refresh(Path(args[1]))), end="")
+        elif args[:1] == ["plan"] and len(args) in (3, 4):
+            cells = [read_line(Path(args[1]), i) for i in range(count_lines(Path(args[1])))]
+            record = Path(args[2])
+            write_plan(record, cells, args[3] if len(args) == 4 else "sbatch", record.name)
+            refresh(record)
+        elif args[:1] == ["count"] and len(args) == 2:
+            print(count_lines(Path(args[1])))
+        elif args[:1] == ["argv"] and len(args) == 3:
+            sys.stdout.write("\0".join(read_line(Path(args[1]), int(args[2]))))
+        elif args[:1] == ["end-cell"] and len(args) in (4, 5):
+            end_cell(Path(args[1]), int(args[2]), int(args[3]), args[4] if len(args) == 5 else None)
+        else:
+            print(USAGE, file=sys.stderr)
+            return 2
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Run the cells of a sweep as ONE plain `sbatch --array` job, without Hydra's submitit launcher.
+#
+#   python -m harness.sweep_lines +sweep=scaling > cells.txt          # line i = the overrides of cell i
+#   slurm/sbatch_array.sh [OPTIONS] cells.txt [-- SBATCH OPTIONS...]
+#
+# Options:
+#   --record DIR      sweep record (status files, summary, logs, the generated batch script);
+#                     default results/runs/_sweeps/sbatch-<time>
+#   --parallel K      at most K cells at once (--array=0-N%K)
+#   --gpus N          GPUs per cell (--gpus-per-node=N)
+#   --procs P         processes per cell; P > 1 runs `accelerate launch --multi_gpu --num_processes P -m harness`
+#   --setup LINE      a shell line run before each cell, e.g. "module load cuda/12.4" (repeatable)
+#   --dry-run         write the batch script and print the sbatch command; submit nothing
+# Everything after `--` goes to sbatch as is (--partition=gpu --time=04:00:00 --cpus-per-task=8 --mem=64G ...).
+# The Python that runs the cells is $HARNESS_PYTHON, default the `python` on PATH now (a venv on a shared
+# file system works on every node). Prints the array's job id; `python -m harness.sweep summary DIR` shows
+# how the cells stand.
+set -euo pipefail
+
+die() {
+    echo "error: $*" >&2
+    exit 2
+}
+
+RECORD="" PARALLEL="" GPUS="" PROCS=1 DRY=0
+SETUP=()
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --record) RECORD=${2:?--record needs a folder}; shift 2 ;;
+    --parallel) PARALLEL=${2:?--parallel needs a number}; shift 2 ;;
+    --gpus) GPUS=${2:?--gpus needs a number}; shift 2 ;;
+    --procs) PROCS=${2:?--procs needs a number}; shift 2 ;;
+    --setup) SETUP+=("${2:?--setup needs a shell line}"); shift 2 ;;
+    --dry-run) DRY=1; shift ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    --) break ;;
+    -*) die "unknown option $1; see slurm/sbatch_array.sh --help" ;;
+    *) break ;;
+    esac
+done
+[[ $# -ge 1 && $1 != -- ]] || die "no file of override lines; usage: slurm/sbatch_array.sh [OPTIONS] cells.txt [-- SBATCH OPTIONS]"
+LINES=$(realpath "$1")
+shift
+[[ ${1:-} == -- ]] && shift
+SBATCH_ARGS=("$@")
+
+PY=${HARNESS_PYTHON:-$(command -v python || command -v python3)}
+[[ $PY == /* ]] || PY=$PWD/$PY # absolute, but not through symlinks: a venv's python must stay the venv's
+N=$("$PY" -m harness.sweep count "$LINES") || exit 2
+((N > 0)) || die "$LINES has no cell lines; write one line of overrides per cell"
+[[ -z $PARALLEL || $PARALLEL =~ ^[1-9][0-9]*$ ]] || die "--parallel must be a whole number >= 1, got '$PARALLEL'"
+"$PY" -m harness.launch check "${GPUS:-0}" "$PROCS" || exit 2
+"$PY" -m harness.sweep_lines --check "$LINES" || exit 2 # every cell composes and type-checks before submission
+command -v sbatch >/dev/null 2>&1 || die "sbatch not found; run this on a Slurm login node (or start slurm/cluster.sh)"
+
+RECORD=$(realpath -m "${RECORD:-results/runs/_sweeps/sbatch-$(date +%Y%m%d-%H%M%S)}")
+mkdir -p "$RECORD/logs"
+if ((PROCS > 1)); then
+    LAUNCH="\"$PY\" -m accelerate.commands.launch --multi_gpu --num_processes $PROCS -m harness"
+else
+    LAUNCH="\"$PY\" -m harness"
+fi
+ARRAY="0-$((N - 1))${PARALLEL:+%$PARALLEL}"
+SCRIPT=$RECORD/array.sbatch
+{
+    echo "#!/usr/bin/env bash"
+    echo "# Written by slurm/sbatch_array.sh: cell \$SLURM_ARRAY_TASK_ID = line \$SLURM_ARRAY_TASK_ID of $LINES"
+    echo "#SBATCH --job-name=harness"
+    echo "#SBATCH --array=$ARRAY"
+    echo "#SBATCH --output=$RECORD/logs/%A_%a.out"
+    echo "#SBATCH --ntasks=1"
+    echo "#SBATCH --requeue"
+    [[ -n $GPUS ]] && echo "#SBATCH --gpus-per-node=$GPUS"
+    echo "cd $(printf %q "$PWD")"
+    for line in "${SETUP[@]}"; do echo "$line"; done
+    cat <<EOF
+export HARNESS_SWEEP_RECORD=$(printf %q "$RECORD") HARNESS_SWEEP_CELL=\$SLURM_ARRAY_TASK_ID
+export HARNESS_SWEEP_LOG=$(printf %q "$RECORD")/logs/\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}.out
+mapfile -d '' -t overrides < <("$PY" -m harness.sweep argv $(printf %q "$LINES") "\$SLURM_ARRAY_TASK_ID")
+echo "cell \$SLURM_ARRAY_TASK_ID (restart \${SLURM_RESTART_COUNT:-0}): \${overrides[*]}"
+$LAUNCH "\${overrides[@]}"
+rc=\$?
+# A cell killed by a signal (requeue, time limit) reports when it runs again; any other exit reports now.
+if ((rc < 128)); then
+    "$PY" -m harness.sweep end-cell $(printf %q "$RECORD") "\$SLURM_ARRAY_TASK_ID" "\$rc" || true
+fi
+exit \$rc
+EOF
+} >"$SCRIPT"
+"$PY" -m harness.sweep plan "$LINES" "$RECORD" sbatch || exit 2
+
+if ((DRY)); then
+    echo "sbatch --parsable ${SBATCH_ARGS[*]} $SCRIPT"
+    exit 0
+fi
+JOB=$(sbatch --parsable "${SBATCH_ARGS[@]}" "$SCRIPT") || die "sbatch refused the array (see above); nothing was submitted"
+echo "$JOB" >"$RECORD/job_id"
+echo "submitted array $JOB: $N cells, record in $RECORD" >&2
+echo "$JOB"

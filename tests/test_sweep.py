@@ -1,0 +1,197 @@
+"""Sweeps without a cluster: the summary of a local multirun, the presets, and bad input refused up front."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import MICRO, OFFLINE
+
+from harness import REPO_ROOT
+from harness.errors import HarnessError
+from harness.launch import check_launcher, check_resources, export_distributed_env
+from harness.sweep import error_from_log, expand_cells, gather, write_plan, write_status
+
+SLURM = "hydra/launcher=slurm"
+
+
+def summaries(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(results.rglob("_sweeps/*/summary.json"))]
+
+
+def records(results: Path) -> list[Path]:
+    return sorted(p.parent for p in results.rglob("results.csv"))
+
+
+def test_local_multirun_writes_its_summary_and_a_second_sweep_skips(harness_cli, tmp_path):
+    args = ["-m", *MICRO, "train.epochs=1", "selector=random,balanced_random"]
+    code, out, err = harness_cli(args)
+    assert code == 0, err
+    results = tmp_path / "results"
+    (first,) = summaries(results)
+    assert first["final"] and first["counts"] == {"complete": 2}
+    assert sorted(Path(c["run_dir"]) for c in first["cells"]) == records(results)
+    assert [c["overrides"][-2:] for c in first["cells"]] == [
+        ["selector=random", f"paths.results={results}"],
+        ["selector=balanced_random", f"paths.results={results}"],
+    ]
+    assert "sweep summary: 2 cells: 2 complete" in out
+    text = next(results.rglob("_sweeps/*/summary.txt")).read_text()
+    assert "selector=balanced_random" in text and "complete" in text
+
+    code, out, err = harness_cli(args)  # the same sweep again: every cell is already complete
+    assert code == 0, err
+    second = [s for s in summaries(results) if s["sweep_id"] != first["sweep_id"]]
+    assert len(second) == 1 and second[0]["counts"] == {"skipped": 2}
+    assert all(c["reason"] == "already complete" for c in second[0]["cells"])
+    assert len(records(results)) == 2
+
+
+def test_a_failing_cell_is_in_the_summary_with_its_reason(tmp_path):
+    # budget 0.001 of 300 examples keeps nothing: the cell passes the up-front checks and fails in selection.
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "harness", "-m", *MICRO, "train.epochs=1", "budget=0.001,0.2"]
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [*cmd, f"paths.results={results}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode != 0
+    (summary,) = summaries(results)
+    failed, other = summary["cells"]
+    assert failed["state"] == "failed" and "budget=0.001 keeps 0" in failed["reason"]
+    assert other["state"] in ("complete", "not run")  # a sweep that stops at the failure leaves the rest not run
+    assert "failed" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["hydra/launcher=nope"], "unknown 'hydra/launcher' option 'nope'"),
+        (["+sweep=nope"], "unknown 'sweep' option 'nope'"),
+        (["seed=0,x"], "sweep cell 1 (seed=x"),
+        (["budget=0.1,abc"], "budget must be a number"),
+        (["selector=random,nope"], "unknown selector 'nope'"),
+        ([SLURM, "hydra.launcher.gpus_per_node=0", "hydra.launcher.gpus_per_task=1"], "gpus_per_task"),
+        ([SLURM, "hydra.launcher.gpus_per_node=2", "hydra.launcher.tasks_per_node=4"], "more processes"),
+        ([SLURM, "hydra.launcher.array_parallelism=0"], "array_parallelism must be at least 1"),
+    ],
+)
+def test_bad_sweep_input_is_one_line_and_runs_nothing(harness_cli, tmp_path, args, says):
+    code, out, err = harness_cli(["-m", *args])
+    lines = [line for line in err.splitlines() if line.strip() and "Warning" not in line and "warn" not in line]
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], err
+    assert not (tmp_path / "results").exists()  # nothing ran, nothing was submitted
+
+
+def test_the_scaling_preset_expands_to_every_selector_budget_and_seed(tmp_path):
+    params = yaml.safe_load((REPO_ROOT / "conf/sweep/scaling.yaml").read_text())["hydra"]["sweeper"]["params"]
+    values = {key: str(v).split(",") for key, v in params.items()}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    run = [sys.executable, "-m", "harness.sweep_lines", "+sweep=scaling", "seed=7"]
+    done = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    expected = [
+        [f"selector={s}", f"budget={b}", "seed=7", "+sweep=scaling"]
+        for s, b in itertools.product(values["selector"], values["budget"])
+    ]
+    assert [line.split() for line in lines] == expected  # the command line's seed=7 replaces the preset's seeds
+    assert {"random", "balanced_random", "full"} <= set(values["selector"])
+
+    bad = subprocess.run([*run, "budget=2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.startswith("error: sweep cell 0") and "budget must be in (0, 1]" in bad.stderr
+
+
+def test_expand_cells_follows_hydra_order_with_the_command_line_last():
+    cells = expand_cells(["seed=1,2", "budget=0.3"], {"budget": "0.1,0.2", "selector": "random,full"})
+    assert cells == [
+        ["budget=0.3", "selector=random", "seed=1"],
+        ["budget=0.3", "selector=random", "seed=2"],
+        ["budget=0.3", "selector=full", "seed=1"],
+        ["budget=0.3", "selector=full", "seed=2"],
+    ]
+
+
+def test_slurm_resource_checks():
+    check_resources(gpus_per_node=4, tasks_per_node=4)
+    check_resources(gpus_per_node=0, tasks_per_node=2)  # CPU processes (gloo): any count
+    check_resources(gpus_per_node=2, gpus_per_task=2, tasks_per_node=1)
+    for kwargs in (
+        {"gpus_per_node": 0, "gpus_per_task": 1},
+        {"gpus_per_node": None, "gpus_per_task": 2},
+        {"gpus_per_node": 2, "tasks_per_node": 3},
+        {"gpus_per_node": 2, "gpus_per_task": 2, "tasks_per_node": 2},
+        {"gpus_per_node": 2, "gpus_per_task": 1, "tasks_per_node": 2},  # each task would see one GPU, not cuda:1
+        {"gpus_per_node": 1, "gpus_per_task": 2},
+        {"gpus_per_node": 1, "processes": 2},
+        {"gpus_per_node": 1, "processes": 0},
+    ):
+        with pytest.raises(HarnessError):
+            check_resources(**kwargs)
+    launcher = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"}
+    check_launcher({**launcher, "gpus_per_node": 1, "setup": ["module load cuda"]})
+    check_launcher({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher", "gpus_per_node": -1})
+    for bad in ({"timeout_min": 0}, {"gpus_per_node": -1}, {"cpus_per_task": "many"}, {"setup": "module load x"}):
+        with pytest.raises(HarnessError):
+            check_launcher({**launcher, **bad})
+
+
+def test_distributed_env_comes_from_slurm_variables():
+    env = {"SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
+           "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_ID": "123",
+           "SLURM_JOB_NODELIST": "gpu07", "MASTER_ADDR": ""}  # fmt: skip
+    assert export_distributed_env(env)
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == ("3", "4", "1", "2")
+    assert env["MASTER_ADDR"] == "gpu07" and env["MASTER_PORT"] == str(20000 + 123)
+    one = {"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}
+    assert not export_distributed_env(one) and "RANK" not in one
+    launched = {"SLURM_NTASKS": "2", "SLURM_PROCID": "0", "RANK": "1"}  # accelerate launch set it already
+    assert not export_distributed_env(launched) and launched["RANK"] == "1"
+
+
+def test_summary_gathers_status_files_and_reads_the_reason_from_a_log(tmp_path):
+    record = tmp_path / "rec"
+    write_plan(record, [["seed=0"], ["seed=1"], ["seed=2"], ["seed=3"]], "slurm", "s1")
+    run_dir = tmp_path / "run0"
+    run_dir.mkdir()
+    (run_dir / "results.csv").write_text("x\n")
+    log = tmp_path / "job.err"
+    log.write_text("stage 1/5: pool\nTraceback (most recent call last):\nerror: budget keeps no examples; raise it\n")
+    write_status(record, 0, {"state": "complete", "run_dir": str(run_dir), "overrides": ["seed=0"]})
+    write_status(record, 1, {"state": "running", "run_dir": str(tmp_path / "run1"), "log": str(log)})
+    write_status(record, 2, {"state": "running", "run_dir": str(tmp_path / "run2")})
+    live = gather(record)
+    assert [c["state"] for c in live["cells"]] == ["complete", "running", "running", "pending"]
+    final = gather(record, final=True)
+    assert [c["state"] for c in final["cells"]] == ["complete", "failed", "failed", "not run"]
+    assert final["cells"][1]["reason"] == "budget keeps no examples; raise it"
+    assert final["counts"] == {"complete": 1, "failed": 2, "not run": 1}
+    assert error_from_log(tmp_path / "missing.log") is None
+
+
+def test_sbatch_fallback_refuses_bad_input_before_submitting(tmp_path):
+    lines = tmp_path / "cells.txt"
+    lines.write_text("selector=random seed=0\nselector=random seed=oops\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env["HARNESS_PYTHON"] = sys.executable
+    script = str(REPO_ROOT / "slurm/sbatch_array.sh")
+    for args, says in (
+        ([str(lines)], "sweep cell 1 (seed=oops)"),
+        (["--gpus", "1", "--procs", "2", str(lines)], "2 accelerate process(es) per task but only 1 GPU"),
+        (["--parallel", "0", str(lines)], "--parallel must be"),
+        ([str(tmp_path / "none.txt")], "no file of override lines"),
+    ):
+        done = subprocess.run(
+            ["bash", script, "--record", str(tmp_path / "rec"), *args], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith("error: ") and says in done.stderr, done.stderr
+        assert not (tmp_path / "rec").exists()
