@@ -1,7 +1,10 @@
 """Diversity clusters, kMQ (Yu et al., "Diversify and Conquer", 2024), with RDS+ embeddings (Ivison et al., 2025).
 
     embed every example: the proxy's final hidden states, mean-pooled with weights proportional to position,
-        L2-normalised (RDS+); the proxy is a warm-up model from the signal service
+        L2-normalised (RDS+, default); the proxy is a warm-up model from the signal service.
+        Option embedding=tfidf: TF-IDF of the example's words reduced to 256 dimensions (LSA) and L2-normalised,
+        a self-contained stand-in for the large external embedders the authors used, for proxies whose hidden
+        states reflect surface form more than content (the testbed's scratch model; see conf/selector_on/)
     cluster the embeddings with k-means into K clusters (K = sqrt(N), at most 4096, unless given)
     rounds = 1 (kMQ): take an equal quota min(k / K, |cluster|) uniformly at random from every cluster,
         redistributing what small clusters cannot fill
@@ -28,8 +31,25 @@ def check(params: dict) -> None:
         raise HarnessError(f"rounds must be at least 1, got {params['rounds']}")
     if params["temperature"] <= 0:
         raise HarnessError(f"temperature must be positive (it divides the cluster scores), got {params['temperature']}")
+    if params["embedding"] not in EMBEDDINGS:
+        raise HarnessError(f"unknown embedding {params['embedding']!r}; use one of {list(EMBEDDINGS)}")
     if params["round_epochs"] < 1:
         raise HarnessError(f"round_epochs must be at least 1, got {params['round_epochs']}")
+
+
+EMBEDDINGS = ("rds", "tfidf")
+
+
+def tfidf_embeddings(prompts: list[str], responses: list[str], dim: int = 256, seed: int = 0) -> np.ndarray:
+    """TF-IDF over whitespace-separated words, reduced by truncated SVD (LSA), L2-normalised."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import normalize
+
+    texts = [f"{p} {r}" for p, r in zip(prompts, responses)]
+    x = TfidfVectorizer(token_pattern=r"[^\s]+").fit_transform(texts)
+    dim = max(1, min(dim, x.shape[1] - 1, x.shape[0] - 1))
+    return normalize(TruncatedSVD(dim, random_state=seed % (2**31)).fit_transform(x)).astype(np.float32)
 
 
 def draw(rng: np.random.Generator, labels: np.ndarray, available: np.ndarray, quotas: np.ndarray) -> np.ndarray:
@@ -59,6 +79,7 @@ def select(
     ctx: SelectionContext,
     *,
     n_clusters: int | None = None,
+    embedding: str = "rds",
     rounds: int = 1,
     temperature: float = 1.0,
     round_epochs: int = 1,
@@ -71,8 +92,13 @@ def select(
     if clusters > n:
         raise HarnessError(f"n_clusters={clusters} is more than the {n} examples of the pool; use fewer clusters")
     rng = ctx.rng()
-    warm = ctx.signals.warmup(epochs=warmup_epochs, seed=warmup_seed(ctx, 0), fraction=warmup_fraction)
-    labels = kmeans(np.asarray(ctx.signals.embeddings(warm)), clusters, ctx.seed)
+    if embedding == "rds":
+        warm = ctx.signals.warmup(epochs=warmup_epochs, seed=warmup_seed(ctx, 0), fraction=warmup_fraction)
+        vectors = np.asarray(ctx.signals.embeddings(warm))
+    else:
+        frame = ctx.pool.frame
+        vectors = tfidf_embeddings(frame["prompt"].tolist(), frame["response"].tolist(), seed=ctx.seed)
+    labels = kmeans(vectors, clusters, ctx.seed)
     sizes = np.bincount(labels, minlength=clusters)
     shares = [k // rounds + (1 if r < k % rounds else 0) for r in range(rounds)]
     available = np.ones(n, dtype=bool)

@@ -95,3 +95,30 @@ def test_rejected_run_never_removes_an_existing_record(harness_cli, tmp_path):
     code, _, err = harness_cli([*MICRO, "train.epochs=1", f"hydra.run.dir={cell}", "rerun=true", "budget=0.0001"])
     assert code == 2 and "keeps 0 of" in err
     assert sorted(p.name for p in cell.iterdir()) == before  # untouched: nothing archived, nothing removed
+
+
+@pytest.mark.parametrize(
+    "overrides,fragments",
+    [
+        (["selector=el2n", "selector.keep=weird"], ["unknown keep rule 'weird'", "drop_top"]),
+        (["selector=grand", "selector.warmup_seeds=0"], ["warmup_seeds", "at least 1"]),
+        (["selector=el2n", "selector.warmup_epochs=0"], ["warmup_epochs", "at least 1"]),
+        (["selector=diversity", "selector.n_clusters=100000"], ["n_clusters=100000", "more than the 300"]),
+        (["selector=diversity", "selector.temperature=0"], ["temperature must be positive"]),
+        (["selector=influence", "selector.aggregation=median"], ["unknown aggregation 'median'", "task_max"]),
+        (["selector=bids", "selector.proj_dim=0"], ["proj_dim must be a positive integer"]),
+        (["selector=bids", "data.n_validation_per_task=0"], ["validation examples"]),
+        (
+            [
+                "selector=influence",
+                "selector.warmup_mode=lora",
+                "selector.lora_modules=[nope_proj]",
+                "selector.proj_dim=8",
+            ],
+            ["LoRA target modules ['nope_proj']", "q_proj"],
+        ),
+    ],
+)
+def test_bad_selector_settings(harness_cli, tmp_path, overrides, fragments):
+    code, _, err = harness_cli([*MICRO, *overrides])
+    assert_one_line_error(code, err, tmp_path, *fragments)
