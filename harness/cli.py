@@ -28,13 +28,13 @@ GROUP_NOUNS = {"selector": "selector", "model": "model", "data": "data pool", "e
 
 
 @hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "conf"), config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> object:
     from harness.pipeline import run
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     made_now = only_log(run_dir, empty=True)  # Hydra has just made the folder and its empty log
     try:
-        run(cfg, run_dir)
+        return run(cfg, run_dir)  # the sweep summary reads the outcome (run folder, skipped or not)
     except HarnessError as exc:  # inside the job, so Hydra adds nothing to the one line
         print(f"error: {exc}", file=sys.stderr)
         if made_now and only_log(run_dir, empty=False):
