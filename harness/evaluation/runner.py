@@ -200,6 +200,22 @@ class _ShotsTaskManager:
         return loaded
 
 
+@contextlib.contextmanager
+def _quiet_git_hash() -> Iterator[None]:
+    """lm-eval asks `git describe` in the current directory and lets git print "fatal: not a git repository"
+    outside a checkout; it gets the harness's own commit (or None) instead, quietly."""
+    import lm_eval.evaluator as evaluator
+
+    from harness.record import git_state
+
+    original = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = lambda: git_state()["commit"]
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
+
+
 def evaluate(
     model: Any,
     tokenizer: Any,
@@ -253,7 +269,7 @@ def evaluate(
         model.to(device)
     was_training = model.training
     try:
-        with quiet_lm_eval(), _rng_untouched(), offline_mode(bool(names) and hub_offline()):
+        with quiet_lm_eval(), _rng_untouched(), offline_mode(bool(names) and hub_offline()), _quiet_git_hash():
             lm = _lm_class()(
                 pretrained=model,
                 tokenizer=_with_pad_token(tokenizer),
