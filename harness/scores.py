@@ -6,10 +6,33 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from harness.errors import HarnessError
 from harness.seeding import stream_seed
-from harness.selection import KEEP_RULES, SelectionContext
+from harness.selection import KEEP_RULES, Selection, SelectionContext, keep_by_score
+
+SCORE_DEFAULTS: dict[str, Any] = {
+    "warmup_epochs": 1,
+    "warmup_seeds": 3,
+    "warmup_fraction": 1.0,
+    "keep": "drop_top",
+    "offset": 0.05,
+}
+"""The settings EL2N and GraNd share (see selectors/el2n.py for where the defaults come from)."""
+
+
+def check_scores(params: dict[str, Any]) -> None:
+    check_warmup(params)
+    check_keep(params)
+
+
+def select_by_score(ctx: SelectionContext, score: Callable[[Any], np.ndarray], **params: Any) -> Selection:
+    """Average `score(warm-up)` over the warm-up seeds, keep k by the keep rule, and return the scores too."""
+    p = {**SCORE_DEFAULTS, **params}
+    scores = averaged_over_warmups(ctx, p["warmup_seeds"], p["warmup_epochs"], p["warmup_fraction"], score)
+    rows = keep_by_score(scores, ctx.k, p["keep"], p["offset"])
+    return Selection(ids=list(ctx.pool.ids[rows]), scores=pd.Series(scores, index=ctx.pool.ids))
 
 
 def check_warmup(params: dict[str, Any], seeds_key: str | None = "warmup_seeds") -> None:

@@ -94,10 +94,15 @@ class SelectorSpec:
     source: str
     exact_k: bool = True
     check: Callable[[dict[str, Any]], None] | None = None
+    shared: tuple[tuple[str, Any], ...] = ()
 
     def params(self) -> dict[str, inspect.Parameter]:
+        """The selector's parameters: its keyword-only arguments, plus settings it shares with other selectors
+        (declared once, e.g. LESS's for `influence` and `bids`) and receives as **kwargs."""
         sig = inspect.signature(self.fn)
-        return {n: p for n, p in list(sig.parameters.items())[1:] if p.kind is p.KEYWORD_ONLY}
+        own = {n: p for n, p in list(sig.parameters.items())[1:] if p.kind is p.KEYWORD_ONLY}
+        kw = inspect.Parameter.KEYWORD_ONLY
+        return {**{n: inspect.Parameter(n, kw, default=d) for n, d in self.shared}, **own}
 
 
 _REGISTRY: dict[str, SelectorSpec] = {}
@@ -110,12 +115,14 @@ def register(
     budget_unit: str = "run",
     exact_k: bool = True,
     check: Callable[[dict[str, Any]], None] | None = None,
+    shared: dict[str, Any] | None = None,
 ) -> Callable[[SelectFn], SelectFn]:
     """Decorator that registers `fn(ctx, *, **params) -> Selection` under `name`.
 
     `budget_unit` is "run" for a fixed subset or "epoch" when the budget is per epoch (RS2). A selection must
     hold exactly k examples (per epoch for schedules) unless the selector declares `exact_k=False`. `check(params)`
-    raises HarnessError for parameter values that cannot work; it runs before any data is loaded.
+    raises HarnessError for parameter values that cannot work; it runs before any data is loaded. `shared`
+    names settings (with their defaults) that the function takes through **kwargs.
     """
     if budget_unit not in ("run", "epoch"):
         raise ValueError("budget_unit is 'run' or 'epoch'")
@@ -125,7 +132,8 @@ def register(
         old = _REGISTRY.get(name)
         if old is not None and Path(old.source).resolve() != Path(source).resolve():
             raise HarnessError(f"selector '{name}' is defined twice: {old.source} and {source}; rename one")
-        _REGISTRY[name] = SelectorSpec(name, fn, uses_budget, budget_unit, source, exact_k, check)
+        extra = tuple((shared or {}).items())
+        _REGISTRY[name] = SelectorSpec(name, fn, uses_budget, budget_unit, source, exact_k, check, extra)
         return fn
 
     return wrap

@@ -13,30 +13,11 @@ NLP paper finds scores unreliable before one epoch; the vision paper scores at 1
 epochs), offset 0.05 (our choice: about the testbed's planted noise rate; the papers tune it).
 """
 
-import pandas as pd
-
-from harness.scores import averaged_over_warmups, check_keep, check_warmup
-from harness.selection import Selection, SelectionContext, keep_by_score, register
+from harness.scores import SCORE_DEFAULTS, check_scores, select_by_score
+from harness.selection import Selection, SelectionContext, register
 
 
-def check(params: dict) -> None:
-    check_warmup(params)
-    check_keep(params)
-
-
-@register("el2n", check=check)
-def select(
-    ctx: SelectionContext,
-    *,
-    warmup_epochs: int = 1,
-    warmup_seeds: int = 3,
-    warmup_fraction: float = 1.0,
-    keep: str = "drop_top",
-    offset: float = 0.05,
-) -> Selection:
+@register("el2n", check=check_scores, shared=SCORE_DEFAULTS)
+def select(ctx: SelectionContext, **settings: object) -> Selection:
     """Average EL2N over warm-up runs, then keep k by the keep rule."""
-    scores = averaged_over_warmups(
-        ctx, warmup_seeds, warmup_epochs, warmup_fraction, lambda warm: ctx.signals.losses(warm)["el2n"]
-    )
-    rows = keep_by_score(scores, ctx.k, keep, offset)
-    return Selection(ids=list(ctx.pool.ids[rows]), scores=pd.Series(scores, index=ctx.pool.ids))
+    return select_by_score(ctx, lambda warm: ctx.signals.losses(warm)["el2n"], **settings)

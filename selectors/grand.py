@@ -9,28 +9,11 @@ The vision paper also scores GraNd at initialisation; here scores come after at 
 NLP follow-up advises, and share their warm-ups with EL2N.
 """
 
-import pandas as pd
-
-from harness.scores import averaged_over_warmups, check_keep, check_warmup
-from harness.selection import Selection, SelectionContext, keep_by_score, register
+from harness.scores import SCORE_DEFAULTS, check_scores, select_by_score
+from harness.selection import Selection, SelectionContext, register
 
 
-def check(params: dict) -> None:
-    check_warmup(params)
-    check_keep(params)
-
-
-@register("grand", check=check)
-def select(
-    ctx: SelectionContext,
-    *,
-    warmup_epochs: int = 1,
-    warmup_seeds: int = 3,
-    warmup_fraction: float = 1.0,
-    keep: str = "drop_top",
-    offset: float = 0.05,
-) -> Selection:
+@register("grand", check=check_scores, shared=SCORE_DEFAULTS)
+def select(ctx: SelectionContext, **settings: object) -> Selection:
     """Average per-example gradient norms over warm-up runs, then keep k by the keep rule."""
-    scores = averaged_over_warmups(ctx, warmup_seeds, warmup_epochs, warmup_fraction, ctx.signals.grad_norms)
-    rows = keep_by_score(scores, ctx.k, keep, offset)
-    return Selection(ids=list(ctx.pool.ids[rows]), scores=pd.Series(scores, index=ctx.pool.ids))
+    return select_by_score(ctx, ctx.signals.grad_norms, **settings)

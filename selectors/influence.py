@@ -26,31 +26,9 @@ def check(params: dict) -> None:
     less.check(params)
 
 
-@register("influence", check=check)
-def select(
-    ctx: SelectionContext,
-    *,
-    aggregation: str = "task_max",
-    warmup_mode: str = "lora",
-    warmup_fraction: float = 0.05,
-    warmup_epochs: int = 4,
-    warmup_lr: float = 2e-5,
-    warmup_scheduler: str = "linear",
-    warmup_ratio: float = 0.03,
-    warmup_seed: int | None = None,
-    lora_r: int = 128,
-    lora_alpha: int = 512,
-    lora_dropout: float = 0.1,
-    lora_modules: tuple = ("q_proj", "k_proj", "v_proj", "o_proj"),
-    feature_modules: tuple | None = None,
-    proj_dim: int = 8192,
-    projection: str = "rademacher",
-    proj_seed: int = 0,
-    adam_formula: str = "paper",
-    store_dtype: str = "float16",
-) -> Selection:
+@register("influence", check=check, shared=less.DEFAULTS)
+def select(ctx: SelectionContext, *, aggregation: str = "task_max", **settings: object) -> Selection:
     """Top k by aggregated LESS influence."""
-    settings = {k: v for k, v in locals().items() if k in less.DEFAULTS}
     matrix, val_tasks = less.influence_matrix(ctx, settings)
     scores = aggregate(matrix, val_tasks, aggregation)
     rows = top_k(scores, ctx.k)
