@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import MICRO, MICRO_RECIPE
+from conftest import MICRO, MICRO_RECIPE, message_lines
 
 from harness import hub
 from harness.errors import HarnessError
@@ -112,7 +112,7 @@ def test_code_executing_tasks_need_the_opt_in(empty_caches):
 def test_code_executing_task_is_refused_before_training(harness_cli, tmp_path):
     code, out, err = harness_cli([*MICRO, "eval=lm_eval", "eval.tasks=[mbpp]"])
     assert code == 2
-    assert err.strip().splitlines() == [
+    assert message_lines(err) == [
         "error: lm-eval task 'mbpp' executes code the model writes; to run it, set "
         "eval.confirm_run_unsafe_code=true (preferably inside a sandbox or container)"
     ]
