@@ -226,7 +226,9 @@ def _run_locked(
     timings["pool_seconds"] = time.perf_counter() - clock
     model_id = pool.fingerprint() + str(model_description(cfg.model))
 
-    # Stage 2: select, on the main process only (or reuse the selection of an interrupted attempt).
+    # Stage 2: select (or reuse the selection of an interrupted attempt). With several processes every one runs the
+    # selector in lockstep so that its signals (warm-ups, losses, gradients, embeddings) split their work; the
+    # selection itself is deterministic, and the main process's is broadcast and recorded.
     log.info("stage 2/5: select (%s, budget %s)", spec.name, budget)
     plan_for = _PlanFor(cfg.train, pool.n)
     stored = None if cfg.rerun else rec.manifest()
@@ -235,7 +237,7 @@ def _run_locked(
         selection, k, plan = selection_from_manifest(stored), stored["k"], plan_for(stored["k"])
         manifest = stored
         log.info("resuming: the selection of the interrupted attempt is reused")
-    elif accelerator.is_main_process:
+    else:  # every process: signal computations split their work across processes; the main one's is kept
         signals = SignalService(
             pool=pool,
             tokens=tokens,
@@ -249,10 +251,7 @@ def _run_locked(
         targets = target_tasks(tasks, pool)
         selection, k, plan = select(spec, params, pool, tokens, budget, seeds["selection"], plan_for, signals, targets)
     if accelerator.num_processes > 1:
-        shared = broadcast_object_list([selection if accelerator.is_main_process else None])
-        selection = shared[0]
-        k = budget_to_k(budget, pool.n) if spec.uses_budget else pool.n
-        plan = plan_for(k)
+        selection = broadcast_object_list([selection])[0]
     epochs = training_epochs(selection, pool, plan.epochs)
     recipe = {**recipe_of(cfg.train), "max_steps": plan.max_steps}
     if not cfg.rerun:

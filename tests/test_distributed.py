@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -17,7 +18,7 @@ from harness.runtime import distributed_env_from_slurm, first_host
 ARGS = [*MICRO, "train.epochs=2", "train.keep_checkpoint=true", "train.micro_batch_size=4"]
 
 
-def launch(tmp_path, name: str, processes: int) -> tuple:
+def launch(tmp_path, name: str, processes: int, extra: tuple = ()) -> tuple:
     cell = tmp_path / name
     env = {**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}
     if processes == 1:
@@ -41,7 +42,7 @@ def launch(tmp_path, name: str, processes: int) -> tuple:
             "harness",
         ]
     done = subprocess.run(
-        [*cmd, *ARGS, f"hydra.run.dir={cell}", f"paths.results={tmp_path / 'results'}"],
+        [*cmd, *ARGS, *extra, f"hydra.run.dir={cell}", f"paths.results={tmp_path / name / 'results'}"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -65,6 +66,23 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
     items2 = pd.read_csv(two / "eval_items.csv").drop(columns="run_id")
     assert (items1["correct"] == items2["correct"]).mean() > 0.98
     pd.testing.assert_series_equal(items1["gold_loglik"], items2["gold_loglik"], atol=1e-3, rtol=1e-3)
+
+
+def test_two_processes_share_the_work_of_a_signal(tmp_path):
+    """EL2N's warm-up trains on both processes, its per-example losses are split between them (every second
+    row each) and put together in pool order: the same numbers as one process computes."""
+    extra = ("selector=el2n", "selector.warmup_seeds=1", "train.epochs=1")
+    one, _, _ = launch(tmp_path, "one", 1, extra)
+    two, _, done = launch(tmp_path, "two", 2, extra)
+    assert "on 2 processes" in done.stderr
+    arrays = []
+    for cell in (one, two):
+        (losses,) = (cell / "results" / "cache" / "signals" / "losses").glob("*/el2n.npy")
+        arrays.append(np.load(losses))
+    assert arrays[0].shape == arrays[1].shape == (300,)
+    np.testing.assert_allclose(arrays[1], arrays[0], rtol=1e-4, atol=1e-5)
+    scores = [pd.read_csv(cell / "scores.csv")["score"].to_numpy() for cell in (one, two)]
+    np.testing.assert_allclose(scores[1], scores[0], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(

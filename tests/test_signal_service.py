@@ -7,6 +7,7 @@ import json
 import multiprocessing as mp
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -145,9 +146,10 @@ def _ask(cache: str, barrier, out) -> None:
     from harness.signals.service import SignalService
 
     class Bare(SignalService):
-        def __init__(self) -> None:  # the caching machinery only
+        def __init__(self) -> None:  # the caching machinery only, one process per job
             self.root, self.used, self._stack = Path(cache) / "signals", [], []
             self._base = {"test": 1}
+            self.accelerator = SimpleNamespace(num_processes=1, is_main_process=True, process_index=0)
 
     def build(work: Path) -> None:
         with open(Path(cache) / "builds.txt", "a") as fh:

@@ -265,12 +265,21 @@ class FeatureStore:
         del mm
         atomic_write_text(self._marker(k), "ok\n")
 
-    def fill(self, compute: Callable[[int, int], np.ndarray]) -> np.memmap:
-        """Compute (compute(start, stop) -> [stop - start, dim]) and commit every missing shard, then open."""
+    def prepare(self) -> None:
+        """Create the memory-mapped file (before several processes write their own shards into it)."""
         self._ensure_file()
-        for k in self.missing_shards():
+
+    def fill(
+        self, compute: Callable[[int, int], np.ndarray], shards: list[int] | None = None, finish: bool = True
+    ) -> np.memmap | None:
+        """Compute (compute(start, stop) -> [stop - start, dim]) and commit the missing shards (or the given
+        ones: several processes each fill their own), then mark the store complete and open it."""
+        self._ensure_file()
+        for k in self.missing_shards() if shards is None else shards:
             start, stop = self.shard_bounds(k)
             self.write_shard(k, compute(start, stop))
+        if not finish:
+            return None
         if not self.complete:
             atomic_write_text(self.path / DONE_MARKER, "ok\n")
         return self.open()

@@ -93,50 +93,114 @@ class SignalService:
     def key(self, name: str, spec: dict[str, Any]) -> str:
         return digest({**self._base, "name": name, "spec": spec})
 
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    def _agree(self, value: Any) -> Any:
+        """The main process's value, on every process (several processes compute signals together)."""
+        if self.world == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value])[0]
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            self.accelerator.wait_for_everyone()
+
     def cached(self, name: str, spec: dict[str, Any], build: Callable[[Path], None]) -> Path:
         """The folder of signal `name` for `spec`, computing it first if no process has (once, under a lock).
 
+        With several processes (accelerate), every process calls this in the same order: the main one takes the
+        lock and decides, and `build` runs on every process, each doing its part (training together, or every
+        world-th row, see `shard_rows`) and leaving what only one should do (writing) to the main process.
         A signal built from other signals (influence from gradient features) records inclusive seconds: its own
         work plus the recorded seconds of what it used, so a run that finds it cached is charged the whole cost."""
         key = self.key(name, spec)
         path = self.root / name / key
         computed = False
-        if not (path / DONE).exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with HeartbeatLock(path.parent / f"{key}.lock"):
-                if not (path / DONE).exists():
+        lock = HeartbeatLock(path.parent / f"{key}.lock")
+        missing = self._agree(not (path / DONE).exists())
+        if missing:
+            if self.main:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                lock.acquire()
+            try:
+                if self._agree(not (path / DONE).exists()):
                     self._build(name, spec, path, build)
                     computed = True
+            finally:
+                if self.main:
+                    lock.release()
+            self._barrier()
         meta = json.loads((path / DONE).read_text())
         self._use(name, key, meta, cached=not computed)
         return path
 
     def _build(self, name: str, spec: dict[str, Any], path: Path, build: Callable[[Path], None]) -> None:
         work = path.with_name(path.name + ".partial")  # kept across interruptions: shards already done stay
-        if work.exists():
-            log.info("signal %s/%s: continuing an interrupted computation", name, path.name)
-        work.mkdir(parents=True, exist_ok=True)
-        share_mode(work, is_dir=True)
+        if self.main:
+            if work.exists():
+                log.info("signal %s/%s: continuing an interrupted computation", name, path.name)
+            work.mkdir(parents=True, exist_ok=True)
+            share_mode(work, is_dir=True)
+        self._barrier()
         done_before = work / "seconds.json"
         prior = json.loads(done_before.read_text())["seconds"] if done_before.exists() else 0.0
         frame = {"inner_wall": 0.0, "inner_recorded": 0.0}
         self._stack.append(frame)
         start = time.perf_counter()
-        log.info("signal %s: computing (%s)", name, path.name)
+        if self.main:
+            log.info("signal %s: computing (%s)%s", name, path.name, f" on {self.world} processes" * (self.world > 1))
         try:
             build(work)
+            self._barrier()
         finally:
             wall = time.perf_counter() - start
             self._stack.pop()
             own = prior + wall - frame["inner_wall"]
-            atomic_write_json(done_before, {"seconds": own})
+            if self.main:
+                atomic_write_json(done_before, {"seconds": own})
         seconds = own + frame["inner_recorded"]
         if self._stack:  # this build ran inside another one: its wall time is inside the parent's
             self._stack[-1]["inner_wall"] += wall
-        atomic_write_json(work / DONE, {"name": name, "spec": spec, "seconds": round(seconds, 3), "base": self._base})
-        if path.exists():  # a stale folder without its completion marker
-            shutil.rmtree(path)
-        os.replace(work, path)
+        if self.main:
+            meta = {"name": name, "spec": spec, "seconds": round(seconds, 3), "base": self._base}
+            atomic_write_json(work / DONE, meta)
+            if path.exists():  # a stale folder without its completion marker
+                shutil.rmtree(path)
+            os.replace(work, path)
+        self._barrier()
+
+    def shard_rows(self, n: int) -> np.ndarray:
+        """The rows of 0..n-1 this process computes when several processes share a signal (every world-th)."""
+        return np.arange(self.accelerator.process_index, n, self.world)
+
+    def _merge_parts(self, work: Path, arrays: dict[str, np.ndarray], rows: np.ndarray, n: int) -> None:
+        """Each process saves its rows' values; the main process puts them together in pool order."""
+        np.savez(work / f"part-{self.accelerator.process_index}.npz", rows=rows, **arrays)
+        self._barrier()
+        if not self.main:
+            return
+        merged: dict[str, np.ndarray] = {}
+        for rank in range(self.world):
+            part = work / f"part-{rank}.npz"
+            with np.load(part) as data:
+                for key in data.files:
+                    if key == "rows":
+                        continue
+                    values = data[key]
+                    if key not in merged:
+                        merged[key] = np.zeros((n, *values.shape[1:]), dtype=np.float32)
+                    merged[key][data["rows"]] = values
+            part.unlink()
+        for key, values in merged.items():
+            np.save(work / f"{key}.npy", values)
 
     def _use(self, name: str, key: str, meta: dict[str, Any], cached: bool) -> None:
         seconds = float(meta.get("seconds", 0.0))
@@ -197,6 +261,8 @@ class SignalService:
                 model_id=digest(spec),
                 epoch_checkpoints=work / "epochs",
             )
+            if not self.main:
+                return
             np.save(work / "rows.npy", rows)
             lrs = [
                 float(torch.load(work / "epochs" / f"epoch-{e:03d}" / "state.pt", weights_only=False)["avg_lr"])
@@ -233,14 +299,16 @@ class SignalService:
 
     # ------------------------------------------------------------------ per-example signals
 
-    def _per_example(self, name: str, warm: WarmupRun, epoch: int, compute: Callable[[Any], dict]) -> dict:
-        """Arrays over the whole pool (pool order) from one warm-up checkpoint, cached as .npy, read memory-mapped."""
+    def _per_example(self, name: str, warm: WarmupRun, epoch: int, compute: Callable[[Any, np.ndarray], dict]) -> dict:
+        """Arrays over the whole pool (pool order) from one warm-up checkpoint, cached as .npy, read memory-mapped;
+        with several processes each computes every world-th row."""
         epoch = warm.epochs - 1 if epoch < 0 else epoch
 
         def build(work: Path) -> None:
             model = self.model_at(warm, epoch)
-            for key, value in compute(model).items():
-                np.save(work / f"{key}.npy", np.asarray(value, dtype=np.float32))
+            rows = self.shard_rows(self.pool.n)
+            arrays = {k: np.asarray(v, dtype=np.float32) for k, v in compute(model, rows).items()}
+            self._merge_parts(work, arrays, rows, self.pool.n)
 
         path = self.cached(name, {"warmup": warm.key, "epoch": epoch, "batch": self.batch_size}, build)
         return {p.stem: np.load(p, mmap_mode="r") for p in sorted(path.glob("*.npy"))}
@@ -252,8 +320,8 @@ class SignalService:
         """{'loss', 'el2n'}: per example, the mean response-token loss and EL2N (one batched forward pass each)."""
         from harness.signals.per_example import losses_and_el2n
 
-        def compute(model: Any) -> dict:
-            loss, el2n = losses_and_el2n(model, self.tokens, np.arange(self.pool.n), **self._args())
+        def compute(model: Any, rows: np.ndarray) -> dict:
+            loss, el2n = losses_and_el2n(model, self.tokens, rows, **self._args())
             return {"loss": loss, "el2n": el2n}
 
         return self._per_example("losses", warm, epoch, compute)
@@ -262,8 +330,8 @@ class SignalService:
         """GraNd: per-example gradient norms over the trainable parameters (batched per-example gradients)."""
         from harness.signals.per_example import grad_norms
 
-        def compute(model: Any) -> dict:
-            return {"grand": grad_norms(model, self.tokens, np.arange(self.pool.n), **self._args())}
+        def compute(model: Any, rows: np.ndarray) -> dict:
+            return {"grand": grad_norms(model, self.tokens, rows, **self._args())}
 
         return self._per_example("grad_norms", warm, epoch, compute)["grand"]
 
@@ -271,8 +339,8 @@ class SignalService:
         """RDS+ embeddings: final hidden states, position-weighted mean, L2-normalised (n x hidden)."""
         from harness.signals.embeddings import embeddings
 
-        def compute(model: Any) -> dict:
-            return {"embeddings": embeddings(model, self.tokens, np.arange(self.pool.n), **self._args())}
+        def compute(model: Any, rows: np.ndarray) -> dict:
+            return {"embeddings": embeddings(model, self.tokens, rows, **self._args())}
 
         return self._per_example("embeddings", warm, epoch, compute)["embeddings"]
 
@@ -322,7 +390,13 @@ class SignalService:
                 device=self.accelerator.device,
             )
             adam = {} if validation else self._adam(warm, epoch)
-            store = FeatureStore(work / "store", data.n, settings["proj_dim"], dtype=settings["store_dtype"])
+            shard_rows = min(4096, max(64, -(-data.n // 16)))  # enough shards for several processes to share
+            store = FeatureStore(
+                work / "store", data.n, settings["proj_dim"], dtype=settings["store_dtype"], shard_rows=shard_rows
+            )
+            if self.main:
+                store.prepare()  # the memory-mapped file exists before any process writes its shards
+            self._barrier()
 
             def compute(start: int, stop: int) -> np.ndarray:
                 return gradient_features(
@@ -336,7 +410,11 @@ class SignalService:
                     **self._args(),
                 )
 
-            store.fill(compute)
+            rank, world = self.accelerator.process_index, self.world
+            store.fill(compute, shards=[k for k in store.missing_shards() if k % world == rank], finish=False)
+            self._barrier()
+            if self.main:
+                store.fill(compute)  # nothing left to compute: marks the store complete
 
         path = self.cached("gradient_features", spec, build)
         return np.load(path / "store" / FeatureStore.FILE, mmap_mode="r")
@@ -363,8 +441,10 @@ class SignalService:
         def build(work: Path) -> None:
             train = [self.gradient_features(warm, e, validation=False, settings=settings) for e in range(warm.epochs)]
             val = [self.gradient_features(warm, e, validation=True, settings=settings) for e in range(warm.epochs)]
-            matrix = influence_matrix(train, [np.asarray(v, dtype=np.float32) for v in val], lr_weights(warm.avg_lrs))
-            np.save(work / "influence.npy", matrix.astype(np.float32))
+            if self.main:  # the stores are complete on disk: one process scores them
+                weights = lr_weights(warm.avg_lrs)
+                matrix = influence_matrix(train, [np.asarray(v, dtype=np.float32) for v in val], weights)
+                np.save(work / "influence.npy", matrix.astype(np.float32))
 
         path = self.cached("influence", spec, build)
         return np.load(path / "influence.npy", mmap_mode="r"), self.pool.validation["task"].to_numpy()
