@@ -15,6 +15,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -39,6 +40,8 @@ def _hydra_main(cfg: DictConfig) -> object:
         print(f"error: {exc}", file=sys.stderr)
         if made_now and only_log(run_dir, empty=False):
             remove_with_empty_parents(run_dir)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra marks this cell failed and runs the others; the sweep exits 2 at the end
         sys.exit(exc.exit_code)
     except Interrupted as exc:
         print(interrupted_line(exc), file=sys.stderr)
