@@ -110,3 +110,27 @@ def test_selection_hash_depends_on_order():
     with pytest.raises(ValueError):
         Selection()
     assert np.array_equal(Selection(epochs=[["x", "y"], ["y", "z"]]).distinct_ids, ["x", "y", "z"])
+
+
+def test_the_readme_example_selector_runs(harness_cli, tmp_path):
+    """The 'Adding a selector' example of the README, dropped into a plugin folder, runs end to end."""
+    import re
+
+    from conftest import MICRO, record_path
+
+    from harness import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Adding a selector") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "low_loss.py").write_text(code)
+    code_, out, err = harness_cli(
+        [*MICRO, f"plugins=[{plugins}]", "selector=random", "selector.name=low_loss", "train.epochs=1"]
+    )
+    assert code_ == 0, err
+    import pandas as pd
+
+    scores = pd.read_csv(record_path(out) / "scores.csv")
+    assert len(scores) == 300 and scores["score"].notna().all()
