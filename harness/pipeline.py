@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from harness.diagnostics import selection_diagnostics
 from harness.errors import HarnessError
 from harness.identity import describe_differences, identity, identity_hash
 from harness.interrupt import Interrupted, StopFlag, graceful_stop
+from harness.launch import export_distributed_env
 from harness.locking import LockHeld, describe_owner
 from harness.modeling import build_model, for_evaluation, load_tokenizer, model_description
 from harness.pool import Pool
@@ -172,7 +172,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     if check_identity(rec, run_id, ident, cfg.rerun) == "complete":
         print(f"already complete: {run_dir} (pass rerun=true to run it again; the old record is archived)")
         return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="complete")
-    os.environ.update(runtime.distributed_env_from_slurm())
+    export_distributed_env()  # before anything asks for the rank
     main = runtime.is_main_process_env()
     lock = rec.lock()
     held = None

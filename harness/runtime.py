@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from harness.launch import export_distributed_env
+
 
 def available_cpus() -> int:
     """CPUs this process may use: its affinity mask, capped by Slurm's CPUs per task."""
@@ -43,34 +45,6 @@ def is_main_process_env() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def first_host(nodelist: str) -> str:
-    """The first host of a Slurm node list such as 'gpu[03-05,07],cpu1' -> 'gpu03'."""
-    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist[: nodelist.index("]") + 1]
-    if "[" not in head:
-        return head
-    prefix, ranges = head.split("[", 1)
-    return prefix + ranges.rstrip("]").split(",")[0].split("-")[0]
-
-
-def distributed_env_from_slurm(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Where Slurm started several tasks of one job (srun --ntasks N) and no launcher set RANK, the variables
-    torch.distributed needs, taken from Slurm's (set before the accelerator is created)."""
-    env = os.environ if environ is None else environ
-    ntasks = int(env.get("SLURM_NTASKS", "1") or 1)
-    if ntasks <= 1 or "RANK" in env or "SLURM_PROCID" not in env:
-        return {}
-    per_node = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "1").split("(")[0]
-    job = int(env.get("SLURM_JOB_ID", "0") or 0)
-    return {
-        "RANK": env["SLURM_PROCID"],
-        "WORLD_SIZE": str(ntasks),
-        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
-        "LOCAL_WORLD_SIZE": per_node.split(",")[0],
-        "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(env.get("SLURM_JOB_NODELIST", "localhost")),
-        "MASTER_PORT": env.get("MASTER_PORT") or str(20000 + job % 20000),
-    }
-
-
 def make_accelerator(mixed_precision: str, timeout_minutes: float = 360) -> Accelerator:
     """The accelerator for the recipe; `auto` means bf16 on a GPU that supports it, else full precision.
 
@@ -80,7 +54,7 @@ def make_accelerator(mixed_precision: str, timeout_minutes: float = 360) -> Acce
 
     from accelerate.utils import InitProcessGroupKwargs
 
-    os.environ.update(distributed_env_from_slurm())
+    export_distributed_env()  # several Slurm tasks of one cell: torch.distributed's variables from Slurm's
     mp = mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"

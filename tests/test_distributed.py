@@ -9,11 +9,8 @@ import sys
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 from conftest import MICRO, OFFLINE
-
-from harness.runtime import distributed_env_from_slurm, first_host
 
 ARGS = [*MICRO, "train.epochs=2", "train.keep_checkpoint=true", "train.micro_batch_size=4"]
 
@@ -83,33 +80,3 @@ def test_two_processes_share_the_work_of_a_signal(tmp_path):
     np.testing.assert_allclose(arrays[1], arrays[0], rtol=1e-4, atol=1e-5)
     scores = [pd.read_csv(cell / "scores.csv")["score"].to_numpy() for cell in (one, two)]
     np.testing.assert_allclose(scores[1], scores[0], rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize(
-    "env,expected",
-    [
-        ({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, {}),
-        ({"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "RANK": "1"}, {}),  # a launcher already set it
-        (
-            {
-                "SLURM_NTASKS": "4",
-                "SLURM_PROCID": "3",
-                "SLURM_LOCALID": "1",
-                "SLURM_TASKS_PER_NODE": "2(x2)",
-                "SLURM_JOB_ID": "77",
-                "SLURM_JOB_NODELIST": "gpu[07-08]",
-            },
-            {
-                "RANK": "3",
-                "WORLD_SIZE": "4",
-                "LOCAL_RANK": "1",
-                "LOCAL_WORLD_SIZE": "2",
-                "MASTER_ADDR": "gpu07",
-                "MASTER_PORT": "20077",
-            },
-        ),
-    ],
-)
-def test_distributed_environment_from_slurm_tasks(env, expected):
-    assert distributed_env_from_slurm(env) == expected
-    assert first_host("node3,node4") == "node3"
