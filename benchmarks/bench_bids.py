@@ -12,11 +12,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
+import sys
 import time
 
 import numpy as np
 
 from harness import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+from test_bids import literal_bids  # noqa: E402  (the literal loop the tests check the fast path against)
 
 
 def load_bids():
@@ -25,23 +29,6 @@ def load_bids():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def literal_bids(z: np.ndarray, steps: int) -> list[int]:
-    """The obvious way: every step scores every unselected row against the mean of the selected rows."""
-    n, v = z.shape
-    selected = np.zeros(n, dtype=bool)
-    total = np.zeros(v)
-    order = []
-    for t in range(steps):
-        mean = total / t if t else np.zeros(v)
-        scores = (z - mean).max(axis=1)
-        scores[selected] = -np.inf
-        i = int(np.argmax(scores))
-        order.append(i)
-        selected[i] = True
-        total += z[i]
-    return order
 
 
 def attribution(n: int, v: int, seed: int) -> np.ndarray:
