@@ -48,6 +48,9 @@ def load_pool(data_cfg: DictConfig) -> Pool:
         delimiter=data_cfg.delimiter,
         chat_template=data_cfg.chat_template,
     )
+    import datasets
+
+    datasets.disable_progress_bars()  # a pool loads in seconds; its bars would only crowd the log
     if data_cfg.source == "jsonl":
         validation = data_cfg.validation_path
         return load_jsonl_pool(

@@ -59,6 +59,12 @@ def make_accelerator(mixed_precision: str, timeout_minutes: float = 360) -> Acce
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     kwargs = InitProcessGroupKwargs(timeout=timedelta(minutes=timeout_minutes))
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and str(state.get("_mixed_precision", mp)) != mp and AcceleratorState().num_processes == 1:
+        # cells of one in-process sweep may use other precisions; accelerate keeps one global state
+        AcceleratorState._reset_state()
     return Accelerator(mixed_precision=mp, kwargs_handlers=[kwargs])
 
 

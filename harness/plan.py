@@ -1,0 +1,257 @@
+"""`python -m harness.plan [overrides]`: what a cell or sweep will cost, before any compute.
+
+Reads the composed config (e.g. `+experiment=bids_llama3_8b`) and the model's config file (local folder or
+the local Hugging Face cache; no weights are loaded: the model is built on the meta device to count its
+parameters), and prints examples, warm-up and training steps, the gradient store's size on disk, peak
+memory estimates, FLOPs and a GPU-hours range, and the Slurm array a sweep would submit. LESS users learn
+these by running out of memory or disk; this says them first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness import REPO_ROOT
+from harness.errors import HarnessError, first_line
+
+GPUS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l40s": 362.0, "a10g": 125.0}
+"""Dense bf16 peak TFLOP/s per GPU (vendor figures); the estimate assumes 25-50% of it is reached."""
+
+LESS_SELECTORS = ("influence", "bids")
+
+
+@dataclass
+class ModelSize:
+    params: int
+    trainable: int
+    hidden: int
+    layers: int
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The run's config, as `python -m harness` composes it (one line of error on bad input)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from harness.cli import explain
+    from harness.config import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except Exception as exc:  # Hydra's and OmegaConf's errors: one line
+        raise HarnessError(explain(exc)) from None
+
+
+def model_size(model_cfg: Any, feature_modules: list[str] | None = None) -> tuple[ModelSize, int]:
+    """Parameter counts from the model's config alone (meta device: no weights are read or allocated), and the
+    number of parameters gradient features are taken over (the trainable ones, or those of `feature_modules`)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from harness.hub import looks_like_hub_id, offline_by_env
+
+    if model_cfg.source == "scratch":
+        from transformers import LlamaConfig
+
+        config = LlamaConfig(
+            vocab_size=model_cfg.vocab_size,
+            hidden_size=model_cfg.hidden_size,
+            intermediate_size=model_cfg.intermediate_size,
+            num_hidden_layers=model_cfg.num_hidden_layers,
+            num_attention_heads=model_cfg.num_attention_heads,
+            num_key_value_heads=model_cfg.num_key_value_heads,
+            tie_word_embeddings=True,
+        )
+    else:
+        name = model_cfg.name_or_path
+        local_only = offline_by_env() or not looks_like_hub_id(name)
+        try:
+            config = AutoConfig.from_pretrained(
+                name,
+                revision=model_cfg.revision,
+                trust_remote_code=model_cfg.trust_remote_code,
+                local_files_only=local_only,
+            )
+        except (OSError, ValueError) as exc:
+            raise HarnessError(
+                f"cannot read the config of model '{name}' without downloading weights or network "
+                f"({first_line(exc)}); download its config.json once (huggingface-cli download {name} config.json) "
+                "or point model.name_or_path at a local folder"
+            ) from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = params
+    if model_cfg.lora.enabled:
+        targets = set(model_cfg.lora.target_modules)
+        trainable = sum(
+            model_cfg.lora.r * (m.in_features + m.out_features)
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets
+        )
+        if trainable == 0:
+            raise HarnessError(f"LoRA target modules {sorted(targets)} match no linear layer of this model")
+    featured = trainable
+    if feature_modules and not model_cfg.lora.enabled:
+        featured = sum(p.numel() for n, p in model.named_parameters() if any(m in n for m in feature_modules))
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    return ModelSize(params, trainable, hidden, layers), featured
+
+
+def pool_size(cfg: DictConfig, given: int | None) -> int:
+    """Examples in the pool: given, the testbed's setting, the lines of a JSONL file, or a cached dataset's info."""
+    if given:
+        return given
+    if cfg.data.source == "testbed":
+        return int(cfg.data.n_pool)
+    if cfg.data.source == "jsonl":
+        path = Path(cfg.data.path).expanduser()
+        if path.is_file():
+            with open(path, encoding="utf-8") as fh:
+                return sum(1 for line in fh if line.strip())
+    raise HarnessError(
+        f"the size of pool '{cfg.data.name}' is not known without loading it; pass --n-pool N "
+        "(e.g. 288000 for UltraInteract-SFT)"
+    )
+
+
+def sweep_cells(cfg: DictConfig, overrides: list[str]) -> list[dict[str, str]]:
+    """The cells of the sweep the config describes (hydra.sweeper.params plus comma lists on the command line)."""
+    params: dict[str, list[str]] = {}
+    sweeper = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    for key, value in dict(sweeper).items():
+        params[str(key)] = [v.strip() for v in str(value).split(",")]
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if "," in value and not value.startswith("["):
+            params[key.lstrip("+")] = [v.strip() for v in value.split(",")]
+    keys = sorted(params)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(params[k] for k in keys))]
+
+
+def count(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def estimate(cfg: DictConfig, n_pool: int, tokens_per_example: int, gpu: str, budgets: list[float]) -> list[str]:
+    """The lines of the plan."""
+    from harness.training import compute_plan
+
+    modules = OmegaConf.select(cfg, "selector.feature_modules")
+    size, featured = model_size(cfg.model, list(modules) if modules else None)
+    weight_bytes = 2 if str(cfg.model.dtype) in ("bfloat16", "bf16", "float16", "auto") else 4
+    lines = [
+        f"model: {cfg.model.name} ({count(size.params)} parameters, {count(size.trainable)} trainable"
+        f"{' LoRA' if cfg.model.lora.enabled else ''}), pool: {cfg.data.name} ({n_pool:,} examples, "
+        f"~{tokens_per_example} tokens each assumed)"
+    ]
+    gbs = int(cfg.train.global_batch_size)
+    flops_per_token = 4 * size.params + 2 * size.trainable
+    total_flops = 0.0
+    for budget in budgets:
+        k = n_pool if cfg.selector.name == "full" else max(1, round(budget * n_pool))
+        plan = compute_plan(cfg.train, k, n_pool)
+        train_tokens = plan.steps * gbs * tokens_per_example
+        total_flops += flops_per_token * train_tokens
+        lines.append(
+            f"budget {budget:g}: k = {k:,} examples, {plan.steps:,} training steps ({plan.epochs} epochs of "
+            f"{math.ceil(k / gbs):,} steps, batch {gbs}), {flops_per_token * train_tokens:.2e} training FLOPs"
+        )
+    if cfg.selector.name in LESS_SELECTORS:
+        s = cfg.selector
+        warm_n = max(1, round(float(s.warmup_fraction) * n_pool))
+        warm_steps = int(s.warmup_epochs) * math.ceil(warm_n / gbs)
+        warm_flops = flops_per_token * warm_steps * gbs * tokens_per_example
+        per_task = int(cfg.data.get("n_validation_per_task", 50))
+        n_tasks = len(cfg.data.task_shares) if cfg.data.source == "testbed" else max(1, len(cfg.eval.tasks))
+        n_val = per_task * n_tasks
+        store = (n_pool + n_val) * int(s.proj_dim) * int(s.warmup_epochs) * (2 if s.store_dtype == "float16" else 4)
+        grad_flops = (6 * size.params * tokens_per_example + 2 * featured * int(s.proj_dim)) * (
+            (n_pool + n_val) * int(s.warmup_epochs)
+        )
+        total_flops += warm_flops + grad_flops
+        lines += [
+            f"warm-up: {warm_n:,} examples x {s.warmup_epochs} epochs = {warm_steps:,} steps, {warm_flops:.2e} FLOPs",
+            f"gradient store: {n_pool + n_val:,} examples x d={s.proj_dim} x {s.warmup_epochs} checkpoints x "
+            f"{2 if s.store_dtype == 'float16' else 4} bytes = {human_bytes(store)} on disk",
+            f"gradient features: {grad_flops:.2e} FLOPs (per example: forward+backward, then 2*P*d for the "
+            f"projection over {featured / 1e6:.2f}M parameters); influence matrix "
+            f"{human_bytes(n_pool * n_val * 4)}",
+        ]
+    micro = int(cfg.train.micro_batch_size)
+    act = micro * int(cfg.model.max_length) * size.hidden * size.layers * 34 * weight_bytes / 2
+    train_mem = size.params * weight_bytes + size.trainable * (4 + 4 + 4 + 4) + act
+    feature_mem = size.params * weight_bytes + 16 * featured * 4 + 128 * 2**20
+    weights = human_bytes(size.params * weight_bytes)
+    lines.append(
+        f"peak GPU memory, estimated: training {human_bytes(train_mem)} (weights {weights}, trainable fp32 + Adam "
+        f"{human_bytes(size.trainable * 16)}, activations at micro-batch {micro} {human_bytes(act)}); "
+        f"gradient features {human_bytes(feature_mem)} at 16 examples per batch"
+    )
+    peak = GPUS[gpu] * 1e12
+    hours = [total_flops / (peak * mfu) / 3600 for mfu in (0.5, 0.25)]
+    lines.append(
+        f"total {total_flops:.2e} FLOPs: {hours[0]:.2g}-{hours[1]:.2g} GPU-hours on one {gpu.upper()} (25-50% MFU)"
+    )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.plan", description=__doc__.splitlines()[0])
+    parser.add_argument("--n-pool", type=int, default=None, help="examples in the pool (when it is not local)")
+    parser.add_argument("--tokens-per-example", type=int, default=None, help="default: half of model.max_length")
+    parser.add_argument("--gpu", choices=sorted(GPUS), default="h100")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. +experiment=bids_llama3_8b")
+    args = parser.parse_args(argv)
+    try:
+        cfg = compose(args.overrides)
+        cells = sweep_cells(cfg, args.overrides)
+        budgets = sorted({float(c.get("budget", cfg.budget)) for c in cells})
+        OmegaConf.set_struct(cfg, False)
+        hydra_cfg = cfg.pop("hydra")
+        from harness.config import validate
+
+        cfg = validate(cfg)
+        n_pool = pool_size(cfg, args.n_pool)
+        tokens = args.tokens_per_example or int(cfg.model.max_length) // 2
+        lines = estimate(cfg, n_pool, tokens, args.gpu, budgets)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    launcher = str(OmegaConf.select(hydra_cfg, "launcher._target_") or "")
+    slurm = "slurm" in launcher.lower()
+    where = f"one Slurm job array: --array=0-{len(cells) - 1}" if slurm else "locally, one cell after another"
+    lines.append(f"sweep: {len(cells)} cell(s), {where}")
+    for cell in [c for c in cells if c][:12]:
+        lines.append("  " + " ".join(f"{k}={v}" for k, v in cell.items()))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

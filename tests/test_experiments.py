@@ -1,0 +1,217 @@
+"""The papers' setups as presets (conf/experiment/), a plan before compute, and a run of each preset on tiny
+local stand-ins through the same code paths (no network, no GPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import message_lines, record_path, tiny_llama
+from omegaconf import OmegaConf
+
+from harness import plan
+from harness.evaluation.tasks import check_tasks
+from harness.modeling import train_tokenizer
+from harness.testbed import TestbedConfig, generate_testbed
+
+PRESETS = ("bids_llama3_8b", "less_llama2_7b", "small_gpu")
+
+
+@pytest.fixture(scope="module")
+def testbed():
+    return generate_testbed(TestbedConfig(n_pool=240, n_validation_per_task=6, n_eval_per_task=6, n_facts=24))
+
+
+@pytest.fixture(scope="module")
+def local_model(tmp_path_factory, testbed):
+    """A tiny Llama with the real model's module names (q/k/v/o_proj), saved to a folder and loaded by path."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    texts = [p + " " + r for p, r in zip(testbed.examples["prompt"], testbed.examples["response"])]
+    tok = train_tokenizer(texts + ["<|user|> <|assistant|>"], 300)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tiny_llama(tok, layers=2, hidden=32).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_each_preset_composes_and_its_tasks_resolve_offline(name):
+    cfg = plan.compose([f"+experiment={name}"])
+    OmegaConf.set_struct(cfg, False)
+    cfg.pop("hydra")
+    from harness.config import validate
+
+    cfg = validate(cfg)
+    assert cfg.model.source == "pretrained" and cfg.model.lora.enabled
+    check_tasks(list(cfg.eval.tasks))  # lm-eval's registry, offline
+    assert set(cfg.eval.fewshot) <= set(cfg.eval.tasks)
+
+
+def test_bids_preset_is_the_papers_setup():
+    cfg = plan.compose(["+experiment=bids_llama3_8b"])
+    assert cfg.selector.name == "bids" and cfg.selector.warmup_fraction == 1.0 and cfg.selector.warmup_epochs == 4
+    assert cfg.selector.proj_dim == 8192 and cfg.train.epochs == 2
+    assert (cfg.model.lora.r, cfg.model.lora.alpha, cfg.model.lora.dropout) == (128, 512, 0.1)
+    assert cfg.hydra.sweeper.params.budget == "0.05,0.1,0.15"
+    assert len(cfg.eval.tasks) == 7
+
+
+def test_plan_of_the_bids_preset(local_model, capsys):
+    code = plan.main(["--n-pool", "288000", "+experiment=bids_llama3_8b", f"model.name_or_path={local_model}"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    store = (288000 + 50 * 7) * 8192 * 4 * 2
+    assert f"288,350 examples x d=8192 x 4 checkpoints x 2 bytes = {plan.human_bytes(store)} on disk" in out
+    assert "sweep: 3 cell(s)" in out and "--array=0-2" not in out  # the basic launcher: one cell after another
+    for budget, k in (("0.05", "14,400"), ("0.1", "28,800"), ("0.15", "43,200")):
+        assert f"budget {budget}: k = {k} examples" in out
+    assert "warm-up: 288,000 examples x 4 epochs" in out and "GPU-hours on one H100" in out
+    code = plan.main(
+        ["--n-pool", "1000", "+experiment=bids_llama3_8b", f"model.name_or_path={local_model}", "hydra/launcher=slurm"]
+    )
+    assert code == 0 and "one Slurm job array: --array=0-2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["+experiment=no_such_preset"], "no_such_preset"),
+        (
+            ["--n-pool", "10", "+experiment=bids_llama3_8b"],
+            "cannot read the config of model 'meta-llama/Meta-Llama-3-8B'",
+        ),
+        (
+            ["--n-pool", "9", "+experiment=less_llama2_7b", "model.name_or_path=/nowhere/model"],
+            "cannot read the config",
+        ),
+    ],
+)
+def test_plan_bad_input_is_one_line(args, fragment, capsys):
+    code = plan.main(args)
+    err = capsys.readouterr().err
+    lines = message_lines(err)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def stand_in_pool(tmp_path, testbed):
+    """A local pool in UltraInteract-SFT's columns (id, task, instruction, response) and validation examples."""
+    rows = [
+        {"id": f"ui-{i}", "task": t, "instruction": p, "response": r}
+        for i, (t, p, r) in enumerate(
+            zip(testbed.examples["task"], testbed.examples["prompt"], testbed.examples["response"])
+        )
+    ]
+    val = [
+        {"id": f"val-{i}", "task": t, "instruction": p, "response": r}
+        for i, (t, p, r) in enumerate(
+            zip(testbed.validation["task"], testbed.validation["prompt"], testbed.validation["response"])
+        )
+    ]
+    return write_jsonl(tmp_path / "pool.jsonl", rows), write_jsonl(tmp_path / "val.jsonl", val)
+
+
+def stand_in_tasks(tmp_path, testbed):
+    """Local lm-eval tasks in place of the benchmarks: a multiple-choice one and a generative one that declares
+    `unsafe_code` (as HumanEval does), so the preset's opt-in is exercised."""
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    items = testbed.eval_items
+    mc = [
+        {"q": p, "options": list(c), "label": int(g)}
+        for p, c, g in zip(items["prompt"], items["choices"], items["gold"])
+    ]
+    gen = [{"q": p, "answer": list(c)[int(g)]} for p, c, g in zip(items["prompt"], items["choices"], items["gold"])]
+    mc_data, gen_data = write_jsonl(tmp_path / "mc.jsonl", mc[:24]), write_jsonl(tmp_path / "gen.jsonl", gen[:12])
+    common = "dataset_path: json\ntest_split: test\nmetadata:\n  version: 1.0\n"
+    (folder / "stand_in_mc.yaml").write_text(
+        f"task: stand_in_mc\n{common}dataset_kwargs:\n  data_files:\n    test: {mc_data}\n"
+        "output_type: multiple_choice\ndoc_to_text: q\ndoc_to_choice: options\ndoc_to_target: label\n"
+        "target_delimiter: ' '\nmetric_list:\n  - metric: acc\n"
+    )
+    (folder / "stand_in_code.yaml").write_text(
+        f"task: stand_in_code\n{common}unsafe_code: true\ndataset_kwargs:\n  data_files:\n    test: {gen_data}\n"
+        "output_type: generate_until\ndoc_to_text: q\ndoc_to_target: answer\n"
+        "generation_kwargs:\n  until: ['\\n']\n  max_gen_toks: 4\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    return folder
+
+
+TINY = [
+    "model.max_length=64",
+    "model.dtype=float32",
+    "train.mixed_precision=no",
+    "train.global_batch_size=16",
+    "train.micro_batch_size=8",
+    "train.lr=1e-3",
+    "eval.batch_size=16",
+    "selector.warmup_epochs=2",
+    "selector.warmup_lr=1e-3",
+    "selector.proj_dim=64",
+    "model.lora.r=4",
+    "model.lora.alpha=8",
+    "selector.lora_r=4",
+    "selector.lora_alpha=8",
+    "budget=0.15",
+]
+
+
+@pytest.mark.parametrize("name", ["bids_llama3_8b", "less_llama2_7b"])
+def test_preset_runs_end_to_end_on_tiny_stand_ins(harness_cli, tmp_path, local_model, testbed, name):
+    pool, val = stand_in_pool(tmp_path, testbed)
+    folder = stand_in_tasks(tmp_path, testbed)
+    data = [
+        "data.dataset=json",
+        f"data.data_files={{train: {pool}, validation: {val}}}",
+        "data.validation_split=validation",
+        "data.columns={id: id, task: task, prompt: instruction, response: response}",
+    ]
+    code, out, err = harness_cli(
+        [
+            f"+experiment={name}",
+            f"model.name_or_path={local_model}",
+            *data,
+            f"eval.include_path={folder}",
+            "eval.tasks=[stand_in_mc,stand_in_code]",
+            "~eval.fewshot",
+            "eval.confirm_run_unsafe_code=true",
+            "data.chat_template=false",
+            *TINY,
+        ]
+    )
+    assert code == 0, err[-3000:]
+    run = record_path(out)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["selector"] == ("bids" if name == "bids_llama3_8b" else "influence")
+    assert manifest["n_selected"] == 36 and manifest["identity"]["model"]["lora"]["target_modules"] == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+    ]
+    names = {s["name"] for s in manifest["selection_signals"]}
+    assert names == {"warmup", "influence"}
+    import pandas as pd
+
+    results = pd.read_csv(run / "results.csv")
+    assert {"stand_in_mc", "stand_in_code"} <= set(results["task"])
+
+
+def test_preset_with_a_pool_that_does_not_fit_its_columns(harness_cli, tmp_path, local_model):
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"prompt": "add 1 2 =", "completion": "3"}] * 4)
+    code, _, err = harness_cli(
+        [
+            "+experiment=bids_llama3_8b",
+            f"model.name_or_path={local_model}",
+            "data.dataset=json",
+            f"data.data_files={pool}",
+        ]
+    )
+    lines = message_lines(err)
+    assert code == 2 and len(lines) == 1 and "has no field" in lines[0], err
+    assert not list(tmp_path.rglob("results.csv"))
