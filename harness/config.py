@@ -101,6 +101,7 @@ class _TextPoolSchema:
     default_task: str = "all"
     delimiter: str = " "
     chat_template: bool = False
+    validation_tasks: dict[str, int] = field(default_factory=dict)  # {lm-eval task: n}: validation from benchmarks
 
 
 @dataclass

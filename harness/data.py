@@ -7,6 +7,7 @@ truth, for the record stage alone.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pandas as pd
 from hydra.utils import to_absolute_path
@@ -35,8 +36,19 @@ def load_truth(data_cfg: DictConfig) -> pd.DataFrame | None:
     return None
 
 
-def load_pool(data_cfg: DictConfig) -> Pool:
-    """Dispatch on data.source; every loader returns the same truth-free Pool shape."""
+def load_pool(data_cfg: DictConfig, include_path: Any = None) -> Pool:
+    """The pool of data.source (no truth: see load_truth). `data.validation_tasks` replaces its validation
+    examples with n per target task drawn from lm-eval tasks' few-shot/validation splits."""
+    pool = _load(data_cfg)
+    wanted = dict(data_cfg.get("validation_tasks") or {})
+    if wanted:
+        from harness.validation import from_lm_eval
+
+        pool.validation = from_lm_eval(wanted, include_path, seed=int(data_cfg.get("seed", 0) or 0))
+    return pool
+
+
+def _load(data_cfg: DictConfig) -> Pool:
     if data_cfg.source == "testbed":
         pool = generate_testbed(testbed_config(data_cfg))
         pool.delimiter = data_cfg.delimiter

@@ -219,7 +219,7 @@ def _run_locked(
 
     # Stage 1: the pool, the evaluation tasks, the tokenizer. Bad input fails here, before anything is written.
     log.info("stage 1/5: pool (%s)", cfg.data.name)
-    pool = load_pool(cfg.data)
+    pool = load_pool(cfg.data, include_path=cfg.eval.include_path)
     tasks = evaluation.resolve_tasks(cfg.eval, pool, cache)
     tokenizer = load_tokenizer(pool, cfg.model, cache)
     tokens = tokenize_pool(pool, tokenizer, cfg.model.max_length, cfg.model.add_bos_token, cache)

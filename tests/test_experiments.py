@@ -127,14 +127,16 @@ def stand_in_tasks(tmp_path, testbed):
     ]
     gen = [{"q": p, "answer": list(c)[int(g)]} for p, c, g in zip(items["prompt"], items["choices"], items["gold"])]
     mc_data, gen_data = write_jsonl(tmp_path / "mc.jsonl", mc[:24]), write_jsonl(tmp_path / "gen.jsonl", gen[:12])
-    common = "dataset_path: json\ntest_split: test\nmetadata:\n  version: 1.0\n"
+    mc_dev, gen_dev = write_jsonl(tmp_path / "mc_dev.jsonl", mc[24:]), write_jsonl(tmp_path / "gen_dev.jsonl", gen[24:])
+    common = "dataset_path: json\ntest_split: test\nvalidation_split: validation\nmetadata:\n  version: 1.0\n"
     (folder / "stand_in_mc.yaml").write_text(
-        f"task: stand_in_mc\n{common}dataset_kwargs:\n  data_files:\n    test: {mc_data}\n"
+        f"task: stand_in_mc\n{common}dataset_kwargs:\n  data_files:\n    test: {mc_data}\n    validation: {mc_dev}\n"
         "output_type: multiple_choice\ndoc_to_text: q\ndoc_to_choice: options\ndoc_to_target: label\n"
         "target_delimiter: ' '\nmetric_list:\n  - metric: acc\n"
     )
     (folder / "stand_in_code.yaml").write_text(
-        f"task: stand_in_code\n{common}unsafe_code: true\ndataset_kwargs:\n  data_files:\n    test: {gen_data}\n"
+        f"task: stand_in_code\n{common}unsafe_code: true\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {gen_data}\n    validation: {gen_dev}\n"
         "output_type: generate_until\ndoc_to_text: q\ndoc_to_target: answer\n"
         "generation_kwargs:\n  until: ['\\n']\n  max_gen_toks: 4\n  do_sample: false\n"
         "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
@@ -165,12 +167,16 @@ TINY = [
 def test_preset_runs_end_to_end_on_tiny_stand_ins(harness_cli, tmp_path, local_model, testbed, name):
     pool, val = stand_in_pool(tmp_path, testbed)
     folder = stand_in_tasks(tmp_path, testbed)
-    data = [
-        "data.dataset=json",
-        f"data.data_files={{train: {pool}, validation: {val}}}",
-        "data.validation_split=validation",
-        "data.columns={id: id, task: task, prompt: instruction, response: response}",
-    ]
+    data = ["data.dataset=json", "data.columns={id: id, task: task, prompt: instruction, response: response}"]
+    if name == "bids_llama3_8b":  # validation examples from the (stand-in) benchmarks' validation splits
+        data += [
+            f"data.data_files={pool}",
+            "~data.validation_tasks",
+            "+data.validation_tasks={stand_in_mc: 6, stand_in_code: 6}",
+        ]
+    else:  # validation examples from the pool's own validation split
+        data += [f"data.data_files={{train: {pool}, validation: {val}}}", "data.validation_split=validation"]
+        data += ["~data.validation_tasks"]  # the preset's MMLU/BBH/TyDiQA few-shot sets need their datasets
     code, out, err = harness_cli(
         [
             f"+experiment={name}",
@@ -196,10 +202,29 @@ def test_preset_runs_end_to_end_on_tiny_stand_ins(harness_cli, tmp_path, local_m
     ]
     names = {s["name"] for s in manifest["selection_signals"]}
     assert names == {"warmup", "influence"}
+    if name == "bids_llama3_8b":
+        assert manifest["selection_info"]["validation_per_task"] == {"stand_in_code": 6, "stand_in_mc": 6}
     import pandas as pd
 
     results = pd.read_csv(run / "results.csv")
     assert {"stand_in_mc", "stand_in_code"} <= set(results["task"])
+
+
+def test_validation_from_benchmarks_that_are_not_on_this_machine_is_one_line(harness_cli, tmp_path, local_model):
+    pool = write_jsonl(
+        tmp_path / "pool.jsonl", [{"id": f"a{i}", "dataset": "t", "prompt": "p", "completion": "c"} for i in range(4)]
+    )
+    code, _, err = harness_cli(
+        [
+            "+experiment=less_llama2_7b",
+            f"model.name_or_path={local_model}",
+            "data.dataset=json",
+            f"data.data_files={pool}",
+        ]
+    )
+    lines = message_lines(err)
+    assert code == 2 and len(lines) == 1, err
+    assert "cannot build validation examples from lm-eval task 'mmlu'" in lines[0]
 
 
 def test_preset_with_a_pool_that_does_not_fit_its_columns(harness_cli, tmp_path, local_model):
