@@ -333,13 +333,26 @@ def _run_locked(
 
 
 def variant_label(spec: SelectorSpec, params: dict[str, Any]) -> str:
-    """The selector's name plus the parameters that differ from its defaults, e.g. `influence[aggregate=sum]`."""
+    """The selector's name plus the parameters set on the command line, e.g. `influence[aggregation=sum]`: what
+    distinguishes this variant from the selector as configured (the paper's defaults and, on the testbed, its
+    adaptations in conf/selector_on/, which every run there shares). Outside Hydra: the parameters that differ
+    from the selector's own defaults."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
 
-    def plain(value: Any) -> Any:
-        return list(value) if isinstance(value, (list, tuple)) else value
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:
+        overrides = None
+    if overrides is not None:
+        keys = {o.lstrip("+").split("=", 1)[0] for o in overrides if "=" in o and not o.startswith("~")}
+        changed = {k: params[k] for k in sorted(params) if f"selector.{k}" in keys}
+    else:
 
-    defaults = {n: plain(p.default) for n, p in spec.params().items()}
-    changed = {k: v for k, v in sorted(params.items()) if defaults.get(k, object()) != plain(v)}
+        def plain(value: Any) -> Any:
+            return list(value) if isinstance(value, (list, tuple)) else value
+
+        defaults = {n: plain(p.default) for n, p in spec.params().items()}
+        changed = {k: v for k, v in sorted(params.items()) if defaults.get(k, object()) != plain(v)}
     if not changed:
         return spec.name
     return f"{spec.name}[{','.join(f'{k}={v}' for k, v in changed.items())}]"
