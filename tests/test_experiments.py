@@ -163,25 +163,41 @@ TINY = [
 ]
 
 
-@pytest.mark.parametrize("name", ["bids_llama3_8b", "less_llama2_7b"])
-def test_preset_runs_end_to_end_on_tiny_stand_ins(harness_cli, tmp_path, local_model, testbed, name):
+def stand_in_data(name: str, tmp_path, testbed) -> list[str]:
+    """Each preset's pool in its real pool's format, written locally, and where its validation examples come from."""
     pool, val = stand_in_pool(tmp_path, testbed)
-    folder = stand_in_tasks(tmp_path, testbed)
-    data = ["data.dataset=json", "data.columns={id: id, task: task, prompt: instruction, response: response}"]
-    if name == "bids_llama3_8b":  # validation examples from the (stand-in) benchmarks' validation splits
-        data += [
+    columns = "data.columns={id: id, task: task, prompt: instruction, response: response}"
+    if name == "bids_llama3_8b":  # hub loader (json builder); validation from the stand-in benchmarks' splits
+        return [
+            "data.dataset=json",
             f"data.data_files={pool}",
+            columns,
             "~data.validation_tasks",
             "+data.validation_tasks={stand_in_mc: 6, stand_in_code: 6}",
         ]
-    else:  # validation examples from the pool's own validation split
-        data += [f"data.data_files={{train: {pool}, validation: {val}}}", "data.validation_split=validation"]
-        data += ["~data.validation_tasks"]  # the preset's MMLU/BBH/TyDiQA few-shot sets need their datasets
+    if name == "less_llama2_7b":  # the converted JSONL pool; validation from a file of its own
+        return [f"data.path={pool}", f"data.validation_path={val}", columns, "~data.validation_tasks"]
+    alpaca = [
+        {"instruction": p, "input": "", "output": r}
+        for p, r in zip(testbed.examples["prompt"], testbed.examples["response"])
+    ]
+    alpaca_file = write_jsonl(tmp_path / "alpaca.jsonl", alpaca)  # Alpaca's columns, no task labels
+    return [
+        "data.dataset=json",
+        f"data.data_files={alpaca_file}",
+        "~data.validation_tasks",
+        "+data.validation_tasks={stand_in_mc: 6, stand_in_code: 6}",
+    ]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_runs_end_to_end_on_tiny_stand_ins(harness_cli, tmp_path, local_model, testbed, name):
+    folder = stand_in_tasks(tmp_path, testbed)
     code, out, err = harness_cli(
         [
             f"+experiment={name}",
             f"model.name_or_path={local_model}",
-            *data,
+            *stand_in_data(name, tmp_path, testbed),
             f"eval.include_path={folder}",
             "eval.tasks=[stand_in_mc,stand_in_code]",
             "~eval.fewshot",
@@ -193,7 +209,7 @@ def test_preset_runs_end_to_end_on_tiny_stand_ins(harness_cli, tmp_path, local_m
     assert code == 0, err[-3000:]
     run = record_path(out)
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["selector"] == ("bids" if name == "bids_llama3_8b" else "influence")
+    assert manifest["selector"] == ("influence" if name == "less_llama2_7b" else "bids")
     assert manifest["n_selected"] == 36 and manifest["identity"]["model"]["lora"]["target_modules"] == [
         "q_proj",
         "k_proj",
@@ -202,7 +218,7 @@ def test_preset_runs_end_to_end_on_tiny_stand_ins(harness_cli, tmp_path, local_m
     ]
     names = {s["name"] for s in manifest["selection_signals"]}
     assert names == {"warmup", "influence"}
-    if name == "bids_llama3_8b":
+    if name != "less_llama2_7b":
         assert manifest["selection_info"]["validation_per_task"] == {"stand_in_code": 6, "stand_in_mc": 6}
     import pandas as pd
 
@@ -214,14 +230,7 @@ def test_validation_from_benchmarks_that_are_not_on_this_machine_is_one_line(har
     pool = write_jsonl(
         tmp_path / "pool.jsonl", [{"id": f"a{i}", "dataset": "t", "prompt": "p", "completion": "c"} for i in range(4)]
     )
-    code, _, err = harness_cli(
-        [
-            "+experiment=less_llama2_7b",
-            f"model.name_or_path={local_model}",
-            "data.dataset=json",
-            f"data.data_files={pool}",
-        ]
-    )
+    code, _, err = harness_cli(["+experiment=less_llama2_7b", f"model.name_or_path={local_model}", f"data.path={pool}"])
     lines = message_lines(err)
     assert code == 2 and len(lines) == 1, err
     assert "cannot build validation examples from lm-eval task 'mmlu'" in lines[0]
