@@ -113,22 +113,32 @@ def resolve_dtype(name: str) -> torch.dtype:
         raise HarnessError(f"model.dtype must be auto, float32, bfloat16 or float16, got {name!r}") from None
 
 
+def scratch_config(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> LlamaConfig:
+    """The tiny Llama's architecture from the model config (sized to the tokenizer when there is one)."""
+    special = {}
+    if tokenizer is not None:
+        special = {
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+    return LlamaConfig(
+        vocab_size=len(tokenizer) if tokenizer is not None else model_cfg.vocab_size,
+        hidden_size=model_cfg.hidden_size,
+        intermediate_size=model_cfg.intermediate_size,
+        num_hidden_layers=model_cfg.num_hidden_layers,
+        num_attention_heads=model_cfg.num_attention_heads,
+        num_key_value_heads=model_cfg.num_key_value_heads,
+        max_position_embeddings=model_cfg.max_length,
+        tie_word_embeddings=True,
+        **special,
+    )
+
+
 def build_model(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, init_seed: int) -> PreTrainedModel:
     """A fresh proxy model (scratch: seeded random init) or a pretrained one, wrapped with LoRA if asked."""
     if model_cfg.source == "scratch":
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=model_cfg.hidden_size,
-            intermediate_size=model_cfg.intermediate_size,
-            num_hidden_layers=model_cfg.num_hidden_layers,
-            num_attention_heads=model_cfg.num_attention_heads,
-            num_key_value_heads=model_cfg.num_key_value_heads,
-            max_position_embeddings=model_cfg.max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            tie_word_embeddings=True,
-        )
+        config = scratch_config(model_cfg, tokenizer)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             model = LlamaForCausalLM(config)

@@ -63,17 +63,9 @@ def model_size(model_cfg: Any, feature_modules: list[str] | None = None) -> tupl
     from harness.hub import looks_like_hub_id, offline_by_env
 
     if model_cfg.source == "scratch":
-        from transformers import LlamaConfig
+        from harness.modeling import scratch_config
 
-        config = LlamaConfig(
-            vocab_size=model_cfg.vocab_size,
-            hidden_size=model_cfg.hidden_size,
-            intermediate_size=model_cfg.intermediate_size,
-            num_hidden_layers=model_cfg.num_hidden_layers,
-            num_attention_heads=model_cfg.num_attention_heads,
-            num_key_value_heads=model_cfg.num_key_value_heads,
-            tie_word_embeddings=True,
-        )
+        config = scratch_config(model_cfg)
     else:
         name = model_cfg.name_or_path
         local_only = offline_by_env() or not looks_like_hub_id(name)
