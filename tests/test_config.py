@@ -65,7 +65,10 @@ def test_bad_budgets(value):
         parse_budget(value)
 
 
-def test_run_dir_names_are_readable():
+def test_run_dir_names_are_readable(monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # outside a Hydra run (an earlier test may have set it)
     assert (
         cell_name("testbed", "tiny_llama", "random", 0.15, 2) == "testbed/tiny_llama/random/b0.15_s2"
     )  # outside Hydra: no overrides
