@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -44,12 +45,7 @@ def scaling_curve(table: pd.DataFrame, metric: str, title: str, path: Path, alph
     units = sorted(set(table["budget_unit"]))
     ax.set_xlabel(f"budget (fraction of the pool per {' or '.join(units)})")
     ax.set_ylabel(f"{metric} (macro, {round(100 * (1 - alpha))}% interval)")
-    ax.set_title(textwrap.fill(title, 90), fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, title, path)
 
 
 def cost_curve(table: pd.DataFrame, metric: str, title: str, path: Path) -> Path:
@@ -80,6 +76,11 @@ def cost_curve(table: pd.DataFrame, metric: str, title: str, path: Path) -> Path
     _log_if_wide(ax, cost, "x")
     ax.set_xlabel("selection + training seconds" if with_train else "selection seconds (training time not recorded)")
     ax.set_ylabel(f"{metric} (macro)")
+    return _finish(fig, ax, title, path)
+
+
+def _finish(fig: Any, ax: Any, title: str, path: Path) -> Path:
+    """Title, grid and legend as every curve has them; write the PNG and free the figure."""
     ax.set_title(textwrap.fill(title, 90), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
