@@ -312,4 +312,11 @@ def validate(cfg: DictConfig) -> DictConfig:
     required = {"jsonl": "path", "hub": "dataset"}.get(out.data.source)
     if required and OmegaConf.is_missing(out.data, required):
         raise HarnessError(f"data={out.data.source} needs data.{required}=...; pass the pool to load")
+    if out.data.source == "testbed":
+        from harness.data import testbed_config
+
+        try:
+            testbed_config(out.data).validate()
+        except ValueError as exc:
+            raise HarnessError(f"data (testbed): {exc}") from None
     return out

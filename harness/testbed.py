@@ -29,11 +29,18 @@ never enter the key. Each key is drawn once, in the order evaluation items, gene
 pool: so no evaluation item shares a key with a validation example, a pool example or another item, in
 any phrasing, and no validation example shares one with the pool.
 
-``facts`` is different on purpose: the pool teaches every entity of a fictional table; evaluation asks
-about entities that are not in the validation set, and validation asks about other entities (the pool
-teaches those too). Each entity is asked at most once across evaluation and validation: evaluation gets
-up to ``n_eval_per_task`` entities, validation up to ``n_validation_per_task`` of the rest (at least one),
-so a table smaller than both together gives fewer facts items.
+``facts`` is different on purpose: evaluation must ask about entities the pool teaches (a fact cannot be
+inferred), so evaluation takes up to ``n_eval_per_task`` entities and validation up to
+``n_validation_per_task`` of the rest (at least one); each entity is asked at most once across the two, so a
+table smaller than both together gives fewer facts items. With ``facts_validation="untaught"`` (default) the
+pool never mentions the validation entities, so facts validation is held out like every other skill's; with
+``"taught"`` the pool teaches them too, and each validation example has exact matches in the pool (gradient
+features then single those out).
+
+Planted label noise (``noise_kind``): ``"mismatched"`` (default) pairs a prompt with the answer to a problem
+of another skill, the misaligned pairs of scraped instruction data, which a briefly trained proxy can tell
+from its skill's answers by their form; ``"near_miss"`` gives a wrong answer of the right form (a sum off by
+a little, another town), which only a model that can already do the skill can spot.
 """
 
 from __future__ import annotations
@@ -75,6 +82,18 @@ DEFAULT_SHARES: dict[str, float] = {
     "counting": 0.04,
 }
 """Imbalanced task shares of the default pool: the largest is 8.75 times the smallest."""
+
+NOISE_KINDS: dict[str, str] = {
+    "mismatched": "the response answers a problem of another skill (a misaligned prompt-response pair)",
+    "near_miss": "a wrong answer of the right form (off by a little, a swapped letter, another town)",
+}
+"""Kinds of planted label noise (``TestbedConfig.noise_kind``); the first is the default."""
+
+FACTS_VALIDATION: dict[str, str] = {
+    "untaught": "validation asks about entities the pool never mentions (held out, like every other skill's)",
+    "taught": "validation asks about entities the pool teaches (each has an exact match in the pool)",
+}
+"""Where the facts task's validation entities come from (``TestbedConfig.facts_validation``)."""
 
 CHARSET: frozenset[str] = frozenset("abcdefghijklmnopqrstuvwxyz0123456789 =:+?")
 """Every character the testbed writes (prompts, responses, choices): a small BPE vocabulary fits."""
@@ -182,6 +201,8 @@ class TestbedConfig:
     sorting_len_max: int = 5
     n_facts: int = 250
     n_fact_values: int = 16
+    noise_kind: str = "mismatched"
+    facts_validation: str = "untaught"
 
     __test__ = False  # not a pytest test class despite the name
 
@@ -229,6 +250,12 @@ class TestbedConfig:
                 raise ValueError(f"need 3 <= {name}_len_min <= {name}_len_max <= 26")
         if self.n_fact_values < max(2, self.n_choices) or self.n_facts < 1:
             raise ValueError("need n_facts >= 1 and n_fact_values >= max(2, n_choices)")
+        if self.noise_kind not in NOISE_KINDS:
+            raise ValueError(f"unknown noise_kind {self.noise_kind!r}; choose one of {list(NOISE_KINDS)}")
+        if self.facts_validation not in FACTS_VALIDATION:
+            raise ValueError(
+                f"unknown facts_validation {self.facts_validation!r}; choose one of {list(FACTS_VALIDATION)}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -404,6 +431,22 @@ def _wrong_answers(
     return _pick(rng, facts_values, lambda: facts_values[int(rng.integers(len(facts_values)))], gold, k)
 
 
+def _noisy_answer(
+    task: str, args: tuple, gold: str, rng: np.random.Generator, cfg: TestbedConfig, facts: dict[str, str]
+) -> str:
+    """A planted wrong response of ``cfg.noise_kind`` (see ``NOISE_KINDS``)."""
+    if cfg.noise_kind == "near_miss":
+        return _wrong_answers(task, args, gold, 1, rng, sorted(set(facts.values())))[0]
+    others = [t for t in TASKS if t != task]
+    while True:
+        other = others[int(rng.integers(len(others)))]
+        entities = list(facts)
+        other_args = (entities[int(rng.integers(len(entities)))],) if other == "facts" else _sample(other, rng, cfg)
+        answer = _solve(other, other_args, facts)
+        if answer != gold:
+            return answer
+
+
 def problem_key(task: str, args: tuple) -> tuple:
     """The identity of a problem up to commutative rewrites (see the module docstring)."""
     if task == "addition":
@@ -563,6 +606,9 @@ def generate_testbed_with_truth(cfg: TestbedConfig | None = None) -> tuple[Pool,
     tasks = list(shares)
     problems = {t: _Problems(t, rng, cfg, facts) for t in tasks}
     eval_facts, val_facts = _facts_split(rng, facts, cfg) if "facts" in tasks else ([], [])
+    if "facts" in tasks and cfg.facts_validation == "untaught":
+        held_out = set(val_facts)
+        problems["facts"].entities = [e for e in facts if e not in held_out]
 
     # Evaluation items first, then generative items, then validation: each draw takes keys nobody drew before,
     # and the pool (drawn last) never repeats them (facts: see the module docstring).
@@ -616,7 +662,7 @@ def generate_testbed_with_truth(cfg: TestbedConfig | None = None) -> tuple[Pool,
         for j, args in enumerate(singles):
             gold = _solve(t, args, facts)
             noisy = j >= n_clean
-            response = _wrong_answers(t, args, gold, 1, rng, fact_values)[0] if noisy else gold
+            response = _noisy_answer(t, args, gold, rng, cfg, facts) if noisy else gold
             ti, pi = phrasing(t)
             rows.append(
                 {

@@ -31,6 +31,9 @@ def assert_one_line_error(code: int, err: str, tmp_path, *fragments: str) -> Non
         ("eval=nope", ["unknown evaluation suite 'nope'", "testbed"]),
         ("train.lr=fast", ["train", "lr"]),
         ("trian.lr=0.1", ["trian"]),
+        ("data.noise_kind=loud", ["noise_kind", "'loud'", "mismatched", "near_miss"]),
+        ("data.facts_validation=some", ["facts_validation", "untaught", "taught"]),
+        ("data.noise_rate=2", ["noise_rate", "[0, 1]"]),
     ],
 )
 def test_bad_overrides(harness_cli, tmp_path, override, fragments):

@@ -21,7 +21,13 @@ from harness.signals.gradients import (
     adam_state_from_optimizer,
     gradient_features,
 )
-from harness.signals.per_example import grad_norms, losses_and_el2n, per_example_grads, trainable_names
+from harness.signals.per_example import (
+    grad_norms,
+    linear_owners,
+    losses_and_el2n,
+    per_example_grads,
+    trainable_names,
+)
 from harness.signals.projection import Projector
 from harness.testbed import TestbedConfig, generate_testbed
 from harness.tokenization import tokenize_pool
@@ -58,6 +64,14 @@ def lora_model(tok):
     return model
 
 
+def attention_model(tok):
+    """LESS's feature setting on a scratch model: only the attention projections are trainable."""
+    model = tiny_llama(tok, layers=2, hidden=32, heads=2, seed=4)
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(m in name for m in ("q_proj", "k_proj", "v_proj", "o_proj")))
+    return model
+
+
 def loop_grads(model, data, rows, pad_id) -> torch.Tensor:
     """Reference: one example, one backward pass of the training loss (attention mask included)."""
     params = [p for _, p in model.named_parameters() if p.requires_grad]
@@ -73,7 +87,7 @@ def loop_grads(model, data, rows, pad_id) -> torch.Tensor:
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("build", [plain_model, lora_model], ids=["full", "lora"])
+@pytest.mark.parametrize("build", [plain_model, lora_model, attention_model], ids=["full", "lora", "qkvo"])
 def test_batched_grad_norms_equal_one_example_backward_loop(setup, build):
     tok, data = setup
     model = build(tok)
@@ -88,6 +102,8 @@ def test_batched_grad_norms_equal_one_example_backward_loop(setup, build):
     if build is lora_model:
         assert all("lora_" in n for n in trainable_names(model))
         assert (norms > 0).all()
+    # the linear-layer path (LoRA, attention projections) and the vmap path (anything else) both apply
+    assert (linear_owners(model) is None) == (build is plain_model)
 
 
 @pytest.mark.parametrize("build", [plain_model, lora_model], ids=["full", "lora"])

@@ -113,13 +113,40 @@ def test_label_noise(examples, cfg, facts):
     assert set(ex.loc[ex["truth_noisy"], "task"]) == set(TASKS)
 
 
-def test_noisy_answers_have_the_same_form(examples, facts):
+def _form(text: str) -> str:
+    return "digits" if text.isdigit() else "letters"
+
+
+def test_noisy_answers_answer_another_skill(examples, facts):
+    """noise_kind=mismatched (default): a noisy response is the answer to a problem of another skill, so in
+    most cases it has the wrong form (digits for a letter task or the other way round)."""
     noisy = examples[examples["truth_noisy"]]
+    letters_answers = set(facts.values())
+    wrong_form = 0
     for row in noisy.itertuples():
+        right = correct_answer(row.task, row.prompt, facts)
+        assert row.response != right
+        if row.response.isdigit():
+            continue  # an addition, maximum or counting answer
+        # a fact's town, or a reversal/sorting answer: distinct letters (sorting's in order)
+        assert row.response in letters_answers or len(set(row.response)) == len(row.response), row
+        wrong_form += _form(row.response) != _form(right)
+    assert wrong_form >= len(noisy) / 3
+
+
+def test_near_miss_noise_has_the_same_form():
+    cfg = TestbedConfig(noise_kind="near_miss", n_pool=2000)
+    pool, truth = generate_testbed_with_truth(cfg)
+    facts = fact_table(cfg)
+    ex = pool.examples.assign(truth_noisy=truth["truth_noisy"].to_numpy())
+    noisy = ex[ex["truth_noisy"]]
+    assert len(noisy) == round(cfg.noise_rate * cfg.n_pool)
+    for row in noisy.itertuples():
+        right = correct_answer(row.task, row.prompt, facts)
+        assert row.response != right
         if row.task in ("addition", "maximum", "counting"):
             assert row.response.isdigit()
         elif row.task in ("reversal", "sorting"):
-            right = correct_answer(row.task, row.prompt, facts)
             assert sorted(row.response) == sorted(right)
         else:
             assert row.response in set(facts.values())
@@ -220,14 +247,20 @@ def test_held_out_items_share_no_problem_with_pool_or_validation(seed):
         assert not set(ev) & set(va) and not set(gen) & set(va) and not set(ev) & set(gen), task
 
 
-def test_facts_ask_taught_entities_outside_validation(pool, examples, facts):
+@pytest.mark.parametrize("mode", ["untaught", "taught"])
+def test_facts_ask_taught_entities_outside_validation(mode):
+    pool, truth = generate_testbed_with_truth(TestbedConfig(facts_validation=mode))
+    examples = pool.examples.assign(truth_filler=truth["truth_filler"].to_numpy())
     asked = _keys(pool.eval_items, "facts")
     validated = _keys(pool.validation, "facts")
     assert len(set(asked)) == len(asked) == 200 and len(set(validated)) == len(validated) == 50
     assert not set(asked) & set(validated)  # evaluation asks about entities validation never shows
-    clean = examples[(examples["task"] == "facts") & ~examples["truth_noisy"] & ~examples["truth_filler"]]
-    taught = set(_keys(clean, "facts"))
-    assert set(asked) <= taught and set(validated) <= taught  # the pool teaches both
+    mentioned = set(_keys(examples[(examples["task"] == "facts") & ~examples["truth_filler"]], "facts"))
+    assert set(asked) <= mentioned  # the pool teaches what evaluation asks
+    if mode == "untaught":  # held out like every other skill's validation: the pool never mentions them
+        assert not set(validated) & mentioned
+    else:
+        assert set(validated) <= mentioned
 
 
 def test_conf_matches_the_generator_defaults():

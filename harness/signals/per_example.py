@@ -1,7 +1,10 @@
 """Per-example signals of a proxy model: response-token loss, EL2N and gradient norms (GraNd).
 
-All of them run in batches. Per-example gradients come from torch.func (vmap over grad of a
-functional call of the model), so one batched forward/backward gives every example's own gradient.
+All of them run in batches. Per-example gradients come from one batched forward and backward pass:
+when every trainable parameter is the weight or bias of a linear layer (LoRA adapters, or LESS's
+attention projections), from the layers' inputs and output gradients (the gradient of example i is
+the sum over its tokens of outer products, as in Opacus); otherwise from torch.func (vmap over grad
+of a functional call of the model). Both equal a one-example backward pass to float tolerance.
 """
 
 from __future__ import annotations
@@ -92,13 +95,82 @@ def _example_loss(model: torch.nn.Module, params: dict[str, torch.Tensor], ids: 
     return -(logp * mask).sum() / mask.sum().clamp_min(1)
 
 
+def _per_example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[b] mean response-token cross-entropy of each example (float32), as _example_loss computes it."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    targets = labels[:, 1:]
+    mask = targets != -100
+    picked = logp.gather(2, targets.clamp_min(0).unsqueeze(2)).squeeze(2)
+    return -(picked * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+def linear_owners(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Linear, str]] | None:
+    """Trainable parameter name -> (its nn.Linear, "weight" or "bias"), or None when some trainable
+    parameter belongs to anything else (embeddings, norms): then only the vmap path applies."""
+    owners: dict[str, tuple[torch.nn.Linear, str]] = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            for kind in ("weight", "bias"):
+                param = getattr(module, kind)
+                if param is not None and param.requires_grad:
+                    owners[f"{module_name}.{kind}" if module_name else kind] = (module, kind)
+    names = trainable_names(model)
+    if not names or set(names) - set(owners):
+        return None
+    return {n: owners[n] for n in names}
+
+
+def _linear_grad_dict(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], owners: dict[str, tuple[torch.nn.Linear, str]]
+) -> dict[str, torch.Tensor]:
+    """Per-example gradients of linear layers from one batched pass: for y = x W^T + c, example i's
+    gradient is sum_t g_it^T x_it for W and sum_t g_it for c, with g = d(sum of per-example losses)/dy.
+    Examples do not interact (causal attention, right padding), so g_i is example i's own gradient."""
+    modules = list(dict.fromkeys(m for m, _ in owners.values()))
+    calls: dict[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in modules}
+
+    def keep(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        calls[module].append((args[0].detach(), output))
+
+    handles = [m.register_forward_hook(keep) for m in modules]
+    try:
+        with torch.enable_grad():
+            logits = model(input_ids=batch["input_ids"], use_cache=False).logits
+            total = _per_example_losses(logits, batch["labels"]).sum()
+            outputs = [out for m in modules for _, out in calls[m]]
+            out_grads = iter(torch.autograd.grad(total, outputs, allow_unused=True))
+    finally:
+        for h in handles:
+            h.remove()
+    weight: dict[torch.nn.Module, torch.Tensor] = {}
+    bias: dict[torch.nn.Module, torch.Tensor] = {}
+    b = batch["input_ids"].size(0)
+    for m in modules:
+        w_sum = torch.zeros(b, *m.weight.shape, dtype=torch.float32, device=m.weight.device)
+        c_sum = torch.zeros(b, m.out_features, dtype=torch.float32, device=m.weight.device)
+        for x, out in calls[m]:
+            g = next(out_grads)
+            if g is None:
+                continue
+            g, x = g.float().reshape(b, -1, g.size(-1)), x.float().reshape(b, -1, x.size(-1))
+            w_sum += torch.einsum("bto,bti->boi", g, x)
+            c_sum += g.sum(1)
+        weight[m], bias[m] = w_sum, c_sum
+    return {n: weight[m] if kind == "weight" else bias[m] for n, (m, kind) in owners.items()}
+
+
 def per_example_grad_dict(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
     chunk_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """name -> [b, *param.shape] gradient of each example's own mean response loss, for the trainable
-    parameters, from one vmap(grad(...)) over the batch (`chunk_size` bounds how many at once)."""
+    parameters: from the linear layers' inputs and output gradients when every trainable parameter
+    is a linear layer's (one batched backward pass), else from one vmap(grad(...)) over the batch
+    (`chunk_size` bounds how many at once)."""
+    owners = linear_owners(model)
+    if owners is not None:
+        return _linear_grad_dict(model, batch, owners)
     names = trainable_names(model)
     named = dict(model.named_parameters())
     params = {n: named[n].detach() for n in names}
