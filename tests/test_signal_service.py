@@ -83,23 +83,52 @@ def bed(tmp_path_factory):
     return make_service(tmp_path_factory.mktemp("signals"))
 
 
-def test_el2n_and_grand_find_the_planted_noise(bed):
-    """Within a skill the proxy has learned (maximum), the noisy examples stand out; pool-wide the scores also
-    track how hard a skill is for a scratch proxy (see the README's EL2N figures)."""
-    pool, truth, service = bed
+@pytest.fixture(scope="module")
+def default_bed(tmp_path_factory):
+    """The default testbed pool (4,000 examples), proxy and recipe, as `python -m harness` composes them."""
+    from hydra import compose, initialize_config_dir
+
+    from harness import REPO_ROOT
+    from harness.data import testbed_config
+
+    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
+        cfg = compose("config")
+    cache = tmp_path_factory.mktemp("default-signals")
+    pool, truth = generate_testbed_with_truth(testbed_config(cfg.data))
+    truth = truth.set_index("id").loc[pool.examples["id"]].reset_index()
+    tok = load_tokenizer(pool, cfg.model, cache)
+    tokens = tokenize_pool(pool, tok, cfg.model.max_length, False, cache)
+    service = SignalService(
+        pool=pool,
+        tokens=tokens,
+        tokenizer=tok,
+        model_cfg=cfg.model,
+        train_cfg=cfg.train,
+        cache_dir=cache,
+        accelerator=Accelerator(cpu=True),
+        batch_size=64,
+    )
+    return pool, truth, service
+
+
+def test_el2n_and_grand_find_the_planted_noise(default_bed):
+    """On the default testbed, after the papers' one warm-up epoch, the planted (mismatched) noise scores
+    high pool-wide, and the share drop_top skips is mostly noise and filler. (Whether drop_top then keeps
+    fewer noisy examples than random depends on the warm-up seeds: see the README.)"""
+    pool, truth, service = default_bed
     noisy = truth["truth_noisy"].to_numpy()
-    learned = pool.examples["task"].to_numpy() == "maximum"
-    ctx = context(pool, service, 0.3)
-    el2n = pick("el2n", ctx, warmup_epochs=4, warmup_seeds=2)
-    grand = pick("grand", ctx, warmup_epochs=4, warmup_seeds=2)
+    ctx = context(pool, service, 0.15, epochs=10)
+    el2n = pick("el2n", ctx, warmup_epochs=1, warmup_seeds=2, keep="drop_top", offset=0.10)
+    grand = pick("grand", ctx, warmup_epochs=1, warmup_seeds=2)
     assert all(u["cached"] for u in service.used if u["name"] == "warmup")  # GraNd reused EL2N's warm-ups
-    auroc_el2n = roc_auc_score(noisy[learned], el2n.scores.to_numpy()[learned])
-    auroc_grand = roc_auc_score(noisy[learned], grand.scores.to_numpy()[learned])
-    assert auroc_el2n > 0.75 and auroc_grand > 0.6, (auroc_el2n, auroc_grand)
-    random_ids = pick("random", ctx).ids
-    kept = dict(zip(truth["id"], noisy))
-    drop_top = pick("el2n", ctx, warmup_epochs=4, warmup_seeds=2, keep="drop_top", offset=0.1).ids
-    assert sum(kept[i] for i in drop_top) < sum(kept[i] for i in random_ids)
+    auroc_el2n = roc_auc_score(noisy, el2n.scores.to_numpy())
+    auroc_grand = roc_auc_score(noisy, grand.scores.to_numpy())
+    assert auroc_el2n > 0.75 and auroc_grand > 0.85, (auroc_el2n, auroc_grand)
+    # the NLP recipe's premise: what drop_top skips (the top 10%) is mostly the planted junk (9% of the pool)
+    junk = noisy | truth["truth_filler"].to_numpy()
+    skipped = np.argsort(-el2n.scores.to_numpy(), kind="stable")[: round(0.10 * pool.n)]
+    assert junk[skipped].mean() > 3 * junk.mean(), (junk[skipped].mean(), junk.mean())
+    assert not set(pool.ids[skipped]) & set(el2n.ids)
 
 
 def test_diversity_keeps_fewer_near_duplicates_than_random(bed):
