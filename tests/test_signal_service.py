@@ -128,7 +128,7 @@ def test_el2n_and_grand_find_the_planted_noise(default_bed):
     junk = noisy | truth["truth_filler"].to_numpy()
     skipped = np.argsort(-el2n.scores.to_numpy(), kind="stable")[: round(0.10 * pool.n)]
     assert junk[skipped].mean() > 3 * junk.mean(), (junk[skipped].mean(), junk.mean())
-    assert not set(pool.ids[skipped]) & set(el2n.ids)
+    assert not set(pool.examples["id"].to_numpy()[skipped]) & set(el2n.ids)
 
 
 def test_diversity_keeps_fewer_near_duplicates_than_random(bed):
