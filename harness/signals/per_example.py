@@ -148,7 +148,7 @@ def _linear_grad_dict(
     for m in modules:
         w_sum = torch.zeros(b, *m.weight.shape, dtype=torch.float32, device=m.weight.device)
         c_sum = torch.zeros(b, m.out_features, dtype=torch.float32, device=m.weight.device)
-        for x, out in calls[m]:
+        for x, _ in calls[m]:
             g = next(out_grads)
             if g is None:
                 continue
