@@ -38,24 +38,29 @@ RECIPE = OmegaConf.merge(
 )
 
 
-def make_service(cache: Path, n_pool: int = 800) -> tuple:
-    pool, truth = generate_testbed_with_truth(
-        TestbedConfig(n_pool=n_pool, n_validation_per_task=8, n_eval_per_task=4, n_facts=24, noise_rate=0.08)
-    )
-    truth = truth.set_index("id").loc[pool.examples["id"]].reset_index()  # in pool order
-    tok = load_tokenizer(pool, MODEL, cache)
-    tokens = tokenize_pool(pool, tok, MODEL.max_length, False, cache)
+def service_for(pool, truth, model_cfg, train_cfg, cache: Path) -> tuple:
+    """(pool, truth in pool order, a signal service over the pool) with a tokenizer trained in `cache`."""
+    truth = truth.set_index("id").loc[pool.examples["id"]].reset_index()
+    tok = load_tokenizer(pool, model_cfg, cache)
+    tokens = tokenize_pool(pool, tok, model_cfg.max_length, False, cache)
     service = SignalService(
         pool=pool,
         tokens=tokens,
         tokenizer=tok,
-        model_cfg=MODEL,
-        train_cfg=RECIPE,
+        model_cfg=model_cfg,
+        train_cfg=train_cfg,
         cache_dir=cache,
         accelerator=Accelerator(cpu=True),
         batch_size=64,
     )
     return pool, truth, service
+
+
+def make_service(cache: Path, n_pool: int = 800) -> tuple:
+    pool, truth = generate_testbed_with_truth(
+        TestbedConfig(n_pool=n_pool, n_validation_per_task=8, n_eval_per_task=4, n_facts=24, noise_rate=0.08)
+    )
+    return service_for(pool, truth, MODEL, RECIPE, cache)
 
 
 def context(pool, service, budget: float, seed: int = 0, epochs: int = 2) -> SelectionContext:
@@ -93,22 +98,8 @@ def default_bed(tmp_path_factory):
 
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
         cfg = compose("config")
-    cache = tmp_path_factory.mktemp("default-signals")
     pool, truth = generate_testbed_with_truth(testbed_config(cfg.data))
-    truth = truth.set_index("id").loc[pool.examples["id"]].reset_index()
-    tok = load_tokenizer(pool, cfg.model, cache)
-    tokens = tokenize_pool(pool, tok, cfg.model.max_length, False, cache)
-    service = SignalService(
-        pool=pool,
-        tokens=tokens,
-        tokenizer=tok,
-        model_cfg=cfg.model,
-        train_cfg=cfg.train,
-        cache_dir=cache,
-        accelerator=Accelerator(cpu=True),
-        batch_size=64,
-    )
-    return pool, truth, service
+    return service_for(pool, truth, cfg.model, cfg.train, tmp_path_factory.mktemp("default-signals"))
 
 
 def test_el2n_and_grand_find_the_planted_noise(default_bed):

@@ -88,15 +88,11 @@ def _example_loss(model: torch.nn.Module, params: dict[str, torch.Tensor], ids: 
     ever attends to padding, and padded positions carry no loss. This keeps data-dependent mask logic
     out of vmap, and the result equals the example run alone (the tests check it)."""
     logits = functional_call(model, params, args=(), kwargs={"input_ids": ids.unsqueeze(0), "use_cache": False})
-    logits = logits.logits[0, :-1].float()
-    targets = labels[1:]
-    mask = targets != -100
-    logp = torch.log_softmax(logits, dim=-1).gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1)
-    return -(logp * mask).sum() / mask.sum().clamp_min(1)
+    return _per_example_losses(logits.logits, labels.unsqueeze(0))[0]
 
 
 def _per_example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """[b] mean response-token cross-entropy of each example (float32), as _example_loss computes it."""
+    """[b] mean response-token cross-entropy of each example (float32): the loss both gradient paths differentiate."""
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     targets = labels[:, 1:]
     mask = targets != -100
