@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from signals_common import build, in_child, loop_features, peak_mb, timed
+from signals_common import build, in_child, loop_features, peak_mb, threads, timed
 
 from harness.signals.gradients import gradient_features
 from harness.signals.projection import Projector
@@ -55,8 +55,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="only the LoRA d=1024 cases")
     args = parser.parse_args()
     cases = [c for c in CASES if c[0] and c[1] == 1024] if args.quick else CASES
-    print("LESS Adam features, testbed tiny_llama (hidden 128, 3 layers), 1 CPU thread")
-    print(f"{'model':<20}{'d':>6}  {'projection':<10}{'way':<9}{'n':>5}{'CPU s':>9}{'ex/s':>8}{'peak MB':>9}")
+    n_threads = threads()
+    clock = "CPU s" if n_threads == 1 else "wall s"
+    print(f"LESS Adam features, testbed tiny_llama (hidden 128, 3 layers), {n_threads} CPU thread(s)")
+    print(f"{'model':<20}{'d':>6}  {'projection':<10}{'way':<9}{'n':>5}{clock:>9}{'ex/s':>8}{'peak MB':>9}")
     for lora, dim, regime, n, batch_size in cases:
         kw = dict(lora=lora, dim=dim, regime=regime, n=n, batch_size=batch_size)
         slow = in_child(run, way="loop", **kw)

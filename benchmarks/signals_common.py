@@ -4,6 +4,7 @@ one-example-at-a-time references, and a runner that measures each way in its own
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import resource
 import tempfile
 import time
@@ -35,9 +36,14 @@ TINY_LLAMA = {  # conf/model/tiny_llama.yaml
 LORA = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.1, "target_modules": QKVO}
 
 
+def threads() -> int:
+    """CPU threads of each measured way: BENCH_THREADS (default 1, so CPU seconds are comparable)."""
+    return int(os.environ.get("BENCH_THREADS", "1"))
+
+
 def build(lora: bool, n_pool: int = 1000, warmup_steps: int = 5):
     """(tokenizer, tokenized pool, model after a few AdamW steps, its Adam state). Deterministic."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads())
     warnings.filterwarnings("ignore", category=FutureWarning)
     pool = generate_testbed(TestbedConfig(n_pool=n_pool, n_validation_per_task=5, n_eval_per_task=5, n_facts=64))
     texts = [p + " " + r for p, r in zip(pool.examples["prompt"], pool.examples["response"])]
@@ -103,8 +109,10 @@ def in_child(target, **kwargs):
 
 
 def timed(fn, baseline_mb: float):
-    """(result, CPU seconds, peak RSS in MB above `baseline_mb`, the peak once the model was built).
-    CPU time of this single-threaded process, not wall time: the shared machine's load does not count."""
-    start = time.process_time()
+    """(result, seconds, peak RSS in MB above `baseline_mb`, the peak once the model was built).
+    With one thread, CPU time of this process (the shared machine's load does not count); with more
+    (BENCH_THREADS), wall time, since CPU time would add the threads up."""
+    clock = time.process_time if threads() == 1 else time.perf_counter
+    start = clock()
     out = fn()
-    return out, time.process_time() - start, max(0.0, peak_mb() - baseline_mb)
+    return out, clock() - start, max(0.0, peak_mb() - baseline_mb)
