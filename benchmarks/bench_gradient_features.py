@@ -19,19 +19,23 @@ from signals_common import build, in_child, loop_features, peak_mb, threads, tim
 from harness.signals.gradients import gradient_features
 from harness.signals.projection import Projector
 
-CASES = [  # (lora, d, regime, examples, batch size)
-    (True, 1024, "cached", 128, 32),
-    (True, 8192, "cached", 128, 32),
-    (True, 1024, "streamed", 64, 32),
-    (True, 8192, "streamed", 32, 32),
-    (False, 1024, "streamed", 8, 8),
+CASES = [  # (LoRA rank, 0 for full-parameter; d; regime; examples; batch size)
+    (8, 1024, "cached", 128, 32),
+    (8, 8192, "cached", 128, 32),
+    (128, 1024, "cached", 64, 32),
+    (8, 1024, "streamed", 64, 32),
+    (8, 8192, "streamed", 32, 32),
+    (0, 1024, "streamed", 8, 8),
 ]
+CACHE_BYTES = 2 << 30
+"""The projector's memory budget in the cached regime: holds the whole matrix of every cached case
+(P = 393,216 at LESS's rank 128 and d = 1024 is 1.6 GB)."""
 
 
-def run(way: str, lora: bool, dim: int, regime: str, n: int, batch_size: int) -> dict:
-    tok, data, model, state = build(lora)
+def run(way: str, rank: int, dim: int, regime: str, n: int, batch_size: int) -> dict:
+    tok, data, model, state = build(rank > 0, rank=rank or 8)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    projector = Projector(n_params, dim, seed=0, cache_bytes=(1 << 30) if regime == "cached" else 0)
+    projector = Projector(n_params, dim, seed=0, cache_bytes=CACHE_BYTES if regime == "cached" else 0)
     rows = np.arange(200, 200 + n)
     baseline = peak_mb()
     adam = dict(moments=state.moments, step=state.step, betas=state.betas, eps=state.eps)
@@ -52,20 +56,22 @@ def run(way: str, lora: bool, dim: int, regime: str, n: int, batch_size: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="only the LoRA d=1024 cases")
+    parser.add_argument("--quick", action="store_true", help="only the LoRA r=8, d=1024 cases")
+    parser.add_argument("--rank", type=int, default=None, help="only the cases of this LoRA rank (0: full)")
     args = parser.parse_args()
-    cases = [c for c in CASES if c[0] and c[1] == 1024] if args.quick else CASES
+    cases = [c for c in CASES if c[0] == 8 and c[1] == 1024] if args.quick else CASES
+    cases = [c for c in cases if args.rank is None or c[0] == args.rank]
     n_threads = threads()
     clock = "CPU s" if n_threads == 1 else "wall s"
     print(f"LESS Adam features, testbed tiny_llama (hidden 128, 3 layers), {n_threads} CPU thread(s)")
     print(f"{'model':<20}{'d':>6}  {'projection':<10}{'way':<9}{'n':>5}{clock:>9}{'ex/s':>8}{'peak MB':>9}")
-    for lora, dim, regime, n, batch_size in cases:
-        kw = dict(lora=lora, dim=dim, regime=regime, n=n, batch_size=batch_size)
+    for rank, dim, regime, n, batch_size in cases:
+        kw = dict(rank=rank, dim=dim, regime=regime, n=n, batch_size=batch_size)
         slow = in_child(run, way="loop", **kw)
         fast = in_child(run, way="batched", **kw)
         diff = float(np.abs(fast["out"] - slow["out"]).max())
         assert diff < 1e-4, f"batched and loop features differ by {diff}"
-        name = f"{'LoRA r=8' if lora else 'full'} P={fast['n_params']:,}"
+        name = f"{f'LoRA r={rank}' if rank else 'full'} P={fast['n_params']:,}"
         for way, r in (("loop", slow), ("batched", fast)):
             line = f"{name:<20}{dim:>6}  {regime:<10}{way:<9}{n:>5}{r['seconds']:>9.2f}{n / r['seconds']:>8.1f}"
             print(f"{line}{r['extra_mb']:>9.0f}")

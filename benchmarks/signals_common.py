@@ -34,6 +34,8 @@ TINY_LLAMA = {  # conf/model/tiny_llama.yaml
     "dtype": "float32",
 }
 LORA = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.1, "target_modules": QKVO}
+LORA_PAPER = {**LORA, "r": 128, "alpha": 512}
+"""LESS's LoRA (r=128, alpha=512, dropout 0.1 on q/k/v/o): 393,216 adapter parameters on the testbed model."""
 
 
 def threads() -> int:
@@ -41,15 +43,17 @@ def threads() -> int:
     return int(os.environ.get("BENCH_THREADS", "1"))
 
 
-def build(lora: bool, n_pool: int = 1000, warmup_steps: int = 5):
-    """(tokenizer, tokenized pool, model after a few AdamW steps, its Adam state). Deterministic."""
+def build(lora: bool, n_pool: int = 1000, warmup_steps: int = 5, rank: int = 8):
+    """(tokenizer, tokenized pool, model after a few AdamW steps, its Adam state). Deterministic.
+    With `lora`, adapters of `rank` (8, or 128 as LESS sets it) on q/k/v/o."""
     torch.set_num_threads(threads())
     warnings.filterwarnings("ignore", category=FutureWarning)
     pool = generate_testbed(TestbedConfig(n_pool=n_pool, n_validation_per_task=5, n_eval_per_task=5, n_facts=64))
     texts = [p + " " + r for p, r in zip(pool.examples["prompt"], pool.examples["response"])]
     tok = train_tokenizer(texts, TINY_LLAMA["vocab_size"])
     data = tokenize_pool(pool, tok, 64, False, Path(tempfile.mkdtemp(prefix="bench-signals-")))
-    cfg = OmegaConf.create({**TINY_LLAMA, "lora": LORA if lora else {"enabled": False}})
+    adapters = (LORA_PAPER if rank == 128 else {**LORA, "r": rank}) if lora else {"enabled": False}
+    cfg = OmegaConf.create({**TINY_LLAMA, "lora": adapters})
     model = build_model(cfg, tok, init_seed=0)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
