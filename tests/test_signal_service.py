@@ -122,13 +122,18 @@ def test_el2n_and_grand_find_the_planted_noise(default_bed):
     assert not set(pool.examples["id"].to_numpy()[skipped]) & set(el2n.ids)
 
 
+def redundant_duplicates(truth, ids: list[str]) -> int:
+    """Members of planted near-duplicate groups beyond the first of their group among `ids`."""
+    group = dict(zip(truth["id"], truth["truth_dup_group"]))
+    groups = [group[i] for i in ids if group[i] >= 0]
+    return len(groups) - len(set(groups))
+
+
 def test_diversity_keeps_fewer_near_duplicates_than_random(bed):
     pool, truth, service = bed
-    group = dict(zip(truth["id"], truth["truth_dup_group"]))
 
     def redundant(ids: list[str]) -> int:
-        groups = [group[i] for i in ids if group[i] >= 0]
-        return len(groups) - len(set(groups))
+        return redundant_duplicates(truth, ids)
 
     ctx = context(pool, service, 0.3)
     diverse = pick("diversity", ctx, embedding="tfidf", n_clusters=240).ids
@@ -214,3 +219,17 @@ def test_rs2_sees_every_example_before_repeats_and_trains_as_many_steps(bed):
 
     plan = compute_plan(OmegaConf.merge(RECIPE, {"epochs": 7}), ctx.k, pool.n)
     assert count_steps([np.arange(ctx.k)] * 7, 16) == plan.steps == count_steps([np.array(e) for e in schedule], 16)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_diversity_on_the_default_testbed_keeps_fewer_near_duplicates(default_bed, seed):
+    """kMQ with the testbed's preset (conf/selector_on/diversity_testbed.yaml) at 15%, as a sweep runs it."""
+    from harness import REPO_ROOT
+
+    pool, truth, service = default_bed
+    preset = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf/selector_on/diversity_testbed.yaml"))
+    ctx = context(pool, service, 0.15, seed=seed)
+    diverse = pick("diversity", ctx, **preset).ids
+    random_ids = pick("random", ctx).ids
+    kept, baseline = redundant_duplicates(truth, diverse), redundant_duplicates(truth, random_ids)
+    assert kept < baseline, (kept, baseline)
