@@ -64,7 +64,7 @@ def main() -> None:
     n_threads = threads()
     clock = "CPU s" if n_threads == 1 else "wall s"
     print(f"LESS Adam features, testbed tiny_llama (hidden 128, 3 layers), {n_threads} CPU thread(s)")
-    print(f"{'model':<20}{'d':>6}  {'projection':<10}{'way':<9}{'n':>5}{clock:>9}{'ex/s':>8}{'peak MB':>9}")
+    print(f"{'model':<20}{'d':>6}  {'projection':<11}{'way':<9}{'n':>5}{clock:>9}{'ex/s':>8}{'peak MB':>9}")
     for rank, dim, regime, n, batch_size in cases:
         kw = dict(rank=rank, dim=dim, regime=regime, n=n, batch_size=batch_size)
         slow = in_child(run, way="loop", **kw)
@@ -73,7 +73,7 @@ def main() -> None:
         assert diff < 1e-4, f"batched and loop features differ by {diff}"
         name = f"{f'LoRA r={rank}' if rank else 'full'} P={fast['n_params']:,}"
         for way, r in (("loop", slow), ("batched", fast)):
-            line = f"{name:<20}{dim:>6}  {regime:<10}{way:<9}{n:>5}{r['seconds']:>9.2f}{n / r['seconds']:>8.1f}"
+            line = f"{name:<20}{dim:>6}  {regime:<11}{way:<9}{n:>5}{r['seconds']:>9.2f}{n / r['seconds']:>8.1f}"
             print(f"{line}{r['extra_mb']:>9.0f}")
         print(f"{'':<20}{'':>6}  batched is {slow['seconds'] / fast['seconds']:.1f}x faster; max |diff| {diff:.1e}")
 
