@@ -144,10 +144,12 @@ def test_requeued_cell_resumes_from_its_checkpoint(slurm_env, tmp_path):
         deadline = time.time() + LIMIT_S
         status = None
         while time.time() < deadline and proc.poll() is None:
+            # cell 0's own checkpoint (the other cell runs beside it and may checkpoint first)
             statuses = list(results.rglob("_sweeps/*/cells/0.json"))
-            checkpoints = list(results.rglob("*_s0/checkpoints/*")) or list(results.rglob("checkpoints/*"))
-            if statuses and checkpoints:
-                status = json.loads(statuses[0].read_text())
+            current = json.loads(statuses[0].read_text()) if statuses else {}
+            run_dir = current.get("run_dir")
+            if run_dir and list((Path(run_dir) / "checkpoints").glob("*")):
+                status = current
                 break
             time.sleep(0.2)
         assert status is not None, "the cell never reached a checkpoint"
