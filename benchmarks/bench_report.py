@@ -8,13 +8,13 @@ and the ratio, then the time of the whole report (leaderboard, tests, one metric
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
+from timing import median_seconds
 
 from harness.report import Settings, build_report
 from harness.report.load import find_records, load_records
@@ -30,15 +30,6 @@ def naive(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     return results, items, manifests
 
 
-def median_seconds(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main(n_records: int = 1000) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -48,8 +39,8 @@ def main(n_records: int = 1000) -> None:
         write_sweep(folder, selectors=selectors, budgets=(0.02, 0.05, 0.1, 0.2, 0.4), seeds=seeds, full=True)
         n = len(find_records(folder)[0])
         records = load_records(folder)
-        ours = median_seconds(lambda: load_records(folder))
-        slow = median_seconds(lambda: naive(folder))
+        ours = median_seconds(lambda: load_records(folder), 3)
+        slow = median_seconds(lambda: naive(folder), 3)
         assert len(naive(folder)[1]) == len(records.items), "the two ways must read the same items"
         start = time.perf_counter()
         build_report(folder, Settings(), folder / "report", ["acc"])

@@ -5,12 +5,12 @@ Prints the median of several repeats for each way and their ratio.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
-from harness.modeling import train_tokenizer
+from timing import median_seconds
+
+from harness.modeling import pool_corpus, train_tokenizer
 from harness.testbed import TestbedConfig, generate_testbed
 from harness.tokenization import encode_examples, tokenize_pool
 
@@ -25,27 +25,18 @@ def one_at_a_time(prompts, responses, tok, delimiter, max_length):
     return out
 
 
-def median_seconds(fn, repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     pool = generate_testbed(TestbedConfig(n_pool=20000, n_facts=256))
-    texts = [p + " " + r for p, r in zip(pool.examples["prompt"], pool.examples["response"])]
+    texts = pool_corpus(pool, validation=False)
     tok = train_tokenizer(texts, 512)
     prompts, responses = pool.examples["prompt"].tolist(), pool.examples["response"].tolist()
 
-    slow = median_seconds(lambda: one_at_a_time(prompts, responses, tok, " ", 64))
-    batched = median_seconds(lambda: encode_examples(prompts, responses, tok, " ", 64, False))
+    slow = median_seconds(lambda: one_at_a_time(prompts, responses, tok, " ", 64), 5)
+    batched = median_seconds(lambda: encode_examples(prompts, responses, tok, " ", 64, False), 5)
     with tempfile.TemporaryDirectory() as cache:
         cold = median_seconds(lambda: tokenize_pool(pool, tok, 64, False, Path(tempfile.mkdtemp(dir=cache))), 3)
         tokenize_pool(pool, tok, 64, False, Path(cache))
-        warm = median_seconds(lambda: tokenize_pool(pool, tok, 64, False, Path(cache)))
+        warm = median_seconds(lambda: tokenize_pool(pool, tok, 64, False, Path(cache)), 5)
     seqs, _, _ = encode_examples(prompts, responses, tok, " ", 64, False)
     assert seqs == one_at_a_time(prompts, responses, tok, " ", 64), "the two ways must agree"
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from harness.modeling import build_model, train_tokenizer
+from harness.modeling import build_model, pool_corpus, train_tokenizer
 from harness.signals.gradients import adam_direction, adam_state_from_optimizer, flat_moments
 from harness.testbed import TestbedConfig, generate_testbed
 from harness.tokenization import tokenize_pool
@@ -49,7 +49,7 @@ def build(lora: bool, n_pool: int = 1000, warmup_steps: int = 5, rank: int = 8):
     torch.set_num_threads(threads())
     warnings.filterwarnings("ignore", category=FutureWarning)
     pool = generate_testbed(TestbedConfig(n_pool=n_pool, n_validation_per_task=5, n_eval_per_task=5, n_facts=64))
-    texts = [p + " " + r for p, r in zip(pool.examples["prompt"], pool.examples["response"])]
+    texts = pool_corpus(pool, validation=False)
     tok = train_tokenizer(texts, TINY_LLAMA["vocab_size"])
     data = tokenize_pool(pool, tok, 64, False, Path(tempfile.mkdtemp(prefix="bench-signals-")))
     adapters = (LORA_PAPER if rank == 128 else {**LORA, "r": rank}) if lora else {"enabled": False}

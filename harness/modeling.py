@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
 
-def _corpus(pool: Pool) -> list[str]:
-    """Text the scratch tokenizer is trained on: every pool and validation example as it is trained."""
+def pool_corpus(pool: Pool, validation: bool = True) -> list[str]:
+    """Text the scratch tokenizer is trained on: every pool (and validation) example as it is trained."""
     texts = []
-    for frame in (pool.examples, pool.validation):
+    for frame in (pool.examples, pool.validation) if validation else (pool.examples,):
         texts.extend(p + pool.delimiter + r for p, r in zip(frame["prompt"], frame["response"]))
     return texts
 
@@ -65,7 +65,7 @@ def scratch_tokenizer(pool: Pool, model_cfg: DictConfig, cache_dir: Path) -> Pre
 
     def build(tmp: Path) -> None:
         log.info("training a %d-token BPE tokenizer on the pool", model_cfg.vocab_size)
-        train_tokenizer(_corpus(pool), model_cfg.vocab_size).save_pretrained(tmp)
+        train_tokenizer(pool_corpus(pool), model_cfg.vocab_size).save_pretrained(tmp)
 
     atomic_dir(path, build)
     return PreTrainedTokenizerFast.from_pretrained(path)

@@ -50,6 +50,14 @@ def message_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.strip() and not LOG_LINE.match(line) and "step/s" not in line]
 
 
+def plugin_folder(tmp_path: Path, filename: str, source: str) -> Path:
+    """A `plugins=[...]` folder holding one selector file."""
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / filename).write_text(source)
+    return folder
+
+
 def find_cell(root: Path, selector: str, prefix: str = "") -> Path:
     """The one run folder of `selector` under root/results/runs whose name starts with prefix (e.g. 'b0.3_s1,')."""
     found = [p for p in (Path(root) / "results" / "runs").glob(f"*/*/{selector}/{prefix}*") if p.is_dir()]

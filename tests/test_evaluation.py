@@ -71,6 +71,11 @@ def _make_tokenizer(texts: list[str]):
 def _train_to_prefer_gold(model, tokenizer, items: pd.DataFrame, steps: int = 120) -> None:
     """A few hundred milliseconds of full-batch training on `<s> prompt gold</s>` so gold answers win."""
     texts = [p + DELIMITER + c[g] for p, c, g in zip(items["prompt"], items["choices"], items["gold"])]
+    _memorise(model, tokenizer, texts, steps)
+
+
+def _memorise(model, tokenizer, texts: list[str], steps: int) -> None:
+    """Full-batch training on `<s> text</s>` for `steps` steps, then eval mode."""
     seqs = [
         [tokenizer.bos_token_id, *tokenizer.encode(t, add_special_tokens=False), tokenizer.eos_token_id] for t in texts
     ]
@@ -394,22 +399,7 @@ def test_generative_testbed_task_runs_and_scores_exact_match(tmp_path, tokenizer
     items = _gen_items()
     model = tiny_llama(tokenizer, layers=2, heads=4)
     texts = [p + DELIMITER + c[0] for p, c in zip(items["prompt"], items["choices"])]
-    seqs = [
-        [tokenizer.bos_token_id, *tokenizer.encode(t, add_special_tokens=False), tokenizer.eos_token_id] for t in texts
-    ]
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
-    labels = torch.full((len(seqs), width), -100)
-    for k, s in enumerate(seqs):
-        ids[k, : len(s)] = torch.tensor(s)
-        labels[k, : len(s)] = torch.tensor(s)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    _memorise(model, tokenizer, texts, steps=150)
     configs = testbed_task_configs(items, DELIMITER, tmp_path / "data")
     assert configs[0]["output_type"] == "generate_until"
     outcome = evaluate(model, tokenizer, configs, batch_size=8, add_bos_token=True)

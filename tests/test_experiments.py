@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from harness import plan
 from harness.evaluation.tasks import check_tasks
-from harness.modeling import train_tokenizer
+from harness.modeling import pool_corpus, train_tokenizer
 from harness.testbed import TestbedConfig, generate_testbed
 
 PRESETS = ("bids_llama3_8b", "less_llama2_7b", "small_gpu")
@@ -26,7 +26,7 @@ def testbed():
 def local_model(tmp_path_factory, testbed):
     """A tiny Llama with the real model's module names (q/k/v/o_proj), saved to a folder and loaded by path."""
     path = tmp_path_factory.mktemp("tiny-llama")
-    texts = [p + " " + r for p, r in zip(testbed.examples["prompt"], testbed.examples["response"])]
+    texts = pool_corpus(testbed, validation=False)
     tok = train_tokenizer(texts + ["<|user|> <|assistant|>"], 300)
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     tiny_llama(tok, layers=2, hidden=32).save_pretrained(path)

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from transformers import LlamaForCausalLM
 
 import harness.modeling as modeling
-from harness.modeling import build_model, for_evaluation, load_tokenizer, resolve_dtype, train_tokenizer
+from harness.modeling import build_model, for_evaluation, load_tokenizer, pool_corpus, resolve_dtype, train_tokenizer
 from harness.testbed import TestbedConfig, generate_testbed
 
 
@@ -24,7 +24,7 @@ def pool():
 def saved_model(tmp_path_factory, pool):
     """A tiny Llama and its tokenizer saved with save_pretrained, as a hub download would be."""
     path = tmp_path_factory.mktemp("tiny-hub-model")
-    texts = [p + " " + r for p, r in zip(pool.examples["prompt"], pool.examples["response"])]
+    texts = pool_corpus(pool, validation=False)
     tok = train_tokenizer(texts, 300)
     tiny_llama(tok).save_pretrained(path)
     tok.save_pretrained(path)

@@ -7,7 +7,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import MICRO, find_cell, record_path
+from conftest import MICRO, find_cell, plugin_folder, record_path
 
 from harness.testbed import TASKS
 
@@ -117,14 +117,14 @@ def test_wandb_logger_offline(harness_cli, tmp_path):
 
 def test_per_epoch_schedule_drives_the_steps(harness_cli, tmp_path):
     """A selector may return one subset per epoch; the run trains on exactly those, in that many steps."""
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "halves.py").write_text(
+    plugins = plugin_folder(
+        tmp_path,
+        "halves.py",
         "from harness.selection import Selection, register\n"
         "@register('halves_test', budget_unit='epoch')\n"
         "def select(ctx):\n"
         "    ids = list(ctx.pool.ids)\n"
-        "    return Selection(epochs=[ids[(e % 2) * ctx.k : (e % 2 + 1) * ctx.k] for e in range(ctx.epochs)])\n"
+        "    return Selection(epochs=[ids[(e % 2) * ctx.k : (e % 2 + 1) * ctx.k] for e in range(ctx.epochs)])\n",
     )
     code, out, err = harness_cli(
         [*MICRO, f"plugins=[{plugins}]", "selector=random", "selector.name=halves_test", "budget=0.2", "train.epochs=3"]

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from conftest import MICRO, OFFLINE, message_lines, record_path, run_harness
+from conftest import MICRO, OFFLINE, message_lines, plugin_folder, record_path, run_harness
 
 from harness.locking import HeartbeatLock
 
@@ -125,13 +125,13 @@ def test_bad_recipe_values_are_one_line(harness_cli, tmp_path):
 
 
 def test_selector_that_returns_fewer_than_k_is_an_error(harness_cli, tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "short.py").write_text(
+    plugins = plugin_folder(
+        tmp_path,
+        "short.py",
         "from harness.selection import Selection, register\n"
         "@register('short_test')\n"
         "def select(ctx):\n"
-        "    return Selection(ids=list(ctx.pool.ids[: ctx.k - 1]))\n"
+        "    return Selection(ids=list(ctx.pool.ids[: ctx.k - 1]))\n",
     )
     code, _, err = harness_cli([*SHORT, f"plugins=[{plugins}]", "selector=random", "selector.name=short_test"])
     assert code == 2 and "exactly k=45" in err, err
@@ -139,16 +139,16 @@ def test_selector_that_returns_fewer_than_k_is_an_error(harness_cli, tmp_path):
 
 
 def test_record_columns_items_scores_and_runtime(harness_cli, tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "scored.py").write_text(
+    plugins = plugin_folder(
+        tmp_path,
+        "scored.py",
         "import pandas as pd\n"
         "from harness.selection import Selection, register\n"
         "@register('scored_test')\n"
         "def select(ctx, *, reverse: bool = False):\n"
         "    ids = list(ctx.pool.ids)\n"
         "    scores = pd.Series(range(len(ids)), index=ids, dtype=float)\n"
-        "    return Selection(ids=ids[: ctx.k], scores=scores)\n"
+        "    return Selection(ids=ids[: ctx.k], scores=scores)\n",
     )
     code, out, err = harness_cli(
         [*SHORT, f"plugins=[{plugins}]", "selector=random", "selector.name=scored_test", "+selector.reverse=true"]

@@ -116,16 +116,14 @@ def test_the_readme_example_selector_runs(harness_cli, tmp_path):
     """The 'Adding a selector' example of the README, dropped into a plugin folder, runs end to end."""
     import re
 
-    from conftest import MICRO, record_path
+    from conftest import MICRO, plugin_folder, record_path
 
     from harness import REPO_ROOT
 
     readme = (REPO_ROOT / "README.md").read_text()
     section = readme[readme.index("## Adding a selector") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "low_loss.py").write_text(code)
+    plugins = plugin_folder(tmp_path, "low_loss.py", code)
     code_, out, err = harness_cli(
         [*MICRO, f"plugins=[{plugins}]", "selector=random", "selector.name=low_loss", "train.epochs=1"]
     )

@@ -13,7 +13,7 @@ from conftest import tiny_llama
 from peft import LoraConfig, get_peft_model
 
 from harness.errors import HarnessError
-from harness.modeling import train_tokenizer
+from harness.modeling import pool_corpus, train_tokenizer
 from harness.signals.embeddings import embeddings
 from harness.signals.gradients import (
     FeatureStore,
@@ -40,7 +40,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     pool = generate_testbed(TestbedConfig(n_pool=200, n_validation_per_task=5, n_eval_per_task=5, n_facts=16))
-    texts = [p + " " + r for p, r in zip(pool.examples["prompt"], pool.examples["response"])]
+    texts = pool_corpus(pool, validation=False)
     tok = train_tokenizer(texts, 300)
     data = tokenize_pool(pool, tok, 64, False, tmp_path_factory.mktemp("cache"))
     return tok, data

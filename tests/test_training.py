@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from omegaconf import OmegaConf
 
 from harness.config import TrainSchema
-from harness.modeling import build_model, train_tokenizer
+from harness.modeling import build_model, pool_corpus, train_tokenizer
 from harness.testbed import TestbedConfig, generate_testbed
 from harness.tokenization import encode_examples, tokenize_pool
 from harness.training import collate, global_batches, latest_checkpoint, train
@@ -34,7 +34,7 @@ MODEL = OmegaConf.create(
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     pool = generate_testbed(TestbedConfig(n_pool=200, n_eval_per_task=100, n_validation_per_task=20, n_facts=16))
-    texts = [p + " " + r for p, r in zip(pool.examples["prompt"], pool.examples["response"])]
+    texts = pool_corpus(pool, validation=False)
     tok = train_tokenizer(texts, 300)
     data = tokenize_pool(pool, tok, 64, False, tmp_path_factory.mktemp("cache"))
     return pool, tok, data

@@ -56,6 +56,17 @@ DEFAULTS: dict[str, Any] = {
 REQUIRED = ("run_id", "selector", "budget", "seed", "model", "data", "task", "metric", "value")
 
 
+NOTES: tuple[tuple[str, str], ...] = (
+    ("incomplete", "skipped {n} incomplete run(s) (no results.csv yet)"),
+    ("unreadable", f"skipped {{n}} unreadable record(s) (results.csv lacks {', '.join(REQUIRED)})"),
+    ("duplicates", "counted {n} duplicate record(s) of a cell once (same run_id; newest kept)"),
+    ("archived_ignored", "ignored {n} archived record(s) of cells that have a live record"),
+    ("from_archive", "read {n} cell(s) from their archived record (no live complete record)"),
+    ("no_items", "{n} record(s) have no eval_items.csv: no paired tests for them"),
+)
+"""What the reader says about each count it keeps, in this order."""
+
+
 @dataclass
 class Records:
     """Everything the report reads: result rows, per-item rows and manifests of the counted records."""
@@ -67,20 +78,7 @@ class Records:
 
     def notes(self) -> list[str]:
         """One line per thing skipped or merged while reading."""
-        c, out = self.counts, []
-        if c.get("incomplete"):
-            out.append(f"skipped {c['incomplete']} incomplete run(s) (no results.csv yet)")
-        if c.get("unreadable"):
-            out.append(f"skipped {c['unreadable']} unreadable record(s) (results.csv lacks {', '.join(REQUIRED)})")
-        if c.get("duplicates"):
-            out.append(f"counted {c['duplicates']} duplicate record(s) of a cell once (same run_id; newest kept)")
-        if c.get("archived_ignored"):
-            out.append(f"ignored {c['archived_ignored']} archived record(s) of cells that have a live record")
-        if c.get("from_archive"):
-            out.append(f"read {c['from_archive']} cell(s) from their archived record (no live complete record)")
-        if c.get("no_items"):
-            out.append(f"{c['no_items']} record(s) have no eval_items.csv: no paired tests for them")
-        return out
+        return [note.format(n=self.counts[key]) for key, note in NOTES if self.counts.get(key)]
 
 
 def find_records(folder: Path) -> tuple[list[Path], list[Path], int]:

@@ -11,12 +11,18 @@ import torch
 
 from harness.errors import HarnessError
 from harness.tokenization import TokenizedPool
+from harness.training import collate
 
 
 def as_rows(rows: np.ndarray | list[int]) -> np.ndarray:
     """Pool row indices as a 1-d int64 array."""
     out = np.asarray(rows, dtype=np.int64).reshape(-1)
     return out
+
+
+def device_batch(data: TokenizedPool, rows: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The rows collated into one right-padded batch (as the training loop builds it), on `device`."""
+    return {k: v.to(device) for k, v in collate(data, rows, pad_id).items()}
 
 
 def length_sorted_batches(data: TokenizedPool, rows: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -7,9 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.signals.batching import as_rows, check_device, eval_mode, length_sorted_batches
+from harness.signals.batching import as_rows, check_device, device_batch, eval_mode, length_sorted_batches
 from harness.tokenization import TokenizedPool
-from harness.training import collate
 
 
 def final_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -47,8 +46,8 @@ def embeddings(
     out: np.ndarray | None = None
     with eval_mode(model), torch.no_grad():
         for pos in length_sorted_batches(data, rows, batch_size):
-            batch = collate(data, rows[pos], pad_id)
-            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            batch = device_batch(data, rows[pos], pad_id, device)
+            ids, mask = batch["input_ids"], batch["attention_mask"]
             pooled = F.normalize(position_weighted_mean(final_hidden_states(model, ids, mask), mask), dim=1)
             if out is None:
                 out = np.zeros((len(rows), pooled.size(1)), dtype=np.float32)

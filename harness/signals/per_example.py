@@ -15,9 +15,15 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from harness.signals.batching import as_rows, check_device, eval_mode, length_sorted_batches, quiet_vmap
+from harness.signals.batching import (
+    as_rows,
+    check_device,
+    device_batch,
+    eval_mode,
+    length_sorted_batches,
+    quiet_vmap,
+)
 from harness.tokenization import TokenizedPool
-from harness.training import collate
 
 EL2N_TOKEN_CHUNK = 4096
 """Response tokens whose float32 softmax is taken at once (bounds memory for large vocabularies)."""
@@ -67,7 +73,7 @@ def losses_and_el2n(
     scores = np.full(len(rows), np.nan, dtype=np.float32)
     with eval_mode(model), torch.no_grad():
         for pos in length_sorted_batches(data, rows, batch_size):
-            batch = {k: v.to(device) for k, v in collate(data, rows[pos], pad_id).items()}
+            batch = device_batch(data, rows[pos], pad_id, device)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             loss, score = _response_stats(logits, batch["labels"])
             losses[pos] = loss.cpu().numpy()
@@ -193,7 +199,7 @@ def per_example_grads(
     concatenated in trainable_names(model) order; rows form ONE batch (see iter_per_example_grads)."""
     rows = as_rows(rows)
     device = check_device(model, device)
-    batch = {k: v.to(device) for k, v in collate(data, rows, pad_id).items()}
+    batch = device_batch(data, rows, pad_id, device)
     with eval_mode(model):
         grads = per_example_grad_dict(model, batch, chunk_size)
     b = len(rows)
@@ -233,7 +239,7 @@ def grad_norms(
     out = np.zeros(len(rows), dtype=np.float32)
     with eval_mode(model):
         for pos in length_sorted_batches(data, rows, batch_size):
-            batch = {k: v.to(device) for k, v in collate(data, rows[pos], pad_id).items()}
+            batch = device_batch(data, rows[pos], pad_id, device)
             grads = per_example_grad_dict(model, batch, chunk_size)
             sq = sum(g.reshape(len(pos), -1).float().square().sum(1) for g in grads.values())
             out[pos] = sq.sqrt().cpu().numpy()
