@@ -26,7 +26,7 @@ def one_at_a_time(prompts, responses, tok, delimiter, max_length):
 
 
 def main() -> None:
-    pool = generate_testbed(TestbedConfig(n_pool=20000, n_facts=256))
+    pool = generate_testbed(TestbedConfig(n_pool=20000, n_facts=256, add_max=999))  # 7,000 distinct sums
     texts = pool_corpus(pool, validation=False)
     tok = train_tokenizer(texts, 512)
     prompts, responses = pool.examples["prompt"].tolist(), pool.examples["response"].tolist()
