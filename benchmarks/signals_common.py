@@ -112,11 +112,14 @@ def in_child(target, **kwargs):
     return result
 
 
-def timed(fn, baseline_mb: float):
+def timed(fn, baseline_mb: float, repeats: int = 1):
     """(result, seconds, peak RSS in MB above `baseline_mb`, the peak once the model was built).
     With one thread, CPU time of this process (the shared machine's load does not count); with more
-    (BENCH_THREADS), wall time, since CPU time would add the threads up."""
+    (BENCH_THREADS), wall time, since CPU time would add the threads up. With `repeats`, the median."""
     clock = time.process_time if threads() == 1 else time.perf_counter
-    start = clock()
-    out = fn()
-    return out, clock() - start, max(0.0, peak_mb() - baseline_mb)
+    seconds = []
+    for _ in range(repeats):
+        start = clock()
+        out = fn()
+        seconds.append(clock() - start)
+    return out, float(np.median(seconds)), max(0.0, peak_mb() - baseline_mb)

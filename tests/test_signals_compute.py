@@ -4,6 +4,7 @@ with one-example-at-a-time references, and the feature store resumes after an in
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from peft import LoraConfig, get_peft_model
 
 from harness.errors import HarnessError
 from harness.modeling import pool_corpus, train_tokenizer
+from harness.signals import gradients
 from harness.signals.embeddings import embeddings
 from harness.signals.gradients import (
     FeatureStore,
@@ -72,6 +74,29 @@ def attention_model(tok):
     return model
 
 
+class SharedBiasedLayer(torch.nn.Module):
+    """One linear layer with a bias applied twice per token (its per-example gradient sums both calls),
+    then a biased output head; the embedding is frozen, so every trainable parameter is a linear layer's."""
+
+    def __init__(self, vocab_size: int, width: int = 16) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(5)
+        self.embed = torch.nn.Embedding(vocab_size, width).requires_grad_(False)
+        self.shared = torch.nn.Linear(width, width)
+        self.head = torch.nn.Linear(width, vocab_size)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        h = torch.tanh(self.shared(torch.tanh(self.shared(self.embed(input_ids)))))
+        return SimpleNamespace(logits=self.head(h))
+
+
+def shared_biased_model(tok):
+    return SharedBiasedLayer(len(tok))
+
+
 def loop_grads(model, data, rows, pad_id) -> torch.Tensor:
     """Reference: one example, one backward pass of the training loss (attention mask included)."""
     params = [p for _, p in model.named_parameters() if p.requires_grad]
@@ -87,7 +112,9 @@ def loop_grads(model, data, rows, pad_id) -> torch.Tensor:
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("build", [plain_model, lora_model, attention_model], ids=["full", "lora", "qkvo"])
+@pytest.mark.parametrize(
+    "build", [plain_model, lora_model, attention_model, shared_biased_model], ids=["full", "lora", "qkvo", "shared"]
+)
 def test_batched_grad_norms_equal_one_example_backward_loop(setup, build):
     tok, data = setup
     model = build(tok)
@@ -246,16 +273,25 @@ def test_adam_direction_is_the_next_adamw_step_and_matches_hand_formulas(setup):
     torch.testing.assert_close((before - after) / 1e-3, paper, rtol=1e-3, atol=1e-4)
 
 
-def test_gradient_features_equal_hand_computation_from_optimizer_state(setup):
+@pytest.mark.parametrize("grouping", ["one group", "two batches a group", "one batch a group"])
+def test_gradient_features_equal_hand_computation_from_optimizer_state(setup, grouping, monkeypatch):
     tok, data = setup
     model, opt = warmed_up_lora(tok, data)
     state = adam_state_from_optimizer(model, opt.state_dict())
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if grouping == "two batches a group":  # batches of 6 rows: projected 12 + 4
+        monkeypatch.setattr(gradients, "PROJECT_ROWS", 12)
+    elif grouping == "one batch a group":  # the byte budget holds fewer than two batches
+        monkeypatch.setattr(gradients, "PROJECT_BYTES", n_params * 4 * 8)
     projector = Projector(n_params, 256, seed=11, block_entries=256 * 500)
+    projected, project = [], projector.project
+    monkeypatch.setattr(projector, "project", lambda flat: projected.append(len(flat)) or project(flat))
     common = dict(projector=projector, batch_size=6, device=CPU, pad_id=tok.pad_token_id)
     adam = dict(moments=state.moments, step=state.step, betas=state.betas, eps=state.eps)
     feats = gradient_features(model, data, ROWS, kind="adam", **adam, **common)
     sgd = gradient_features(model, data, ROWS, kind="sgd", **common)
+    groups = {"one group": [16], "two batches a group": [12, 4], "one batch a group": [6, 6, 4]}[grouping]
+    assert projected == groups + groups
     assert feats.shape == (len(ROWS), 256) and feats.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
 

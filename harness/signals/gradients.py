@@ -25,8 +25,12 @@ from harness.tokenization import TokenizedPool
 
 FORMULAS = ("paper", "authors")
 GRADIENT_KINDS = ("adam", "sgd")
-ADAM_COLUMNS = 1 << 22
-"""Columns of the [b, P] gradient turned into Adam directions at once (bounds the temporaries)."""
+ADAM_ELEMENTS = 1 << 22
+"""Entries of the gradients turned into Adam directions at once (bounds the one temporary)."""
+PROJECT_ROWS = 256
+PROJECT_BYTES = 256 << 20
+"""Batches of gradients are projected together, up to this many rows or bytes of float32 gradients: the
+projection is one matrix product, and a CPU runs it at about 1.4x the speed with 256 rows as with 64."""
 
 
 def adam_direction(
@@ -37,6 +41,8 @@ def adam_direction(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     formula: str = "paper",
+    *,
+    scratch: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The Adam update direction of each gradient row (grads [b, P] or [P]; moments [P]), in float32.
 
@@ -49,18 +55,22 @@ def adam_direction(
       this example were the next batch.
     - "authors" (LESS code, collect_grad_reps.py): no bias correction and eps inside the root,
       m' / sqrt(v' + eps). With eps = 1e-8 this differs from "paper" wherever v' is tiny or t is small.
+    The bias corrections are folded into the per-parameter constants, so a block takes five elementwise
+    passes. With `scratch` (float32 grads, a flat buffer of at least grads.numel() entries) the result
+    overwrites `grads` and the second moment lives in `scratch`: no allocation.
     """
     if formula not in FORMULAS:
         raise HarnessError(f"adam formula must be one of {', '.join(FORMULAS)}, got {formula!r}")
     b1, b2 = betas
-    g = grads.float()
-    m = torch.lerp(g, exp_avg.float().expand_as(g), b1)  # b1*m + (1-b1)*g
-    v = torch.lerp(g * g, exp_avg_sq.float().expand_as(g), b2)
+    c1, c2 = (1.0, 1.0) if formula == "authors" else (1 / (1 - b1 ** (int(step) + 1)), 1 / (1 - b2 ** (int(step) + 1)))
+    inplace = scratch is not None and grads.dtype == torch.float32
+    g = grads if inplace else grads.float()
+    v_out = scratch[: g.numel()].view(g.shape) if inplace else None
+    v = torch.addcmul(exp_avg_sq.float() * (b2 * c2), g, g, value=(1 - b2) * c2, out=v_out)  # v' (bias-corrected)
+    m = torch.add(exp_avg.float() * (b1 * c1), g, alpha=(1 - b1) * c1, out=g if inplace else None)  # m'
     if formula == "authors":
         return m.div_(v.add_(eps).sqrt_())
-    t = int(step) + 1
-    m.div_(1 - b1**t)
-    return m.div_(v.div_(1 - b2**t).sqrt_().add_(eps))
+    return m.div_(v.sqrt_().add_(eps))
 
 
 def flat_moments(
@@ -157,12 +167,22 @@ def gradient_features(
             raise HarnessError("adam gradient features need the checkpoint's Adam moments; pass moments=")
         exp_avg, exp_avg_sq = flat_moments(model, moments, device)
     out = np.zeros((len(rows), projector.dim), dtype=np.float32)
-    for pos, flat in iter_per_example_grads(model, data, rows, batch_size=batch_size, device=device, pad_id=pad_id):
+    group_rows = min(PROJECT_ROWS, PROJECT_BYTES // (4 * n_params))
+    scratch = torch.empty(0)
+    for pos, flat in iter_per_example_grads(
+        model, data, rows, batch_size=batch_size, device=device, pad_id=pad_id, group_rows=group_rows
+    ):
         if kind == "adam":
-            for s in range(0, n_params, ADAM_COLUMNS):
-                cols = slice(s, s + ADAM_COLUMNS)
-                part = flat[:, cols]
-                flat[:, cols] = adam_direction(part, exp_avg[cols], exp_avg_sq[cols], step, betas, eps, formula)
+            # in blocks of about ADAM_ELEMENTS entries, with one reused temporary
+            rows_at_once = max(1, ADAM_ELEMENTS // n_params)
+            cols_at_once = min(n_params, ADAM_ELEMENTS)
+            if scratch.numel() < rows_at_once * cols_at_once:
+                scratch = torch.empty(rows_at_once * cols_at_once, dtype=torch.float32, device=flat.device)
+            for r in range(0, len(pos), rows_at_once):
+                for c in range(0, n_params, cols_at_once):
+                    block = flat[r : r + rows_at_once, c : c + cols_at_once]
+                    cols = slice(c, c + cols_at_once)
+                    adam_direction(block, exp_avg[cols], exp_avg_sq[cols], step, betas, eps, formula, scratch=scratch)
         out[pos] = F.normalize(projector.project(flat), dim=1).cpu().numpy()
     return out
 

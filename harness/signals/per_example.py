@@ -122,12 +122,17 @@ def linear_owners(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Linear, st
     return {n: owners[n] for n in names}
 
 
-def _linear_grad_dict(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], owners: dict[str, tuple[torch.nn.Linear, str]]
-) -> dict[str, torch.Tensor]:
+def _linear_grads(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    owners: dict[str, tuple[torch.nn.Linear, str]],
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-example gradients of linear layers from one batched pass: for y = x W^T + c, example i's
     gradient is sum_t g_it^T x_it for W and sum_t g_it for c, with g = d(sum of per-example losses)/dy.
-    Examples do not interact (causal attention, right padding), so g_i is example i's own gradient."""
+    Examples do not interact (causal attention, right padding), so g_i is example i's own gradient.
+    Returns the flat [b, P] float32 gradients (trainable_names(model) order; written into `out` when given)
+    and name -> a view of them."""
     modules = list(dict.fromkeys(m for m, _ in owners.values()))
     calls: dict[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in modules}
 
@@ -144,21 +149,34 @@ def _linear_grad_dict(
     finally:
         for h in handles:
             h.remove()
-    weight: dict[torch.nn.Module, torch.Tensor] = {}
-    bias: dict[torch.nn.Module, torch.Tensor] = {}
     b = batch["input_ids"].size(0)
+    device = next(iter(owners.values()))[0].weight.device
+    sizes = [getattr(m, kind).numel() for m, kind in owners.values()]
+    flat = torch.empty(b, sum(sizes), dtype=torch.float32, device=device) if out is None else out
+    views, start = {}, 0
+    for (m, kind), size in zip(owners.values(), sizes):
+        views[m, kind] = flat[:, start : start + size].view(b, *getattr(m, kind).shape)
+        start += size
+    written: set[tuple[torch.nn.Module, str]] = set()  # a layer called once writes its place, no zero-fill
     for m in modules:
-        w_sum = torch.zeros(b, *m.weight.shape, dtype=torch.float32, device=m.weight.device)
-        c_sum = torch.zeros(b, m.out_features, dtype=torch.float32, device=m.weight.device)
         for x, _ in calls[m]:
             g = next(out_grads)
             if g is None:
                 continue
             g, x = g.float().reshape(b, -1, g.size(-1)), x.float().reshape(b, -1, x.size(-1))
-            w_sum += torch.einsum("bto,bti->boi", g, x)
-            c_sum += g.sum(1)
-        weight[m], bias[m] = w_sum, c_sum
-    return {n: weight[m] if kind == "weight" else bias[m] for n, (m, kind) in owners.items()}
+            for kind in ("weight", "bias"):
+                out = views.get((m, kind))
+                if out is None:
+                    continue
+                first = (m, kind) not in written
+                written.add((m, kind))
+                if kind == "weight":
+                    torch.bmm(g.mT, x, out=out) if first else out.baddbmm_(g.mT, x)
+                else:
+                    out.copy_(g.sum(1)) if first else out.add_(g.sum(1))
+    for key in views.keys() - written:  # a parameter the loss does not depend on
+        views[key].zero_()
+    return flat, {name: views[m, kind] for name, (m, kind) in owners.items()}
 
 
 def per_example_grad_dict(
@@ -172,7 +190,7 @@ def per_example_grad_dict(
     (`chunk_size` bounds how many at once)."""
     owners = linear_owners(model)
     if owners is not None:
-        return _linear_grad_dict(model, batch, owners)
+        return _linear_grads(model, batch, owners)[1]
     names = trainable_names(model)
     named = dict(model.named_parameters())
     params = {n: named[n].detach() for n in names}
@@ -194,16 +212,21 @@ def per_example_grads(
     device: torch.device | str,
     pad_id: int,
     chunk_size: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Flat per-example gradients [len(rows), P] (float32, on `device`) over the trainable parameters,
-    concatenated in trainable_names(model) order; rows form ONE batch (see iter_per_example_grads)."""
+    concatenated in trainable_names(model) order (into `out` when given); rows form ONE batch."""
     rows = as_rows(rows)
     device = check_device(model, device)
     batch = device_batch(data, rows, pad_id, device)
     with eval_mode(model):
+        owners = linear_owners(model)
+        if owners is not None:
+            return _linear_grads(model, batch, owners, out)[0]
         grads = per_example_grad_dict(model, batch, chunk_size)
     b = len(rows)
-    return torch.cat([grads[n].reshape(b, -1).float() for n in trainable_names(model)], dim=1)
+    parts = [grads[n].reshape(b, -1).float() for n in trainable_names(model)]
+    return torch.cat(parts, dim=1) if out is None else torch.cat(parts, dim=1, out=out)
 
 
 def iter_per_example_grads(
@@ -214,12 +237,37 @@ def iter_per_example_grads(
     batch_size: int,
     device: torch.device | str,
     pad_id: int,
+    group_rows: int = 0,
     chunk_size: int | None = None,
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """(positions into rows, flat gradients [len(positions), P]) for length-sorted batches of `rows`."""
+    """(positions into rows, flat gradients [len(positions), P]) for length-sorted batches of `rows`,
+    several batches at a time up to `group_rows` rows (at least one batch). The gradients are a view of
+    one buffer that the next group overwrites: large fresh allocations cost page faults on every batch."""
     rows = as_rows(rows)
-    for pos in length_sorted_batches(data, rows, batch_size):
-        yield pos, per_example_grads(model, data, rows[pos], device=device, pad_id=pad_id, chunk_size=chunk_size)
+    device = check_device(model, device)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    batches = length_sorted_batches(data, rows, batch_size)
+    capacity = max(group_rows, max((len(pos) for pos in batches), default=0))
+    buffer = torch.empty(min(capacity, len(rows)), n_params, dtype=torch.float32, device=device)
+    group: list[np.ndarray] = []
+    held = 0
+    for pos in batches:
+        if held + len(pos) > capacity:
+            yield np.concatenate(group), buffer[:held]
+            group, held = [], 0
+        per_example_grads(
+            model,
+            data,
+            rows[pos],
+            device=device,
+            pad_id=pad_id,
+            chunk_size=chunk_size,
+            out=buffer[held : held + len(pos)],
+        )
+        group.append(pos)
+        held += len(pos)
+    if group:
+        yield np.concatenate(group), buffer[:held]
 
 
 def grad_norms(
