@@ -168,20 +168,16 @@ def gradient_features(
         exp_avg, exp_avg_sq = flat_moments(model, moments, device)
     out = np.zeros((len(rows), projector.dim), dtype=np.float32)
     group_rows = min(PROJECT_ROWS, PROJECT_BYTES // (4 * n_params))
-    scratch = torch.empty(0)
+    # Adam directions in blocks of about ADAM_ELEMENTS entries, with one reused temporary
+    rows_at_once, cols_at_once = max(1, ADAM_ELEMENTS // n_params), min(n_params, ADAM_ELEMENTS)
+    scratch = torch.empty(rows_at_once * cols_at_once if kind == "adam" else 0, device=device)
     for pos, flat in iter_per_example_grads(
         model, data, rows, batch_size=batch_size, device=device, pad_id=pad_id, group_rows=group_rows
     ):
         if kind == "adam":
-            # in blocks of about ADAM_ELEMENTS entries, with one reused temporary
-            rows_at_once = max(1, ADAM_ELEMENTS // n_params)
-            cols_at_once = min(n_params, ADAM_ELEMENTS)
-            if scratch.numel() < rows_at_once * cols_at_once:
-                scratch = torch.empty(rows_at_once * cols_at_once, dtype=torch.float32, device=flat.device)
             for r in range(0, len(pos), rows_at_once):
                 for c in range(0, n_params, cols_at_once):
-                    block = flat[r : r + rows_at_once, c : c + cols_at_once]
-                    cols = slice(c, c + cols_at_once)
+                    block, cols = flat[r : r + rows_at_once, c : c + cols_at_once], slice(c, c + cols_at_once)
                     adam_direction(block, exp_avg[cols], exp_avg_sq[cols], step, betas, eps, formula, scratch=scratch)
         out[pos] = F.normalize(projector.project(flat), dim=1).cpu().numpy()
     return out

@@ -165,15 +165,15 @@ def _linear_grads(
                 continue
             g, x = g.float().reshape(b, -1, g.size(-1)), x.float().reshape(b, -1, x.size(-1))
             for kind in ("weight", "bias"):
-                out = views.get((m, kind))
-                if out is None:
+                place = views.get((m, kind))
+                if place is None:
                     continue
                 first = (m, kind) not in written
                 written.add((m, kind))
                 if kind == "weight":
-                    torch.bmm(g.mT, x, out=out) if first else out.baddbmm_(g.mT, x)
+                    torch.bmm(g.mT, x, out=place) if first else place.baddbmm_(g.mT, x)
                 else:
-                    out.copy_(g.sum(1)) if first else out.add_(g.sum(1))
+                    place.copy_(g.sum(1)) if first else place.add_(g.sum(1))
     for key in views.keys() - written:  # a parameter the loss does not depend on
         views[key].zero_()
     return flat, {name: views[m, kind] for name, (m, kind) in owners.items()}
@@ -191,6 +191,11 @@ def per_example_grad_dict(
     owners = linear_owners(model)
     if owners is not None:
         return _linear_grads(model, batch, owners)[1]
+    return _vmap_grads(model, batch, chunk_size)
+
+
+def _vmap_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor], chunk_size: int | None):
+    """name -> [b, *param.shape] per-example gradients from one vmap(grad(...)) over the batch."""
     names = trainable_names(model)
     named = dict(model.named_parameters())
     params = {n: named[n].detach() for n in names}
@@ -223,7 +228,7 @@ def per_example_grads(
         owners = linear_owners(model)
         if owners is not None:
             return _linear_grads(model, batch, owners, out)[0]
-        grads = per_example_grad_dict(model, batch, chunk_size)
+        grads = _vmap_grads(model, batch, chunk_size)
     b = len(rows)
     parts = [grads[n].reshape(b, -1).float() for n in trainable_names(model)]
     return torch.cat(parts, dim=1) if out is None else torch.cat(parts, dim=1, out=out)
