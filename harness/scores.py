@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
+from harness.params import number, whole
 from harness.seeding import stream_seed
 from harness.selection import KEEP_RULES, Selection, SelectionContext, keep_by_score
 
@@ -37,24 +38,19 @@ def select_by_score(ctx: SelectionContext, score: Callable[[Any], np.ndarray], *
 
 def check_warmup(params: dict[str, Any], seeds_key: str | None = "warmup_seeds") -> None:
     """One-line errors for warm-up settings that cannot work."""
-    if params.get("warmup_epochs", 1) < 1:
-        raise HarnessError(
-            f"warmup_epochs must be at least 1 (scores are unreliable before one epoch), got {params['warmup_epochs']}"
-        )
-    if seeds_key and params.get(seeds_key, 1) < 1:
-        raise HarnessError(f"{seeds_key} must be at least 1 (scores are averaged over warm-up runs), got 0")
-    fraction = params.get("warmup_fraction", 1.0)
-    if not 0 < fraction <= 1:
-        raise HarnessError(f"warmup_fraction must be in (0, 1], got {fraction}")
+    if "warmup_epochs" in params:
+        whole(params, "warmup_epochs", 1, "scores are unreliable before one epoch")
+    if seeds_key and seeds_key in params:
+        whole(params, seeds_key, 1, "scores are averaged over warm-up runs")
+    if "warmup_fraction" in params:
+        number(params, "warmup_fraction", 0, 1, low_open=True)
 
 
 def check_keep(params: dict[str, Any]) -> None:
     if params.get("keep") not in KEEP_RULES:
         raise HarnessError(f"unknown keep rule {params.get('keep')!r}; use one of {list(KEEP_RULES)}")
-    if not 0 <= params.get("offset", 0.0) < 1:
-        raise HarnessError(
-            f"offset must be in [0, 1) (the share of the highest scores dropped), got {params['offset']}"
-        )
+    if "offset" in params:
+        number(params, "offset", 0, 1, high_open=True, why="the share of the highest scores dropped")
 
 
 def warmup_seed(ctx: SelectionContext, i: int) -> int:

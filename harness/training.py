@@ -422,10 +422,11 @@ def train(
             stopping = _any_process(stop is not None and stop.requested, accelerator)
             if done % cfg.checkpoint_every == 0 or epoch_end or stopping:
                 if accelerator.is_main_process:
-                    save_checkpoint(ckpt_dir, done, model, optimizer, scheduler, fingerprint, clock_now(done))
+                    # the kept epoch checkpoint first: a resume point past an epoch's end implies its checkpoint
                     if epoch_end and epoch_checkpoints is not None:
                         avg_lr = float(np.mean([r for (e, _), r in zip(batches, rates) if e == epoch]))
                         save_epoch_checkpoint(epoch_checkpoints, epoch, done, model, optimizer, avg_lr)
+                    save_checkpoint(ckpt_dir, done, model, optimizer, scheduler, fingerprint, clock_now(done))
                 accelerator.wait_for_everyone()
             if stopping:
                 raise Interrupted(stop.signame or "SIGTERM", step=done, stage="training")

@@ -14,10 +14,14 @@ Algorithm, for the raw attribution matrix A (N training rows x |V| validation co
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from harness.selection import Selection, SelectionContext, register
 from harness.signals import less
+
+log = logging.getLogger(__name__)
 
 
 def zscore_columns(attribution: np.ndarray) -> np.ndarray:
@@ -192,8 +196,7 @@ def select(ctx: SelectionContext, **settings: object) -> Selection:
     """BIDS on the LESS influence matrix (BIDS' setup: the warm-up covers the whole pool, 4 epochs)."""
     matrix, val_tasks = less.influence_matrix(ctx, settings)
     order = bids_order(np.asarray(matrix), ctx.k)
-    counts = dict(zip(*np.unique(val_tasks, return_counts=True)))
-    return Selection(
-        ids=list(ctx.pool.ids[order]),
-        info={"validation_per_task": {str(t): int(c) for t, c in counts.items()}},
-    )
+    counts = {str(t): int(c) for t, c in zip(*np.unique(val_tasks, return_counts=True))}
+    if len(set(counts.values())) > 1:  # tasks enter BIDS through their number of columns
+        log.warning("BIDS assumes equal validation examples per task (the paper: 50); this pool has %s", counts)
+    return Selection(ids=list(ctx.pool.ids[order]), info={"validation_per_task": counts})

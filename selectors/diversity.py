@@ -15,26 +15,26 @@
 Authors' defaults: K = 4096 for a 5% budget of a large pool, K = 512 with 3 rounds for the iterative variant.
 """
 
+import math
+
 import numpy as np
 
 from harness.clustering import default_clusters, kmeans
 from harness.errors import HarnessError
+from harness.params import number, whole
 from harness.scores import check_warmup, warmup_seed
 from harness.selection import Selection, SelectionContext, equal_quotas, register
 
 
 def check(params: dict) -> None:
     check_warmup(params, seeds_key=None)
-    if params["n_clusters"] is not None and params["n_clusters"] < 1:
-        raise HarnessError(f"n_clusters must be at least 1 (or null: sqrt of the pool), got {params['n_clusters']}")
-    if params["rounds"] < 1:
-        raise HarnessError(f"rounds must be at least 1, got {params['rounds']}")
-    if params["temperature"] <= 0:
-        raise HarnessError(f"temperature must be positive (it divides the cluster scores), got {params['temperature']}")
+    if params["n_clusters"] is not None:
+        whole(params, "n_clusters", 1, "or null: sqrt of the pool")
+    whole(params, "rounds", 1)
+    number(params, "temperature", 0, math.inf, low_open=True, why="it divides the cluster scores")
     if params["embedding"] not in EMBEDDINGS:
         raise HarnessError(f"unknown embedding {params['embedding']!r}; use one of {list(EMBEDDINGS)}")
-    if params["round_epochs"] < 1:
-        raise HarnessError(f"round_epochs must be at least 1, got {params['round_epochs']}")
+    whole(params, "round_epochs", 1)
 
 
 EMBEDDINGS = ("rds", "tfidf")
@@ -74,6 +74,15 @@ def weighted_quotas(rng: np.random.Generator, sizes: np.ndarray, weights: np.nda
     return quota
 
 
+def loss_weights(loss: np.ndarray, labels: np.ndarray, sizes: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(mean loss of each cluster / temperature); a cluster k-means left empty (identical vectors) gets 0."""
+    filled = sizes > 0
+    mean = np.bincount(labels, weights=loss, minlength=len(sizes)) / np.maximum(sizes, 1)
+    score = np.where(filled, mean, -np.inf)
+    weights = np.exp((score - score[filled].max()) / temperature)
+    return weights / weights.sum()
+
+
 @register("diversity", check=check)
 def select(
     ctx: SelectionContext,
@@ -108,8 +117,7 @@ def select(
         available[chosen] = False
         model = ctx.signals.warmup(epochs=round_epochs, seed=warmup_seed(ctx, 100 + r), ids=list(ctx.pool.ids[chosen]))
         loss = np.asarray(ctx.signals.losses(model)["loss"], dtype=np.float64)
-        score = np.array([loss[labels == c].mean() for c in range(clusters)])
-        weights = np.exp((score - score.max()) / temperature)
+        weights = loss_weights(loss, labels, sizes, temperature)
         left = np.bincount(labels[available], minlength=clusters)
         quotas = weighted_quotas(rng, left, weights, shares[r])
         chosen = np.concatenate([chosen, draw(rng, labels, available, quotas)])

@@ -15,6 +15,7 @@ Selection cost is zero: RS2's whole point is that this is hard to beat per unit 
 
 import numpy as np
 
+from harness.params import flag
 from harness.selection import Selection, SelectionContext, register
 
 
@@ -40,7 +41,11 @@ def with_replacement(rng: np.random.Generator, n: int, k: int, epochs: int) -> l
     return [rng.choice(n, size=k, replace=False) for _ in range(epochs)]
 
 
-@register("rs2", budget_unit="epoch")
+def check(params: dict) -> None:
+    flag(params, "replacement")
+
+
+@register("rs2", budget_unit="epoch", check=check)
 def select(ctx: SelectionContext, *, replacement: bool = False) -> Selection:
     """A new random subset of k examples for each of the recipe's epochs."""
     draw = with_replacement if replacement else without_replacement

@@ -3,6 +3,7 @@ selectors find what the testbed planted (noise for EL2N/GraNd, near-duplicates f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import time
@@ -11,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from accelerate import Accelerator
 from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
@@ -233,3 +235,81 @@ def test_diversity_on_the_default_testbed_keeps_fewer_near_duplicates(default_be
     random_ids = pick("random", ctx).ids
     kept, baseline = redundant_duplicates(truth, diverse), redundant_duplicates(truth, random_ids)
     assert kept < baseline, (kept, baseline)
+
+
+def test_influence_targets_the_evaluated_tasks_only(bed):
+    """The cached matrix covers every validation example; `influence` and `bids` use the target tasks' columns."""
+    pool, _, service = bed
+    settings = {"warmup_mode": "full", "warmup_fraction": 1.0, "warmup_epochs": 2, "warmup_lr": 3e-3, "proj_dim": 256}
+    from harness.signals import less
+
+    everything, all_tasks = less.influence_matrix(context(pool, service, 0.15), settings)
+    ctx = dataclasses.replace(context(pool, service, 0.15), target_tasks=["addition", "facts"])
+    matrix, tasks = less.influence_matrix(ctx, settings)
+    assert set(tasks) == {"addition", "facts"} and set(all_tasks) > set(tasks)
+    assert np.array_equal(matrix, np.asarray(everything)[:, np.isin(all_tasks, ["addition", "facts"])])
+    info = pick("bids", ctx, **settings).info
+    assert set(info["validation_per_task"]) == {"addition", "facts"}
+
+
+def _capture_training(monkeypatch) -> list:
+    """Patch the training loop so the test keeps the model a warm-up trained (trained in place)."""
+    import harness.training
+
+    trained, original = [], harness.training.train
+
+    def train(model, *args, **kwargs):
+        outcome = original(model, *args, **kwargs)
+        trained.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return outcome
+
+    monkeypatch.setattr(harness.training, "train", train)
+    return trained
+
+
+def test_signals_read_the_model_the_warm_up_trained_with_lora_on_a_scratch_base(tmp_path, monkeypatch):
+    """A checkpoint keeps only the trained (LoRA) weights: the frozen random base must be rebuilt from the
+    warm-up's own init seed, or every signal is computed on adapters over another network."""
+    pool, truth = generate_testbed_with_truth(TestbedConfig(n_pool=200, n_validation_per_task=2, n_eval_per_task=2))
+    lora_model = OmegaConf.merge(MODEL, {"lora": {"enabled": True, "r": 4, "alpha": 8}})
+    _, _, service = service_for(pool, truth, lora_model, RECIPE, tmp_path)
+    trained = _capture_training(monkeypatch)
+    warm = service.warmup(epochs=1, seed=123, fraction=0.5)
+    restored = service.model_at(warm, 0).state_dict()
+    assert any("lora_" in k for k in restored) and set(restored) == set(trained[0])
+    for name, value in trained[0].items():
+        assert torch.equal(restored[name], value), name
+
+
+def test_full_warm_up_trains_every_parameter_of_a_lora_configured_model(tmp_path, monkeypatch):
+    """warmup_mode=full (lora={"enabled": False}) overrides the model's own LoRA setting."""
+    pool, truth = generate_testbed_with_truth(TestbedConfig(n_pool=200, n_validation_per_task=2, n_eval_per_task=2))
+    lora_model = OmegaConf.merge(MODEL, {"lora": {"enabled": True, "r": 4, "alpha": 8}})
+    _, _, service = service_for(pool, truth, lora_model, RECIPE, tmp_path)
+    trained = _capture_training(monkeypatch)
+    full = service.warmup(epochs=1, seed=123, fraction=0.5, lora={"enabled": False})
+    assert not any("lora_" in k for k in trained[-1])
+    model = service.model_at(full, 0)
+    assert all(p.requires_grad for p in model.parameters())
+    own = service.warmup(epochs=1, seed=123, fraction=0.5)  # the proxy as configured: LoRA
+    assert any("lora_" in k for k in trained[-1]) and own.key != full.key
+
+
+def test_iterative_kmq_weights_skip_empty_clusters():
+    """k-means can leave a cluster empty; its mean loss is undefined and must not turn every weight into NaN."""
+    import sys
+
+    from harness import REPO_ROOT
+
+    load_plugins()
+    path = (REPO_ROOT / "selectors" / "diversity.py").resolve()
+    diversity = next(m for m in list(sys.modules.values()) if Path(getattr(m, "__file__", "") or "").resolve() == path)
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    sizes = np.bincount(labels, minlength=4)  # cluster 3 is empty
+    loss = np.array([5.0, 5.0, 0.1, 0.1, 0.1, 0.1])
+    weights = diversity.loss_weights(loss, labels, sizes, temperature=1.0)
+    assert np.isfinite(weights).all() and weights[3] == 0 and np.isclose(weights.sum(), 1)
+    expected = np.exp([4.9, 0, 0]) / np.exp([4.9, 0, 0]).sum()
+    assert np.allclose(weights[:3], expected)
+    quotas = diversity.weighted_quotas(np.random.default_rng(0), np.array([200, 200, 200, 0]), weights, 90)
+    assert quotas[3] == 0 and quotas[0] > 80

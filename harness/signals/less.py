@@ -13,11 +13,13 @@ reuse one warm-up, one gradient store and one matrix.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.params import names, number, whole
 from harness.scores import warmup_seed
 from harness.selection import SelectionContext
 
@@ -56,22 +58,27 @@ def check(params: dict[str, Any]) -> None:
     for key, allowed in CHOICES.items():
         if params[key] not in allowed:
             raise HarnessError(f"{key} must be one of {list(allowed)}, got {params[key]!r}")
-    if not isinstance(params["proj_dim"], int) or params["proj_dim"] < 1:
+    if isinstance(params["proj_dim"], bool) or not isinstance(params["proj_dim"], int) or params["proj_dim"] < 1:
         raise HarnessError(f"proj_dim must be a positive integer (the paper uses 8192), got {params['proj_dim']!r}")
-    if params["warmup_epochs"] < 1:
-        raise HarnessError(
-            f"warmup_epochs must be at least 1 (one checkpoint per epoch), got {params['warmup_epochs']}"
-        )
-    if not 0 < params["warmup_fraction"] <= 1:
-        raise HarnessError(f"warmup_fraction must be in (0, 1], got {params['warmup_fraction']}")
-    if params["warmup_lr"] <= 0:
-        raise HarnessError(f"warmup_lr must be positive, got {params['warmup_lr']}")
-    if params["warmup_mode"] == "lora" and (params["lora_r"] < 1 or not params["lora_modules"]):
-        raise HarnessError("warmup_mode=lora needs lora_r >= 1 and at least one module in lora_modules")
+    whole(params, "warmup_epochs", 1, "one checkpoint per epoch")
+    whole(params, "proj_seed", 0)
+    if params["warmup_seed"] is not None:
+        whole(params, "warmup_seed", 0, "or null: derived from the cell's seed")
+    number(params, "warmup_fraction", 0, 1, low_open=True)
+    number(params, "warmup_lr", 0, math.inf, low_open=True)
+    number(params, "warmup_ratio", 0, 1, high_open=True)
+    names(params, "feature_modules", allow_none=True)
+    if params["warmup_mode"] == "lora":
+        whole(params, "lora_r", 1)
+        number(params, "lora_alpha", 0, math.inf, low_open=True)
+        number(params, "lora_dropout", 0, 1, high_open=True)
+        if not names(params, "lora_modules"):
+            raise HarnessError("warmup_mode=lora needs at least one module in lora_modules, e.g. [q_proj,v_proj]")
 
 
 def influence_matrix(ctx: SelectionContext, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """The N x |V| influence matrix for these settings and the task of each validation column."""
+    """The N x |V| influence matrix for these settings over the target tasks' validation examples, and the task
+    of each column."""
     p = {**DEFAULTS, **params}
     validation = ctx.pool.validation
     if validation is None or validation.empty:
@@ -86,7 +93,7 @@ def influence_matrix(ctx: SelectionContext, params: dict[str, Any]) -> tuple[np.
             f"influence needs validation examples for every target task; none for {missing[0]!r}"
             f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''} (add them, or evaluate other tasks)"
         )
-    lora = None
+    lora: dict[str, Any] = {"enabled": False}  # full: every parameter trains, whatever the model's own LoRA setting
     if p["warmup_mode"] == "lora":
         lora = {
             "r": p["lora_r"],
@@ -107,4 +114,10 @@ def influence_matrix(ctx: SelectionContext, params: dict[str, Any]) -> tuple[np.
         "store_dtype": p["store_dtype"],
         "feature_modules": list(p["feature_modules"]) if p["feature_modules"] else None,
     }
-    return ctx.signals.influence(warm, settings)
+    matrix, tasks = ctx.signals.influence(warm, settings)
+    # the cached matrix covers every validation example; selection targets the evaluated tasks only (LESS is
+    # targeted: a task that is not evaluated has no say in task_max, instance_max, sum or BIDS's balance)
+    targeted = np.isin(tasks, list(ctx.target_tasks))
+    if not targeted.all():
+        matrix, tasks = np.asarray(matrix)[:, targeted], tasks[targeted]
+    return matrix, tasks

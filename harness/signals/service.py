@@ -55,6 +55,9 @@ class WarmupRun:
     epochs: int
     avg_lrs: tuple[float, ...]
     lora: dict[str, Any] | None
+    init_seed: int
+    """The seed the warm-up's model was built with: a checkpoint keeps only the trained weights, so the frozen
+    rest (a scratch model's random base under LoRA) is rebuilt from it."""
 
     def checkpoint(self, epoch: int) -> Path:
         return self.path / "epochs" / f"epoch-{epoch:03d}" / "state.pt"
@@ -242,13 +245,15 @@ class SignalService:
             "epochs": epochs,
             "seed": seed,
             "recipe": _recipe(train_cfg),
-            "lora": lora,
+            "lora": OmegaConf.to_container(model_cfg.lora) if model_cfg.lora.enabled else None,  # what trains
         }
+
+        init_seed = stream_seed(seed, "warmup-init")
 
         def build(work: Path) -> None:
             from harness.training import train
 
-            model = build_model(model_cfg, self.tokenizer, stream_seed(seed, "warmup-init"))
+            model = build_model(model_cfg, self.tokenizer, init_seed)
             train(
                 model,
                 self.tokens,
@@ -273,19 +278,21 @@ class SignalService:
 
         path = self.cached("warmup", spec, build)
         info = json.loads((path / "warmup.json").read_text())
-        return WarmupRun(path, self.key("warmup", spec), rows, epochs, tuple(info["avg_lrs"]), lora)
+        return WarmupRun(path, self.key("warmup", spec), rows, epochs, tuple(info["avg_lrs"]), lora, init_seed)
 
     def _with_lora(self, lora: dict[str, Any] | None) -> DictConfig:
+        """The proxy's model config, its LoRA settings replaced by `lora` when given ({"enabled": False}: train
+        every parameter, even of a model configured with LoRA)."""
         cfg = OmegaConf.create(OmegaConf.to_container(self.model_cfg, resolve=True))
-        if lora:
-            cfg.lora = OmegaConf.merge(cfg.lora, {**lora, "enabled": True})
+        if lora is not None:
+            cfg.lora = OmegaConf.merge(cfg.lora, {"enabled": True, **lora})
         return cfg
 
     def model_at(self, warm: WarmupRun, epoch: int) -> torch.nn.Module:
         """The warm-up's model as it was at the end of `epoch` (-1: the last), on the device, in eval mode."""
         epoch = warm.epochs - 1 if epoch < 0 else epoch
         state = torch.load(warm.checkpoint(epoch), map_location="cpu", weights_only=False)
-        model = build_model(self._with_lora(warm.lora), self.tokenizer, 0)
+        model = build_model(self._with_lora(warm.lora), self.tokenizer, warm.init_seed)
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, value in state["model"].items():
