@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from harness.errors import HarnessError
-from harness.report import Settings, build_report, log_to_wandb
+from harness.report import Settings, build_report, log_to_wandb, method_text
 from harness.report.__main__ import main
-from harness.report.load import load_records
-from harness.report.synthetic import write_run, write_sweep
+from harness.report.load import load_records, resolved_precision, seed_overrides
+from harness.report.synthetic import TASKS, write_run, write_sweep
+from harness.seeding import stage_seeds
 
 FAST = Settings(n_boot=300)
 
@@ -144,3 +148,151 @@ def test_wandb_offline_logs_tables_and_curves(sweep, tmp_path, monkeypatch):
     curves = list((tmp_path / "out" / "wandb").rglob("media/images/curves/curve_acc*.png"))
     assert len(tables) == 1 and len(curves) == 1
     assert '"bids"' in tables[0].read_text() and '"full"' in tables[0].read_text()
+
+
+def _set_manifest(run_dir: Path, **fields) -> None:
+    """Add fields to a synthetic record's manifest (what the pipeline records beyond the synthetic writer's)."""
+    path = run_dir / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def _archive(run_dir: Path, stamp: str = "20260101-000000") -> None:
+    """Move a record aside the way rerun=true does (into its folder's archive/)."""
+    aside = run_dir.parent / f"{run_dir.name}.aside"
+    shutil.move(run_dir, aside)
+    run_dir.mkdir()
+    (run_dir / "archive").mkdir()
+    shutil.move(aside, run_dir / "archive" / stamp)
+
+
+def test_an_edited_selector_config_never_shares_a_row(tmp_path):
+    """el2n seeds 0,1 with keep=drop_top, then keep edited in its YAML and seed 0 rerun: two rows, not 'seeds 0 0 1'."""
+    old, new = {"keep": "drop_top", "offset": 0.1}, {"keep": "drop_bottom", "offset": 0.1}
+    for seed in (0, 1):
+        write_run(tmp_path, "random", 0.1, seed)
+        write_run(tmp_path, "el2n", 0.1, seed, selector_params=old, variant="el2n", run_id=f"0e2{seed}" * 3)
+    rerun = tmp_path / "testbed" / "tiny" / "el2n" / "b0.1_s0"
+    write_run(tmp_path, "el2n", 0.1, 0, selector_params=old, variant="el2n", run_id="0e20" * 3, folder=str(rerun))
+    _archive(rerun)  # the archived record is still read: its run id has no live record
+    write_run(tmp_path, "el2n", 0.1, 0, selector_params=new, variant="el2n", run_id="0e2a" * 3, folder=str(rerun))
+    report = build_report(tmp_path, FAST, tmp_path / "out", ["acc"])
+    (table,) = report.tables.values()
+    rows = table.set_index("variant")
+    assert set(rows.index) == {"random", "el2n{keep=drop_top}", "el2n{keep=drop_bottom}"}
+    assert rows.at["el2n{keep=drop_top}", "seeds"] == "0 1" and rows.at["el2n{keep=drop_bottom}", "seeds"] == "0"
+    assert (table["n_seeds"] == table["seeds"].str.split().map(len)).all()
+    assert any("`el2n` ran with different selector parameters (keep)" in n for n in report.notes)
+    assert "el2n{keep=drop_bottom}" in report.markdown
+    assert set(pd.read_csv(tmp_path / "out" / "diagnostics.csv")["variant"]) == set(rows.index)
+
+
+def test_stage_seed_overrides_get_rows_of_their_own(tmp_path):
+    """Runs with seeds.selection=7 are not averaged into the default runs' row, and the default stays the baseline."""
+    for seed in (0, 1):
+        write_run(tmp_path, "random", 0.1, seed)
+        write_run(tmp_path, "bids", 0.1, seed, skill=0.3)
+        fixed = write_run(tmp_path, "random", 0.1, seed, run_id=f"5eed{seed}" * 3, folder=f"fixed/s{seed}")
+        _set_manifest(fixed, identity={"seeds": {"selection": 7, "init": None, "order": None}})
+    report = build_report(tmp_path, FAST, tmp_path / "out", ["acc"])
+    (table,) = report.tables.values()
+    rows = table.set_index("variant")
+    assert set(rows.index) == {"random", "random{seeds.selection=7}", "bids"}
+    assert (rows["n_seeds"] == 2).all() and rows.at["random{seeds.selection=7}", "seeds"] == "0 1"
+    assert pd.notna(rows.at["random{seeds.selection=7}", "diff_vs_random"])  # compared with the default random
+    assert any("random{seeds.selection=7}: ran with fixed stage seeds" in n for n in report.notes)
+
+
+def test_stage_seed_overrides_from_resolved_seeds_without_an_identity(tmp_path):
+    """A manifest without its identity: overrides are the resolved stage seeds that differ from the derived ones."""
+    derived = stage_seeds(3)
+    assert seed_overrides({"seeds": derived}, 3) == {}
+    assert seed_overrides({"seeds": {**derived, "init": 11}}, 3) == {"init": 11}
+    assert seed_overrides({"identity": {"seeds": {"selection": None, "order": 5}}}, 3) == {"order": 5}
+
+
+def test_different_resolved_precision_is_never_mixed(tmp_path):
+    for code, (folder, precision) in enumerate((("fp32", "no"), ("bf16", "bf16"))):
+        for seed in (0, 1):
+            for selector in ("random", "bids"):
+                run_id = (
+                    f"{code}{selector == 'bids':d}{seed}" * 4
+                )  # one id per record; only the precision tells the sets apart
+                run = write_run(tmp_path / folder, selector, 0.1, seed, run_id=run_id)
+                _set_manifest(run, runtime={"device": "cuda", "mixed_precision": precision})
+    report = build_report(tmp_path, FAST, tmp_path / "out", ["acc"])
+    assert len(report.tables) == 2 and any("differ in precision" in n for n in report.notes)
+    assert sorted(report.tables) == sorted(label for label in report.tables if "mixed precision" in label)
+    assert any("mixed precision bf16" in label for label in report.tables)
+    for table in report.tables.values():
+        assert len(table) == 2 and (table["seeds"] == "0 1").all()
+    stated = {"precision": {"mixed_precision": "bf16", "model_dtype": "float32"}, "runtime": {"mixed_precision": "no"}}
+    assert resolved_precision(stated) == "mixed precision bf16, model dtype float32"
+    assert resolved_precision({"runtime": {"mixed_precision": "no"}}) == "mixed precision no"
+    assert resolved_precision({}) == ""
+
+
+def test_a_repeated_seed_in_a_row_keeps_one_record_and_says_so(tmp_path):
+    """Two records of one setting and seed with different run ids (e.g. made by another version): one is kept."""
+    for seed in (0, 1):
+        write_run(tmp_path, "random", 0.1, seed)
+        write_run(tmp_path, "bids", 0.1, seed)
+    twin = write_run(tmp_path, "bids", 0.1, 0, run_id="7e1e" * 3, folder="elsewhere/bids_s0")
+    report = build_report(tmp_path, FAST, tmp_path / "out", ["acc"])
+    (table,) = report.tables.values()
+    assert (table["seeds"] == "0 1").all() and (table["n_seeds"] == 2).all()
+    notes = " ".join(report.notes)
+    assert "left out 1 record(s) that repeat the seed" in notes and "bids at budget 0.1, seed 0: 2 records" in notes
+    assert str(twin) in notes and str(tmp_path / "testbed" / "tiny" / "bids" / "b0.1_s0") in notes
+
+
+def _fixed_items(n_right: int) -> pd.DataFrame:
+    """4 tasks x 20 items, the first n_right (in task order) answered correctly."""
+    correct = (np.arange(80) < n_right).astype(float)
+    return pd.DataFrame(
+        {
+            "task": np.repeat(TASKS, 20),
+            "doc_id": np.tile(np.arange(20), 4),
+            "correct": correct.astype(bool),
+            "acc": correct,
+            "acc_norm": correct,
+            "gold_loglik": np.log(0.2 + 0.6 * correct),
+            "gold_prob": 0.2 + 0.6 * correct,
+            "pred": 0,
+            "gold": 1,
+            "n_choices": 4,
+        }
+    )
+
+
+@pytest.fixture
+def out_of_seed_order(tmp_path):
+    """random and bids at seeds 0 and 1, random's seed 1 found first; bids gets 6 more right than random per seed."""
+    right = {("random", 0): 60, ("random", 1): 20, ("bids", 0): 66, ("bids", 1): 26}
+    order = [("random", 1), ("random", 0), ("bids", 0), ("bids", 1)]  # the order of the folders on disk
+    for i, (selector, seed) in enumerate(order):
+        write_run(tmp_path, selector, 0.1, seed, items=_fixed_items(right[(selector, seed)]), folder=f"{i}_{selector}")
+    return tmp_path
+
+
+def test_paired_tests_match_seeds_whatever_the_discovery_order(out_of_seed_order, tmp_path):
+    found = load_records(out_of_seed_order).results.drop_duplicates("run_id")
+    assert list(found["seed"]) == [1, 0, 0, 1]  # random's seed 1 is read first
+    mcnemar = build_report(out_of_seed_order, Settings(test="mcnemar", correction="none"), tmp_path / "m", [])
+    (table,) = mcnemar.tables.values()
+    bids = table.set_index("variant").loc["bids"]
+    # seed 0 with seed 0, seed 1 with seed 1: bids alone right on 6 + 6 items, random alone on none
+    assert bids["p_raw"] == pytest.approx(2 * 0.5**12)
+    assert bids["diff_vs_random"] == pytest.approx(0.075)  # (6/20) / 4 tasks per seed
+    boot = build_report(out_of_seed_order, FAST, tmp_path / "b", [])
+    (table,) = boot.tables.values()
+    bids = table.set_index("variant").loc["bids"]
+    # matched seeds: bids is at least as good on every item of every seed, so no draw favours random
+    assert bids["diff_low"] >= 0 and bids["diff_high"] <= 0.15 and bids["prob_better"] > 0.99
+    assert list(table.set_index("variant").at["random", "_seed_values"]) == [0, 1]
+
+
+def test_method_text_says_the_difference_interval_is_not_adjusted():
+    text = method_text(Settings())
+    assert "percentile interval of the bootstrap, not adjusted for multiple comparisons" in text
+    assert "Holm-adjusted p-values" in text
+    assert "percentile interval" not in method_text(Settings(correction="none"))

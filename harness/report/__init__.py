@@ -16,7 +16,7 @@ from harness.report import diagnostics as diag
 from harness.report import html as page
 from harness.report import leaderboard as lb
 from harness.report import plots
-from harness.report.load import comparability_groups, group_differences, load_records
+from harness.report.load import comparability_groups, group_differences, label_settings, load_records
 
 __all__ = ["Report", "Settings", "build_report", "method_text"]
 Settings = lb.Settings
@@ -41,22 +41,32 @@ def method_text(s: Settings) -> str:
     interval = "Wilson score" if s.interval == "wilson" else "Clopper-Pearson"
     test = (
         f"a paired bootstrap ({s.n_boot} draws) over the same evaluation items, resampled within each task, and "
-        "over seeds (jointly when both rows ran the same seeds); p is the null-centred bootstrap p-value and "
-        "P(better) the share of draws in which the row beats random"
+        "over seeds (jointly, seed matched with seed, when both rows ran the same seeds); p is the null-centred "
+        "bootstrap p-value and P(better) the share of draws in which the row beats random"
         if s.test == "bootstrap"
         else "McNemar's exact test on the items each matched pair of seeds gets right or wrong, pooled over seeds"
     )
     correction = "Holm-adjusted over all rows compared with random" if s.correction == "holm" else "not adjusted"
+    diff_interval = (
+        f"The interval of the difference to random is the {level}% percentile interval of the bootstrap, not "
+        "adjusted for multiple comparisons, while ▲/▼ follow the Holm-adjusted p-values, so an interval that "
+        "excludes 0 can come without a mark. "
+        if s.test == "bootstrap" and s.correction == "holm"
+        else ""
+    )
     return (
-        f"Score: the mean over seeds of each run's macro average ({s.metric}). Interval ({level}%): per task a "
-        f"{interval} interval for 0/1 metrics (Student t over items for continuous ones) on the seed-averaged "
-        "result, combined over tasks in quadrature, plus the seed-to-seed uncertainty (standard deviation pooled "
-        "over the rows at that budget, or over all rows when that budget gives fewer than 4 degrees of freedom; "
-        "t quantile; divided by the square root of the row's seed count), added in "
+        "Rows: one per variant, resolved selector parameters, stage-seed overrides and budget (a label in {} names "
+        "what sets two rows of one variant apart); records trained with different mixed precision are in separate "
+        f"tables. Score: the mean over seeds of each run's macro average ({s.metric}). Interval ({level}%): per "
+        f"task a {interval} interval for 0/1 metrics (Student t over items for continuous ones) on the "
+        "seed-averaged result, combined over tasks in quadrature, plus the seed-to-seed uncertainty (standard "
+        "deviation pooled over the rows at that budget, or over all rows when that budget gives fewer than 4 "
+        "degrees of freedom; t quantile; divided by the square root of the row's seed count), added in "
         f"quadrature on each side. Versus random at the same budget: {test}; p-values {correction}; "
-        "▲/▼ mark significant wins/losses. Rank: rows at one budget are ranked by score, but any two rows whose "
-        "pairwise difference is not significant (after the same correction over all pairs at that budget) share "
-        "a rank, as does every row between them, so different ranks always mean a significant difference."
+        f"▲/▼ mark significant wins/losses. {diff_interval}Rank: rows at one budget are ranked by score, but any "
+        "two rows whose pairwise difference is not significant (after the same correction over all pairs at that "
+        "budget) share a rank, as does every row between them, so different ranks always mean a significant "
+        "difference."
     )
 
 
@@ -103,6 +113,8 @@ def build_report(
     sections, md, csv_parts = [], [], []
     for g, (label, frame) in enumerate(groups):
         tag = "" if len(groups) == 1 else f"g{g + 1}_"
+        frame, split = label_settings(frame)
+        report.notes += [f"group {label}: {note}" for note in split]
         table = lb.leaderboard(frame, records.items, records.manifests, settings)
         if table.empty:
             report.notes.append(f"group {label}: no {settings.metric} results; left out")

@@ -8,14 +8,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from harness.report.load import ROW_KEYS
+
 TRUTH = ("noisy", "duplicates", "filler")
 
 
 def diagnostics_table(frame: pd.DataFrame, manifests: dict) -> pd.DataFrame:
-    """One row per (variant, budget): kept shares averaged over seeds, beside the pool's shares."""
+    """One row per leaderboard row (variant, setting, budget): kept shares averaged over seeds, beside the pool's."""
     runs = frame.drop_duplicates("run_id")
     rows = []
-    for (variant, budget, unit), cell in runs.groupby(["variant", "budget", "budget_unit"], sort=True):
+    for (variant, _setting, budget, unit), cell in runs.groupby(ROW_KEYS, sort=True):
         per_run = []
         for run_id in cell["run_id"]:
             diag = manifests.get(run_id, {}).get("selection_diagnostics") or {}

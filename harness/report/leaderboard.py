@@ -16,11 +16,10 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.report import stats as st
-from harness.report.load import MACRO
+from harness.report.load import MACRO, ROW_KEYS
 
 BINARY_METRICS = {"acc", "acc_norm", "exact_match", "correct"}
 REFERENCE, BASELINE = "full", "random"
-ROW_KEYS = ["variant", "budget", "budget_unit"]
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,10 @@ def _signals(values: pd.Series) -> str:
 
 
 def summarize(frame: pd.DataFrame, items: pd.DataFrame, manifests: dict, settings: Settings) -> pd.DataFrame:
-    """One row per (variant, budget, unit) of a comparability group: scores, intervals, costs (no tests)."""
+    """One row per (variant, setting, budget, unit) of a comparability group: scores, intervals, costs (no tests).
+
+    Each row's runs are in seed order (`_runs` aligned with `_seed_values`), which is what pairing relies on.
+    """
     metric, alpha = settings.metric, settings.alpha
     scores, counts, macro = cell_scores(frame, items, metric)
     if scores.empty:
@@ -115,6 +117,13 @@ def summarize(frame: pd.DataFrame, items: pd.DataFrame, manifests: dict, setting
 
     rows = []
     for key, cell in runs.groupby(ROW_KEYS, sort=True):
+        cell = cell.sort_values("seed", kind="stable")  # seed order: rows are paired column by column
+        repeated = sorted(set(cell.loc[cell["seed"].duplicated(), "seed"]))
+        if repeated:  # load_records keeps one record per seed and setting; a frame from elsewhere may not
+            raise HarnessError(
+                f"row {key[0]} at budget {key[2]:g} holds seed(s) {repeated} more than once "
+                f"(runs {', '.join(cell.index)}): one record per seed and setting is needed"
+            )
         ids = list(cell.index)
         task_means = scores.loc[ids].mean()
         if binary:
@@ -139,11 +148,12 @@ def summarize(frame: pd.DataFrame, items: pd.DataFrame, manifests: dict, setting
         rows.append(
             {
                 "variant": key[0],
-                "budget": key[1],
-                "budget_unit": key[2],
+                "setting": key[1],
+                "budget": key[2],
+                "budget_unit": key[3],
                 "selector": cell["selector"].iloc[0],
                 "n_seeds": len(ids),
-                "seeds": " ".join(str(s) for s in sorted(cell["seed"])),
+                "seeds": " ".join(str(s) for s in cell["seed"]),
                 "score": float(per_seed.mean()),
                 "seed_sd": float(per_seed.std(ddof=1)) if len(ids) > 1 else np.nan,
                 "_per_seed": per_seed,
@@ -161,7 +171,7 @@ def summarize(frame: pd.DataFrame, items: pd.DataFrame, manifests: dict, setting
                 "train_steps": float(cell["train_steps"].astype(float).mean()),
                 "train_flops": float(cell["train_flops"].astype(float).mean()),
                 "_runs": ids,
-                "_seed_values": tuple(sorted(cell["seed"])),
+                "_seed_values": tuple(int(s) for s in cell["seed"]),
             }
         )
     table = pd.DataFrame(rows)

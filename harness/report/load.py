@@ -8,10 +8,11 @@ what makes thousands of records load in seconds.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
+from harness.seeding import stage_seeds
 
 RESULTS, ITEMS, MANIFEST, CONFIG = "results.csv", "eval_items.csv", "manifest.json", "config.yaml"
 MACRO = "macro_avg"
@@ -28,8 +30,22 @@ ARCHIVE = "archive"
 SKIP_DIRS = {"checkpoints", "cache", ".hydra", "report", "wandb", "__pycache__"}
 """Folders never searched for records (caches, checkpoints, report output)."""
 
-GROUP_KEYS = ("data", "model", "data_hash", "model_hash", "train_hash", "eval_hash", "compute", "pool_fingerprint")
-"""Records are comparable only when all of these agree."""
+GROUP_KEYS = (
+    "data",
+    "model",
+    "data_hash",
+    "model_hash",
+    "train_hash",
+    "eval_hash",
+    "compute",
+    "pool_fingerprint",
+    "precision",
+)
+"""Records are comparable only when all of these agree (precision: the resolved precision of training)."""
+
+ROW_KEYS = ["variant", "setting", "budget", "budget_unit"]
+"""One leaderboard row per value of these within a comparability group (`setting`: resolved selector parameters
+and stage-seed overrides, so runs of one variant name with different settings never share a row)."""
 
 DEFAULTS: dict[str, Any] = {
     "variant": None,
@@ -63,6 +79,10 @@ NOTES: tuple[tuple[str, str], ...] = (
     ("archived_ignored", "ignored {n} archived record(s) of cells that have a live record"),
     ("from_archive", "read {n} cell(s) from their archived record (no live complete record)"),
     ("no_items", "{n} record(s) have no eval_items.csv: no paired tests for them"),
+    (
+        "same_seed",
+        "left out {n} record(s) that repeat the seed of a row with the same settings (kept the live, newest)",
+    ),
 )
 """What the reader says about each count it keeps, in this order."""
 
@@ -75,10 +95,11 @@ class Records:
     items: pd.DataFrame
     manifests: dict[str, dict[str, Any]]
     counts: dict[str, int] = field(default_factory=dict)
+    details: list[str] = field(default_factory=list)
 
     def notes(self) -> list[str]:
-        """One line per thing skipped or merged while reading."""
-        return [note.format(n=self.counts[key]) for key, note in NOTES if self.counts.get(key)]
+        """One line per thing skipped or merged while reading, then the details that name records."""
+        return [note.format(n=self.counts[key]) for key, note in NOTES if self.counts.get(key)] + self.details
 
 
 def find_records(folder: Path) -> tuple[list[Path], list[Path], int]:
@@ -172,6 +193,77 @@ def _normalise(results: pd.DataFrame, dirs: list[Path]) -> pd.DataFrame:
     return results.drop(columns="_source").reset_index(drop=True)
 
 
+def _canonical_json(text: str) -> str:
+    """The same JSON text for the same parameters, whatever the key order (foreign text is kept as it is)."""
+    try:
+        return json.dumps(json.loads(text), sort_keys=True)
+    except ValueError:
+        return text
+
+
+def seed_overrides(manifest: dict[str, Any], seed: int) -> dict[str, int]:
+    """Stage seeds a run fixed with `seeds.<stage>=N` instead of deriving them from `seed`."""
+    fixed = (manifest.get("identity") or {}).get("seeds")
+    if isinstance(fixed, dict):
+        return {k: int(v) for k, v in sorted(fixed.items()) if v is not None}
+    resolved = manifest.get("seeds")
+    if not isinstance(resolved, dict):
+        return {}
+    derived = stage_seeds(seed)  # a manifest without its identity: compare the resolved seeds with the derived ones
+    return {k: int(v) for k, v in sorted(resolved.items()) if k in derived and int(v) != derived[k]}
+
+
+def resolved_precision(manifest: dict[str, Any]) -> str:
+    """The precision a run trained in, as its manifest states it ('' when it does not).
+
+    `precision` holds what `train.mixed_precision` and `model.dtype` resolved to; older records state the mixed
+    precision under `runtime` only.
+    """
+    stated = manifest.get("precision") or {}
+    mixed = stated.get("mixed_precision") or (manifest.get("runtime") or {}).get("mixed_precision")
+    parts = [f"mixed precision {mixed}"] if mixed else []
+    if stated.get("model_dtype"):
+        parts.append(f"model dtype {stated['model_dtype']}")
+    return ", ".join(parts)
+
+
+def _add_settings(results: pd.DataFrame, manifests: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Columns that keep apart what must not be averaged: seed overrides, `setting`, resolved precision."""
+    runs = results.drop_duplicates("run_id")[["run_id", "seed"]]
+    overrides = {r: json.dumps(seed_overrides(manifests.get(r, {}), s)) for r, s in zip(runs["run_id"], runs["seed"])}
+    results["selector_params"] = results["selector_params"].map(_canonical_json)
+    results["seed_overrides"] = results["run_id"].map(overrides)
+    results["setting"] = '{"selector": ' + results["selector_params"] + ', "seeds": ' + results["seed_overrides"] + "}"
+    results["precision"] = results["run_id"].map({r: resolved_precision(manifests.get(r, {})) for r in overrides})
+    return results
+
+
+def _one_record_per_seed(results: pd.DataFrame, folder: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Keep one record per (comparability group, row, seed): the live one over an archived one, then the newest.
+
+    Two records that agree on everything the report keys on but have different run ids (e.g. made by versions
+    that computed run ids differently) would otherwise count one seed twice in a row.
+    """
+    keys = [*GROUP_KEYS, *ROW_KEYS, "seed"]
+    runs = results.drop_duplicates("run_id")[["run_id", "record_dir", *keys]]
+    runs = runs[runs.duplicated(keys, keep=False)]
+    if runs.empty:
+        return results, []
+    runs = runs.assign(
+        archived=[ARCHIVE in Path(d).relative_to(folder).parts for d in runs["record_dir"]],
+        mtime=[(Path(d) / RESULTS).stat().st_mtime for d in runs["record_dir"]],
+    ).sort_values(["archived", "mtime", "run_id"], ascending=[True, False, True])
+    details, dropped = [], set()
+    for _, same in runs.groupby(keys, sort=True, dropna=False):
+        kept, *others = same.to_dict("records")
+        dropped |= {o["run_id"] for o in others}
+        details.append(
+            f"{kept['variant']} at budget {kept['budget']:g}, seed {kept['seed']}: {len(same)} records with the "
+            f"same settings; kept {kept['record_dir']}, left out {', '.join(o['record_dir'] for o in others)}"
+        )
+    return results[~results["run_id"].isin(dropped)].reset_index(drop=True), details
+
+
 def load_records(folder: str | Path, need_items: bool = True) -> Records:
     """Read every complete run record under `folder` (one per cell); raises HarnessError when there is none."""
     folder = Path(folder)
@@ -208,6 +300,10 @@ def load_records(folder: str | Path, need_items: bool = True) -> Records:
             manifests[run_id] = json.loads((Path(path) / MANIFEST).read_text())
         except (OSError, ValueError):
             manifests[run_id] = {}
+    results, details = _one_record_per_seed(_add_settings(results, manifests), folder)
+    counts["same_seed"] = len(run_dirs) - results["run_id"].nunique()
+    run_dirs = run_dirs[run_dirs["run_id"].isin(set(results["run_id"]))]
+    manifests = {r: manifests[r] for r in run_dirs["run_id"]}
     items = pd.DataFrame(columns=["run_id", "task", "doc_id"])
     if need_items:
         present = [(r, Path(p) / ITEMS) for r, p in zip(run_dirs["run_id"], run_dirs["record_dir"])]
@@ -219,7 +315,7 @@ def load_records(folder: str | Path, need_items: bool = True) -> Records:
             items["run_id"] = owners[items.pop("_source").to_numpy()]  # the record's own id, even in older files
             items["task"] = items["task"].astype(str)
     counts["records"] = len(run_dirs)
-    return Records(results=results, items=items, manifests=manifests, counts=counts)
+    return Records(results=results, items=items, manifests=manifests, counts=counts, details=details)
 
 
 def comparability_groups(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -230,11 +326,65 @@ def comparability_groups(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]
         spec = dict(zip(keys, values))
         hashes = ", ".join(f"{k.split('_')[0]} {spec[k][:8]}" for k in keys[2:6] if spec[k])
         compute = f", compute by {spec['compute']}" if spec["compute"] else ""
+        if spec["precision"]:
+            compute += f", {spec['precision']}"
         if not hashes and spec["pool_fingerprint"]:
             hashes = f"pool {spec['pool_fingerprint'][:8]}"
-        label = f"{spec['data']} / {spec['model']}" + (f" ({hashes}{compute})" if hashes or compute else "")
+        extra = f"{hashes}{compute}".removeprefix(", ")
+        label = f"{spec['data']} / {spec['model']}" + (f" ({extra})" if extra else "")
         groups.append((label, frame))
     return groups
+
+
+def _shown(value: Any) -> str:
+    """A parameter value as a label shows it: lists joined by '+', everything else as text."""
+    if isinstance(value, list):
+        return "+".join(str(v) for v in value)
+    return "-" if value is None else str(value)
+
+
+def label_settings(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Give each setting of one variant name its own visible label, e.g. `el2n{keep=easy}` or `random{seeds.init=7}`.
+
+    Labels name the selector parameters that differ between the records of one variant (e.g. after its config
+    file was edited) and every stage-seed override; a label that would still clash gets a short hash.
+    Returns the frame with `variant` relabelled and one note per variant that was split.
+    """
+    runs = frame.drop_duplicates(["variant", "setting"])
+    labels: dict[tuple[str, str], str] = {}
+    notes = []
+    for variant, same in runs.groupby("variant", sort=True):
+        params = []
+        for text in same["selector_params"]:
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+            params.append(parsed if isinstance(parsed, dict) else {"selector_params": text})
+        names = sorted(set().union(*params))
+        differing = [k for k in names if len({json.dumps(p.get(k), sort_keys=True) for p in params}) > 1]
+        for setting, p, seeds in zip(same["setting"], params, same["seed_overrides"]):
+            parts = [f"{k}={_shown(p.get(k))}" for k in differing]
+            parts += [f"seeds.{k}={v}" for k, v in json.loads(seeds).items()]
+            labels[(variant, setting)] = variant + ("{" + ",".join(parts) + "}" if parts else "")
+        if differing:
+            notes.append(
+                f"`{variant}` ran with different selector parameters ({', '.join(differing)}): one row per setting, "
+                f"labelled {', '.join(sorted(labels[(variant, s)] for s in same['setting']))}"
+            )
+    uses = Counter(labels.values())
+    for key, label in list(labels.items()):
+        if uses[label] > 1:
+            labels[key] = label + "#" + hashlib.sha256(key[1].encode()).hexdigest()[:6]
+    seeded = runs[runs["seed_overrides"] != "{}"]
+    fixed = sorted({labels[k] for k in zip(seeded["variant"], seeded["setting"])})
+    if fixed:
+        notes.append(
+            f"{', '.join(fixed)}: ran with fixed stage seeds (seeds.* overrides) instead of seeds derived from "
+            "`seed`, so they are rows of their own"
+        )
+    relabelled = [labels[k] for k in zip(frame["variant"], frame["setting"])]
+    return frame.assign(variant=relabelled), notes
 
 
 def group_differences(groups: list[tuple[str, pd.DataFrame]]) -> list[str]:

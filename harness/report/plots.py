@@ -26,7 +26,9 @@ def _log_if_wide(ax, values: np.ndarray, axis: str) -> None:
 
 
 def _lines(table: pd.DataFrame):
-    for i, (variant, rows) in enumerate(table[table["variant"] != REFERENCE].groupby("variant", sort=True)):
+    """(colour, label, rows by budget) per line: one line per variant and setting, as the leaderboard's rows."""
+    competitors = table[table["variant"] != REFERENCE]
+    for i, ((variant, _setting), rows) in enumerate(competitors.groupby(["variant", "setting"], sort=True)):
         yield f"C{i % 10}", variant, rows.sort_values("budget")
 
 
