@@ -118,10 +118,16 @@ def result_overrides(overrides: list[str]) -> list[str]:
     return sorted(kept)
 
 
+def budget_free(selector: str) -> bool:
+    """A selector that keeps the whole pool whatever the budget (`full`): its cells at every budget are one cell."""
+    return selector == "full"
+
+
 def run_name(selector: str, budget: Any, seed: Any, overrides: list[str], root: Any = None) -> str:
     """Folder name of a cell: b<budget>_s<seed> plus the result-changing overrides (Hydra's override_dirname
     in spirit); when that gets long, a short hash of the full identity replaces the overrides."""
-    base = f"{'all' if selector == 'full' else f'b{budget}'}_s{seed}"
+    free = budget_free(selector)
+    base = f"{'all' if free else f'b{budget}'}_s{seed}"
     extra = result_overrides(overrides)
     if not extra:
         return base
@@ -132,7 +138,7 @@ def run_name(selector: str, budget: Any, seed: Any, overrides: list[str], root: 
     if root is not None:
         try:
             sub = OmegaConf.masked_copy(root, [k for k in IDENTITY_GROUPS if k in root])
-            digest = identity_hash(identity(sub), 10)
+            digest = identity_hash(identity(sub, uses_budget=not free), 10)  # the budget-free share one folder
         except Exception:  # an interpolation that points outside the identity: hash the overrides instead
             digest = None
     digest = digest or hashlib.sha256("\n".join(extra).encode()).hexdigest()[:10]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from harness.identity import describe_differences, identity, identity_hash
 from harness.interrupt import Interrupted, StopFlag, graceful_stop
 from harness.launch import export_distributed_env
 from harness.locking import LockHeld, describe_owner
-from harness.modeling import build_model, for_evaluation, load_tokenizer, model_description
+from harness.modeling import build_model, for_evaluation, load_tokenizer, model_description, resolve_dtype
 from harness.pool import Pool
 from harness.record import RunRecord
 from harness.seeding import stage_seeds
@@ -140,26 +141,98 @@ class _PlanFor:
         return compute_plan(self.train_cfg, k, self.n_pool)
 
 
-def check_identity(rec: RunRecord, run_id: str, ident: dict[str, Any], rerun: bool) -> str | None:
-    """'complete' when the folder already holds this cell's complete record; a one-line error when it holds a
-    record (complete or not) of a different config; None when the run should go ahead."""
+ATTEMPT_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID")
+"""Environment variables that name one scheduled attempt: a requeued Slurm job keeps them."""
+
+
+def attempt_token() -> str | None:
+    """The Slurm job (and array task) this process runs as; None outside Slurm."""
+    if not os.environ.get(ATTEMPT_VARIABLES[0]):
+        return None
+    return "_".join(os.environ[v] for v in ATTEMPT_VARIABLES if os.environ.get(v))
+
+
+def resolved_precision(accelerator: Any, dtype: str) -> dict[str, str]:
+    """What `train.mixed_precision` and `model.dtype` (either may be `auto`) resolve to on this machine."""
+    return {
+        "mixed_precision": str(accelerator.mixed_precision),
+        "model_dtype": str(resolve_dtype(str(dtype))).removeprefix("torch."),
+    }
+
+
+def recorded_inputs(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a stored record depended on beyond its identity: the selector's file, the pool's content and the
+    resolved precision (older records state the mixed precision under `runtime` only)."""
+    precision = manifest.get("precision") or {}
+    return {
+        "selector_file_sha256": manifest.get("selector_file_sha256"),
+        "pool_fingerprint": manifest.get("pool_fingerprint"),
+        "mixed_precision": precision.get("mixed_precision", (manifest.get("runtime") or {}).get("mixed_precision")),
+        "model_dtype": precision.get("model_dtype"),
+    }
+
+
+def changed_inputs(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """One phrase per input whose recorded value differs from the current one; an input that either side does not
+    know is not compared."""
+    before = recorded_inputs(stored)
+    changes = []
+    for key, now in current.items():
+        then = before.get(key)
+        if then is None or now is None or then == now:
+            continue
+        if key == "selector_file_sha256":
+            name = Path(str(stored.get("selector_file") or "?")).name
+            changes.append(f"selector file {name} changed (sha256 {then[:8]} -> {now[:8]})")
+        elif key == "pool_fingerprint":
+            changes.append(f"pool content changed (fingerprint {then[:8]} -> {now[:8]})")
+        elif key == "mixed_precision":
+            changes.append(f"mixed precision on this machine {then} -> {now}")
+        else:
+            changes.append(f"model dtype on this machine {then} -> {now}")
+    return changes
+
+
+def check_record(
+    rec: RunRecord, run_id: str, ident: dict[str, Any], current: dict[str, Any], rerun: bool, token: str | None
+) -> str:
+    """What the run folder holds for this cell: 'complete' (reuse its record), 'resume' (an unfinished attempt of
+    this cell), 'archive' (rerun=true: move it aside after every input check) or 'fresh'. A record of another
+    config, or of this config made from other inputs (`current`: selector file, pool, precision), is a one-line
+    error."""
     stored = rec.manifest()
-    stored_id = (stored or {}).get("run_id")
-    if rec.is_complete() and not rerun:
-        if stored_id == run_id:
-            return "complete"
+    complete = rec.is_complete()
+    same = stored is not None and stored.get("run_id") == run_id
+    unfinished = same and not complete and stored.get("status") == "training"
+    if rerun:
+        # a requeued job (Slurm preemption) still says rerun=true: it goes on with its own attempt
+        if unfinished and token is not None and stored.get("attempt_token") == token:
+            if not changed_inputs(stored, current):
+                return "resume"
+        return "archive"
+    if stored is None and not complete:
+        return "fresh"
+    if not same:
         diff = describe_differences((stored or {}).get("identity") or {}, ident) or "identity unknown"
-        raise HarnessError(
-            f"{rec.dir} holds the complete record of a different config ({diff}); "
-            "run it elsewhere (hydra.run.dir=...) or pass rerun=true to archive that record first"
-        )
-    if not rerun and stored is not None and stored_id != run_id:
-        diff = describe_differences(stored.get("identity") or {}, ident) or "identity unknown"
+        if complete:
+            raise HarnessError(
+                f"{rec.dir} holds the complete record of a different config ({diff}); "
+                "run it elsewhere (hydra.run.dir=...) or pass rerun=true to archive that record first"
+            )
         raise HarnessError(
             f"{rec.dir} holds an unfinished run of a different config ({diff}); "
             "run it elsewhere (hydra.run.dir=...) or pass rerun=true to archive it first"
         )
-    return None
+    changes = changed_inputs(stored, current)
+    if changes:
+        what = "the complete record" if complete else "an unfinished run"
+        raise HarnessError(
+            f"{rec.dir} holds {what} of this config made from other inputs ({', '.join(changes)}); "
+            "pass rerun=true to archive it and run again, or run it elsewhere (hydra.run.dir=...)"
+        )
+    if complete:
+        return "complete"
+    return "resume" if unfinished else "fresh"
 
 
 def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
@@ -169,9 +242,9 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     ident = identity(cfg, spec.uses_budget)
     run_id = identity_hash(ident)
     rec = RunRecord(run_dir)
-    if check_identity(rec, run_id, ident, cfg.rerun) == "complete":
-        print(f"already complete: {run_dir} (pass rerun=true to run it again; the old record is archived)")
-        return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="complete")
+    token = attempt_token()
+    # the checks that need neither the pool nor the accelerator, before either: another config, another selector file
+    check_record(rec, run_id, ident, {"selector_file_sha256": record.file_sha256(spec.source)}, cfg.rerun, token)
     export_distributed_env()  # before anything asks for the rank
     main = runtime.is_main_process_env()
     lock = rec.lock()
@@ -188,7 +261,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
         return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="running elsewhere")
     try:
         with graceful_stop() as stop:
-            return _run_locked(cfg, Path(run_dir), rec, spec, params, ident, run_id, accelerator, stop)
+            return _run_locked(cfg, Path(run_dir), rec, spec, params, ident, run_id, accelerator, stop, token)
     except Interrupted as exc:
         if exc.step is None:
             exc.step = checkpoint_step(run_dir)
@@ -208,6 +281,7 @@ def _run_locked(
     run_id: str,
     accelerator: Any,
     stop: StopFlag,
+    token: str | None,
 ) -> RunOutcome:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -220,6 +294,18 @@ def _run_locked(
     # Stage 1: the pool, the evaluation tasks, the tokenizer. Bad input fails here, before anything is written.
     log.info("stage 1/5: pool (%s)", cfg.data.name)
     pool = load_pool(cfg.data, include_path=cfg.eval.include_path)
+    # What the folder holds, looked at again now that this process owns it, against everything a record depends on.
+    precision = resolved_precision(accelerator, cfg.model.dtype)
+    current = {
+        "selector_file_sha256": record.file_sha256(spec.source),
+        "pool_fingerprint": pool.fingerprint(),
+        **precision,
+    }
+    verdict = check_record(rec, run_id, ident, current, cfg.rerun, token)
+    if verdict == "complete":
+        if accelerator.is_main_process:
+            print(f"already complete: {run_dir} (pass rerun=true to run it again; the old record is archived)")
+        return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="complete")
     tasks = evaluation.resolve_tasks(cfg.eval, pool, cache)
     tokenizer = load_tokenizer(pool, cfg.model, cache)
     tokens = tokenize_pool(pool, tokenizer, cfg.model.max_length, cfg.model.add_bos_token, cache)
@@ -231,9 +317,9 @@ def _run_locked(
     # selection itself is deterministic, and the main process's is broadcast and recorded.
     log.info("stage 2/5: select (%s, budget %s)", spec.name, budget)
     plan_for = _PlanFor(cfg.train, pool.n)
-    stored = None if cfg.rerun else rec.manifest()
+    stored = rec.manifest() if verdict == "resume" else None
     manifest = None
-    if stored is not None and stored.get("run_id") == run_id and stored.get("status") == "training":
+    if stored is not None:
         selection, k, plan = selection_from_manifest(stored), stored["k"], plan_for(stored["k"])
         manifest = stored
         log.info("resuming: the selection of the interrupted attempt is reused")
@@ -254,15 +340,17 @@ def _run_locked(
         selection = broadcast_object_list([selection])[0]
     epochs = training_epochs(selection, pool, plan.epochs)
     recipe = {**recipe_of(cfg.train), "max_steps": plan.max_steps}
-    if not cfg.rerun:
+    if verdict != "archive":
         check_resumable(run_dir, plan_fingerprint(epochs, recipe, seeds["order"], model_id))
-    if cfg.rerun and accelerator.is_main_process:  # every input is checked: what is there moves aside now
+    if verdict == "archive" and accelerator.is_main_process:  # every input is checked: what is there moves aside now
         moved = rec.archive()
         if moved:
             log.info("rerun: earlier record moved to %s", moved)
     if manifest is None:
         manifest = build_manifest(cfg, spec, params, pool, selection, k, budget, seeds, ident, run_id, plan)
-    manifest.update(status="training", runtime=runtime.describe(accelerator, threads))
+    manifest.update(
+        status="training", runtime=runtime.describe(accelerator, threads), precision=precision, attempt_token=token
+    )
     if accelerator.is_main_process:
         rec.write_config(OmegaConf.to_yaml(cfg))
         rec.write_manifest(manifest)

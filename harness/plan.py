@@ -221,13 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. +experiment=bids_llama3_8b")
     args = parser.parse_args(argv)
     try:
+        from harness.config import parse_budget, validate
+
         cfg = compose(args.overrides)
         cells = sweep_cells(cfg, args.overrides)
-        budgets = sorted({float(c.get("budget", cfg.budget)) for c in cells})
+        budgets = sorted({parse_budget(c.get("budget", cfg.budget)) for c in cells})
         OmegaConf.set_struct(cfg, False)
         hydra_cfg = cfg.pop("hydra")
-        from harness.config import validate
-
         cfg = validate(cfg)
         n_pool = pool_size(cfg, args.n_pool)
         tokens = args.tokens_per_example or int(cfg.model.max_length) // 2

@@ -76,6 +76,7 @@ def test_plan_of_the_bids_preset(local_model, capsys):
     "args,fragment",
     [
         (["+experiment=no_such_preset"], "no_such_preset"),
+        (["--n-pool", "10", "budget=abc"], "budget must be a number in (0, 1], got 'abc'"),
         (
             ["--n-pool", "10", "+experiment=bids_llama3_8b"],
             "cannot read the config of model 'meta-llama/Meta-Llama-3-8B'",

@@ -101,3 +101,26 @@ def test_long_names_get_a_hash():
     name = run_name("random", 0.1, 0, many)
     assert name.startswith("b0.1_s0,h") and len(name) < 30
     assert name != run_name("random", 0.1, 0, [*many[:-1], "data.knob_19=other"])
+
+
+def test_budget_free_cells_with_long_names_share_one_folder():
+    """Past the readable length the name is a hash of the identity: `full` ignores the budget, so that hash does."""
+    extra = [
+        "model.hidden_size=256",
+        "model.intermediate_size=512",
+        "train.lr=0.000123456",
+        "train.warmup_ratio=0.0625",
+        "data.noise_rate=0.0123",
+        "data.n_pool=8000",
+    ]
+    register_resolvers()
+    names = {}
+    for selector in ("full", "random"):
+        for budget in ("0.1", "0.5"):
+            overrides = [f"selector={selector}", f"budget={budget}", *extra]
+            with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+                cfg = compose(config_name="config", overrides=overrides)
+            names[selector, budget] = run_name(selector, budget, 0, overrides, root=cfg)
+    assert names["full", "0.1"].startswith("all_s0,h")  # long enough to be hashed
+    assert names["full", "0.1"] == names["full", "0.5"]
+    assert names["random", "0.1"] != names["random", "0.5"]
