@@ -324,14 +324,19 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
     *,
     max_steps: int | None = None,
+    stop_at: int | None = None,
     epoch_checkpoints: Path | None = None,
     stop: StopFlag | None = None,
     progress: bool = True,
 ) -> TrainOutcome:
     """Train `model` in place on `epochs` (pool rows per epoch, cut at max_steps); resumes from
-    run_dir/checkpoints. With epoch_checkpoints, a checkpoint with Adam's moments is kept after every epoch."""
+    run_dir/checkpoints. With epoch_checkpoints, a checkpoint with Adam's moments is kept after every epoch.
+    With stop_at, training stops after that many steps while the schedule still spans the whole plan (a model
+    taken early in a full-length run)."""
     attempt_start = time.perf_counter()
-    batches = global_batches(epochs, order_seed, cfg.global_batch_size, max_steps)
+    plan = global_batches(epochs, order_seed, cfg.global_batch_size, max_steps)
+    scheduled = len(plan)
+    batches = plan[:stop_at] if stop_at is not None else plan
     total = len(batches)
     model.to(accelerator.device)  # before the optimizer and any checkpoint: Adam's moments live beside the weights
     params = [p for p in model.parameters() if p.requires_grad]
@@ -339,11 +344,15 @@ def train(
         params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, weight_decay=cfg.weight_decay
     )
     scheduler = get_scheduler(
-        cfg.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * total), num_training_steps=total
+        cfg.scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(cfg.warmup_ratio * scheduled),
+        num_training_steps=scheduled,
     )
     ckpt_dir = Path(run_dir) / "checkpoints"
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    fingerprint = plan_fingerprint(epochs, {**recipe_of(cfg), "max_steps": max_steps}, order_seed, model_id)
+    recipe = {**recipe_of(cfg), "max_steps": max_steps, **({"stop_at": stop_at} if stop_at is not None else {})}
+    fingerprint = plan_fingerprint(epochs, recipe, order_seed, model_id)
     torch.manual_seed(order_seed)  # dropout and any other randomness inside the model
     start, clock = 0, {"seconds": 0.0, "attempts": []}
     found = latest_checkpoint(ckpt_dir)
@@ -359,7 +368,7 @@ def train(
     seen_tokens = int(sum(data.lengths[rows].sum() for _, rows in batches[:start]))
     seen_response = sum(response_token_count(data, rows) for _, rows in batches[:start])
     loss_value = float("nan")
-    rates = learning_rates(cfg, total) if epoch_checkpoints is not None else []
+    rates = learning_rates(cfg, scheduled)[:total] if epoch_checkpoints is not None else []
     bar = tqdm(
         total=total,
         initial=start,

@@ -313,3 +313,47 @@ def test_iterative_kmq_weights_skip_empty_clusters():
     assert np.allclose(weights[:3], expected)
     quotas = diversity.weighted_quotas(np.random.default_rng(0), np.array([200, 200, 200, 0]), weights, 90)
     assert quotas[3] == 0 and quotas[0] > 80
+
+
+def test_warm_up_taken_early_in_a_full_length_run(tmp_path):
+    """schedule_epochs: the schedule spans the whole run and training stops after `epochs` (the data-diet papers'
+    early scores), so the first epoch's learning rates are the full run's, not a schedule annealed in one epoch."""
+    from harness.training import count_steps, learning_rates
+
+    pool, truth = generate_testbed_with_truth(TestbedConfig(n_pool=200, n_validation_per_task=2, n_eval_per_task=2))
+    _, _, service = service_for(pool, truth, MODEL, RECIPE, tmp_path)
+    early = service.warmup(epochs=1, seed=3, fraction=1.0, schedule_epochs=5)
+    own = service.warmup(epochs=1, seed=3, fraction=1.0)
+    steps = count_steps([np.arange(pool.n)], RECIPE.global_batch_size)
+    full_run = learning_rates(RECIPE, 5 * steps)
+    assert early.epochs == 1 and early.key != own.key
+    assert np.isclose(early.avg_lrs[0], np.mean(full_run[:steps]))
+    assert np.isclose(own.avg_lrs[0], np.mean(learning_rates(RECIPE, steps)))
+    assert early.avg_lrs[0] > 1.5 * own.avg_lrs[0]  # the annealed one-epoch schedule averages far lower
+    log = [json.loads(x) for x in (early.path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == steps and log[-1]["lr"] > 0.9 * RECIPE.lr  # stopped near the peak, not annealed
+
+
+def test_a_signal_finished_elsewhere_is_kept_when_committing(tmp_path):
+    """If another process completed the signal while this one computed it (a lock broken as stale), the finished
+    folder that readers may be using stays, and this process's copy is dropped."""
+    from harness.signals.service import DONE, SignalService
+
+    class Bare(SignalService):
+        def __init__(self) -> None:
+            self.root, self.used, self._stack = tmp_path / "signals", [], []
+            self._base = {"test": 1}
+            self.accelerator = SimpleNamespace(num_processes=1, is_main_process=True, process_index=0)
+
+    service = Bare()
+    path = service.root / "demo" / service.key("demo", {"a": 1})
+    path.mkdir(parents=True)
+    np.save(path / "x.npy", np.ones(3))
+    (path / DONE).write_text(json.dumps({"seconds": 1.0}))
+
+    def build(work: Path) -> None:
+        np.save(work / "x.npy", np.zeros(3))
+
+    service._build("demo", {"a": 1}, path, build)
+    assert np.load(path / "x.npy").tolist() == [1, 1, 1]
+    assert not path.with_name(path.name + ".partial").exists()

@@ -49,6 +49,16 @@ def block_seed(seed: int, block: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+def generator_identity(device: torch.device | str) -> str:
+    """What the random stream depends on besides the seed: the generating device (a GPU's model, since CUDA
+    streams may differ between models) and torch's version."""
+    device = torch.device(device)
+    gen = device.type
+    if gen == "cuda":
+        gen += f"[{torch.cuda.get_device_name(device)}]"
+    return f"gen={gen}:torch={'.'.join(torch.__version__.split('.')[:2])}"
+
+
 class Projector:
     """x [b, P] -> x @ R [b, d] for a seeded random R that is generated block by block, never stored whole
     unless it fits `cache_bytes`."""
@@ -82,14 +92,10 @@ class Projector:
 
     def fingerprint(self) -> str:
         """Everything that defines the matrix; equal fingerprints, equal projections."""
-        gen = self.device.type
-        if gen == "cuda":
-            gen += f"[{torch.cuda.get_device_name(self.device)}]"
         extra = f":s={self.sparsity}" if self.kind == "sparse" else ""
-        torch_version = ".".join(torch.__version__.split(".")[:2])
         return (
             f"{self.kind}:P={self.n_params}:d={self.dim}:seed={self.seed}:rows={self.block_rows}{extra}"
-            f":gen={gen}:torch={torch_version}"
+            f":{generator_identity(self.device)}"
         )
 
     def block_range(self, k: int) -> tuple[int, int]:

@@ -29,16 +29,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import HarnessError
 from harness.locking import HeartbeatLock
-from harness.modeling import build_model, model_description
+from harness.modeling import build_model, model_description, resolve_dtype
 from harness.pool import Pool
 from harness.seeding import stage_rng, stream_seed
+from harness.signals.projection import generator_identity
 from harness.storage import atomic_write_json, share_mode
-from harness.tokenization import TokenizedPool
+from harness.tokenization import TokenizedPool, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
 DONE = "meta.json"
-VERSION = "signals-v1"
+VERSION = "signals-v2"  # raised when a key stops meaning what it meant: older caches are not reused
 
 
 def digest(obj: Any, length: int = 16) -> str:
@@ -85,9 +86,13 @@ class SignalService:
         self.batch_size = batch_size
         self.used: list[dict[str, Any]] = []
         self._stack: list[dict[str, float]] = []
-        self._base = {
+        self._base = {  # what every signal depends on (the tokenizer's ids; the precision "auto" resolved to)
             "pool": pool.fingerprint(),
             "model": model_description(model_cfg),
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "device": torch.device(accelerator.device).type,
+            "precision": str(accelerator.mixed_precision),
+            "dtype": str(resolve_dtype(model_cfg.dtype)),
             "version": VERSION,
         }
 
@@ -175,9 +180,13 @@ class SignalService:
         if self.main:
             meta = {"name": name, "spec": spec, "seconds": round(seconds, 3), "base": self._base}
             atomic_write_json(work / DONE, meta)
-            if path.exists():  # a stale folder without its completion marker
-                shutil.rmtree(path)
-            os.replace(work, path)
+            if (path / DONE).exists():  # finished elsewhere meanwhile (a lock broken as stale): readers keep theirs
+                log.warning("signal %s/%s: found complete when committing; keeping that one", name, path.name)
+                shutil.rmtree(work, ignore_errors=True)
+            else:
+                if path.exists():  # a stale folder without its completion marker
+                    shutil.rmtree(path)
+                os.replace(work, path)
         self._barrier()
 
     def shard_rows(self, n: int) -> np.ndarray:
@@ -225,10 +234,13 @@ class SignalService:
         ids: list[str] | None = None,
         recipe: dict[str, Any] | None = None,
         lora: dict[str, Any] | None = None,
+        schedule_epochs: int | None = None,
     ) -> WarmupRun:
         """The proxy trained by the one training loop on a random `fraction` of the pool (or the given ids) for
         `epochs`, with a checkpoint (weights and Adam's moments by parameter name) kept after every epoch.
-        `recipe` overrides training-recipe values (e.g. lr); `lora` wraps the model in LoRA adapters first."""
+        `recipe` overrides training-recipe values (e.g. lr); `lora` wraps the model in LoRA adapters first.
+        With `schedule_epochs` (> epochs) the learning-rate schedule spans that many epochs and training stops after
+        `epochs`: the model early in a full-length run, where the data-diet papers take their scores."""
         if epochs < 1:
             raise ValueError("a warm-up needs at least one epoch")
         if ids is not None:
@@ -247,17 +259,20 @@ class SignalService:
             "recipe": _recipe(train_cfg),
             "lora": OmegaConf.to_container(model_cfg.lora) if model_cfg.lora.enabled else None,  # what trains
         }
+        span = epochs
+        if schedule_epochs is not None and schedule_epochs > epochs:
+            span = spec["schedule_epochs"] = schedule_epochs
 
         init_seed = stream_seed(seed, "warmup-init")
 
         def build(work: Path) -> None:
-            from harness.training import train
+            from harness.training import count_steps, train
 
             model = build_model(model_cfg, self.tokenizer, init_seed)
             train(
                 model,
                 self.tokens,
-                [rows] * epochs,
+                [rows] * span,
                 train_cfg,
                 stream_seed(seed, "warmup-order"),
                 work / "run",
@@ -265,6 +280,7 @@ class SignalService:
                 pad_id=self.tokenizer.pad_token_id,
                 model_id=digest(spec),
                 epoch_checkpoints=work / "epochs",
+                stop_at=count_steps([rows] * epochs, train_cfg.global_batch_size) if span > epochs else None,
             )
             if not self.main:
                 return
@@ -353,10 +369,6 @@ class SignalService:
 
     # ------------------------------------------------------------------ LESS gradient features and influence
 
-    @property
-    def device_type(self) -> str:
-        return torch.device(self.accelerator.device).type
-
     def validation_tokens(self) -> TokenizedPool:
         """The pool's validation examples, tokenized as the pool is (small: kept in memory)."""
         if getattr(self, "_val_tokens", None) is None:
@@ -375,8 +387,9 @@ class SignalService:
         from harness.signals.projection import Projector
 
         data = self.validation_tokens() if validation else self.tokens
-        # CPU and CUDA generators draw different projections: the device type is part of the identity
-        spec = {"warmup": warm.key, "epoch": epoch, "validation": validation, "device": self.device_type, **settings}
+        # CPU and CUDA generators (and GPU models, torch versions) draw different projections
+        generator = generator_identity(self.accelerator.device)
+        spec = {"warmup": warm.key, "epoch": epoch, "validation": validation, "generator": generator, **settings}
         if validation:
             spec["validation_rows"] = digest(self.pool.validation[["task", "prompt", "response"]].values.tolist())
 
@@ -441,7 +454,7 @@ class SignalService:
         spec = {
             "warmup": warm.key,
             "validation_rows": digest(self.pool.validation[["task", "prompt", "response"]].values.tolist()),
-            "device": self.device_type,
+            "generator": generator_identity(self.accelerator.device),
             **settings,
         }
 
