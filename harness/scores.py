@@ -19,6 +19,7 @@ SCORE_DEFAULTS: dict[str, Any] = {
     "warmup_fraction": 1.0,
     "keep": "drop_top",
     "offset": 0.05,
+    "warmup_schedule": "warmup",
 }
 """The settings EL2N and GraNd share (see selectors/el2n.py for where the defaults come from)."""
 
@@ -31,7 +32,8 @@ def check_scores(params: dict[str, Any]) -> None:
 def select_by_score(ctx: SelectionContext, score: Callable[[Any], np.ndarray], **params: Any) -> Selection:
     """Average `score(warm-up)` over the warm-up seeds, keep k by the keep rule, and return the scores too."""
     p = {**SCORE_DEFAULTS, **params}
-    scores = averaged_over_warmups(ctx, p["warmup_seeds"], p["warmup_epochs"], p["warmup_fraction"], score)
+    span = ctx.epochs if p["warmup_schedule"] == "run" else None
+    scores = averaged_over_warmups(ctx, p["warmup_seeds"], p["warmup_epochs"], p["warmup_fraction"], score, span)
     rows = keep_by_score(scores, ctx.k, p["keep"], p["offset"])
     return Selection(ids=list(ctx.pool.ids[rows]), scores=pd.Series(scores, index=ctx.pool.ids))
 
@@ -46,7 +48,16 @@ def check_warmup(params: dict[str, Any], seeds_key: str | None = "warmup_seeds")
         number(params, "warmup_fraction", 0, 1, low_open=True)
 
 
+WARMUP_SCHEDULES = ("warmup", "run")
+"""warmup: the warm-up's own schedule, annealed within its epochs | run: the first epochs of a run over the pool
+whose schedule spans the recipe's epochs (where the data-diet papers take their scores)."""
+
+
 def check_keep(params: dict[str, Any]) -> None:
+    if params.get("warmup_schedule", "warmup") not in WARMUP_SCHEDULES:
+        raise HarnessError(
+            f"unknown warmup_schedule {params.get('warmup_schedule')!r}; use one of {list(WARMUP_SCHEDULES)}"
+        )
     if params.get("keep") not in KEEP_RULES:
         raise HarnessError(f"unknown keep rule {params.get('keep')!r}; use one of {list(KEEP_RULES)}")
     if "offset" in params:
@@ -59,11 +70,19 @@ def warmup_seed(ctx: SelectionContext, i: int) -> int:
 
 
 def averaged_over_warmups(
-    ctx: SelectionContext, seeds: int, epochs: int, fraction: float, score: Callable[[Any], np.ndarray]
+    ctx: SelectionContext,
+    seeds: int,
+    epochs: int,
+    fraction: float,
+    score: Callable[[Any], np.ndarray],
+    schedule_epochs: int | None = None,
 ) -> np.ndarray:
-    """Mean over `seeds` independent warm-up runs of `score(warmup)` (each warm-up cached and shared)."""
+    """Mean over `seeds` independent warm-up runs of `score(warmup)` (each warm-up cached and shared); with
+    `schedule_epochs` each warm-up is the first `epochs` of a run whose schedule spans that many."""
     total = np.zeros(ctx.pool.n, dtype=np.float64)
     for i in range(seeds):
-        warm = ctx.signals.warmup(epochs=epochs, seed=warmup_seed(ctx, i), fraction=fraction)
+        warm = ctx.signals.warmup(
+            epochs=epochs, seed=warmup_seed(ctx, i), fraction=fraction, schedule_epochs=schedule_epochs
+        )
         total += np.asarray(score(warm), dtype=np.float64)
     return total / seeds

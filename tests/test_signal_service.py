@@ -357,3 +357,14 @@ def test_a_signal_finished_elsewhere_is_kept_when_committing(tmp_path):
     service._build("demo", {"a": 1}, path, build)
     assert np.load(path / "x.npy").tolist() == [1, 1, 1]
     assert not path.with_name(path.name + ".partial").exists()
+
+
+def test_el2n_scores_early_in_a_recipe_length_run_on_request(bed):
+    """warmup_schedule=run: each warm-up is the first epoch of a run whose schedule spans the recipe's epochs."""
+    pool, _, service = bed
+    ctx = context(pool, service, 0.15, epochs=4)
+    pick("el2n", ctx, warmup_seeds=1, warmup_schedule="run")
+    warmups = [u for u in service.used if u["name"] == "warmup"]
+    assert len(warmups) == 1
+    meta = json.loads((service.root / "warmup" / warmups[0]["key"] / "meta.json").read_text())
+    assert meta["spec"]["schedule_epochs"] == 4 and meta["spec"]["epochs"] == 1
