@@ -1,5 +1,6 @@
 """Sweeps: the cells a multirun launches, checks before anything runs or is submitted, and a summary of
-the cells (complete, skipped as already complete, failed and why) for local and Slurm sweeps alike.
+the cells (complete, skipped as already complete, running elsewhere, failed and why) for local and Slurm
+sweeps alike.
 
 Each cell writes a small status file from the process that runs it (Hydra's on_job_start/on_job_end run
 there, on a cluster node for Slurm sweeps); the summary gathers them, so it is right whichever process
@@ -8,6 +9,11 @@ writes it last. Layout, under `hydra.sweep.dir`:
     _sweeps/<sweep id>/plan.json          the cells, in launch order (cell i = Hydra job i = array task i)
     _sweeps/<sweep id>/cells/<i>.json     one status per cell
     _sweeps/<sweep id>/summary.json|txt   the gathered summary
+
+A cell skipped because another process holds its run folder's lock (another sweep, or the earlier attempt of
+a requeued Slurm task whose lock is not yet stale) is 'running elsewhere', never 'already complete': that
+needs its results.csv. The summary is written under the harness's own lock (harness.locking, not flock,
+which some cluster file systems lack), so the summary gathered last is the one written last.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from harness.config import register_resolvers
 from harness.errors import HarnessError, first_line
 from harness.launch import check_launcher, export_distributed_env
+from harness.locking import HeartbeatLock, describe_lock
 from harness.storage import atomic_write_json, atomic_write_text
 
 register_resolvers()  # a Slurm job unpickles this callback before Hydra resolves the cell's run folder
@@ -40,7 +47,8 @@ RESULTS = "results.csv"
 ENV_RECORD = "HARNESS_SWEEP_RECORD"  # the sbatch fallback: where its cells write their status
 ENV_CELL = "HARNESS_SWEEP_CELL"  # ... and which cell this process runs (default: SLURM_ARRAY_TASK_ID)
 ENV_LOG = "HARNESS_SWEEP_LOG"  # ... and the job's log, read for the reason when a cell dies
-STATES = ("complete", "skipped", "failed", "running", "pending", "not run")
+STATES = ("complete", "skipped", "running elsewhere", "failed", "running", "pending", "not run")
+SUMMARY_LOCK = ".summary-writer.lock"  # a HeartbeatLock; `.summary.lock` was flock's and may linger in old records
 ERROR_LINE = re.compile(r"^(error: .+|([A-Za-z_][\w.]*)?(Error|Exception|Interrupt|Exit)\b.*)$")
 
 
@@ -201,6 +209,8 @@ def gather(record: Path, final: bool = False) -> dict[str, Any]:
         run_dir = status.get("run_dir")
         if state == "running" and run_dir and (Path(run_dir) / RESULTS).exists() and final:
             status.update(state="complete", reason="record complete; the job ended without reporting")
+        elif state == "running elsewhere" and run_dir and (Path(run_dir) / RESULTS).exists():
+            status.update(state="complete", reason="completed by the process that held its lock")
         elif state == "running" and final:
             reason = error_from_log(status.get("log")) or "ended without a record or an end status"
             status.update(state="failed", reason=reason)
@@ -221,7 +231,7 @@ def gather(record: Path, final: bool = False) -> dict[str, Any]:
 
 
 def headline(summary: dict[str, Any]) -> str:
-    """'12 cells: 9 complete, 2 skipped (already complete), 1 failed'."""
+    """'12 cells: 9 complete, 2 skipped (already complete), 1 running elsewhere'."""
     names = {"skipped": "skipped (already complete)"}
     parts = [f"{n} {names.get(state, state)}" for state, n in summary["counts"].items()]
     return f"{summary['n_cells']} cells: " + (", ".join(parts) or "none")
@@ -233,7 +243,7 @@ def render(summary: dict[str, Any]) -> str:
     shown = varying([c["overrides"] for c in summary["cells"]])
     for c, overrides in zip(summary["cells"], shown):
         detail = c.get("reason") or ""
-        if c["state"] in ("complete", "skipped", "running") and c.get("run_dir"):
+        if c["state"] in ("complete", "skipped", "running elsewhere", "running") and c.get("run_dir"):
             detail = c["run_dir"] + (f" ({detail})" if detail else "")
         if c.get("slurm", {}).get("restarts"):
             detail += f" [requeued {c['slurm']['restarts']}x]"
@@ -245,14 +255,19 @@ def render(summary: dict[str, Any]) -> str:
 
 
 def refresh(record: Path, final: bool = False) -> dict[str, Any]:
-    """Gather and write summary.json and summary.txt, under a lock so concurrent cells never interleave."""
-    from filelock import FileLock
-
+    """Gather and write summary.json and summary.txt under the record's lock, so an older summary is never
+    written after a newer one (the lock is a HeartbeatLock: safe on network file systems, unlike flock)."""
     record = Path(record)
-    with FileLock(str(record / ".summary.lock"), timeout=60):
+    record.mkdir(parents=True, exist_ok=True)
+    lock = HeartbeatLock(record / SUMMARY_LOCK, heartbeat=5.0, stale_after=60.0)
+    lock.acquire(poll=0.1, timeout=120)
+    try:
         summary = gather(record, final=final)
-        atomic_write_json(record / "summary.json", summary)
-        atomic_write_text(record / "summary.txt", render(summary))
+        if lock.held():  # a writer that lost the lock (stalled past stale_after) has an older view: leave it
+            atomic_write_json(record / "summary.json", summary)
+            atomic_write_text(record / "summary.txt", render(summary))
+    finally:
+        lock.release()
     return summary
 
 
@@ -310,6 +325,15 @@ class _ErrorTail:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)
+
+
+def _elsewhere(run_dir: Path, reason: str) -> str:
+    """Why a skipped cell without results is not done here: the pipeline's reason and who holds its lock."""
+    from harness.record import LOCK
+
+    held = describe_lock(run_dir / LOCK)
+    reason = reason if reason and reason != "complete" else "skipped without a complete record"
+    return f"{reason} ({held})" if held else f"{reason} (its lock is released now)"
 
 
 class SweepSummary(Callback):
@@ -416,9 +440,12 @@ class SweepSummary(Callback):
         if getattr(outcome, "run_dir", None) is not None:  # the task function returned the pipeline's RunOutcome
             status["run_dir"] = str(Path(outcome.run_dir).absolute())
         run_dir = Path(status["run_dir"])
+        skipped, why = getattr(outcome, "skipped", None) is True, str(getattr(outcome, "reason", "") or "")
         if job_return.status == JobStatus.FAILED:
             status.update(state="failed", reason=first_line(outcome) if outcome is not None else "failed")
-        elif getattr(outcome, "skipped", None) is True or (cell["was_complete"] and (run_dir / RESULTS).exists()):
+        elif skipped and not (why == "complete" and (run_dir / RESULTS).exists()):  # gather() sees it finish
+            status.update(state="running elsewhere", reason=_elsewhere(run_dir, why))
+        elif skipped or (cell["was_complete"] and (run_dir / RESULTS).exists()):
             status.update(state="skipped", reason="already complete")
         elif (run_dir / RESULTS).exists():
             status.update(state="complete")

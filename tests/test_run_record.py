@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
+import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -12,15 +17,34 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from conftest import MICRO, OFFLINE, message_lines, plugin_folder, record_path, run_harness
+import pytest
+from conftest import MICRO, MICRO_RECIPE, OFFLINE, message_lines, plugin_folder, record_path, run_harness
 
-from harness.locking import HeartbeatLock
+from harness import locking
+from harness.locking import HeartbeatLock, LockHeld
 
 SHORT = [*MICRO, "train.epochs=1"]
 
 
 def manifest_of(run: Path) -> dict:
     return json.loads((run / "manifest.json").read_text())
+
+
+def write_manifest(run: Path, manifest: dict) -> None:
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+def snapshot(run: Path) -> dict[str, int]:
+    """Every file of a run folder (Hydra's log aside) with its modification time."""
+    return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.rglob("*") if p.name != "harness.log"}
+
+
+def as_if_preempted(run: Path) -> None:
+    """Turn a complete record into the unfinished attempt a preempted job leaves (its checkpoints kept)."""
+    (run / "results.csv").unlink()
+    manifest = manifest_of(run)
+    manifest["status"] = "training"
+    write_manifest(run, manifest)
 
 
 def test_other_recipe_gets_its_own_record(harness_cli, tmp_path):
@@ -254,3 +278,408 @@ def test_threads_follow_affinity_slurm_and_processes(monkeypatch):
         assert runtime.configure_threads(3) == 3
     finally:
         torch.set_num_threads(before)
+
+
+FIRST_K = (
+    "from harness.selection import Selection, register\n"
+    "@register('mine_test')\n"
+    "def select(ctx):\n"
+    "    return Selection(ids=list(ctx.pool.ids[: ctx.k]))\n"
+)
+
+
+def test_edited_selector_file_is_refused_untouched(harness_cli, tmp_path):
+    """Editing a selector's file (the documented way to add a method) never reuses the old code's record."""
+    plugins = plugin_folder(tmp_path, "mine.py", FIRST_K)
+    cell = tmp_path / "cell"
+    args = [*SHORT, f"plugins=[{plugins}]", "selector=random", "selector.name=mine_test", f"hydra.run.dir={cell}"]
+    code, _, err = harness_cli(args)
+    assert code == 0, err
+    first = manifest_of(cell)
+    before = snapshot(cell)
+    (plugins / "mine.py").write_text(FIRST_K.replace("[: ctx.k]", "[-ctx.k :]"))
+    for state in ("complete", "unfinished"):
+        if state == "unfinished":
+            as_if_preempted(cell)
+            before = snapshot(cell)
+        code, out, err = harness_cli(args)
+        lines = message_lines(err)
+        assert code == 2 and len(lines) == 1, err
+        assert {"complete": "the complete record", "unfinished": "an unfinished run"}[state] in lines[0], lines[0]
+        assert "selector file mine.py changed" in lines[0] and "rerun=true" in lines[0], lines[0]
+        assert "already complete" not in out and snapshot(cell) == before, state
+    for name in [m for m in sys.modules if m.startswith("harness_plugins.mine_")]:
+        del sys.modules[name]  # a new process imports the edited file (in-process runs keep the first import)
+    code, _, err = harness_cli([*args, "rerun=true"])
+    assert code == 0, err
+    assert len(list((cell / "archive").iterdir())) == 1
+    again = manifest_of(cell)
+    assert again["selector_file_sha256"] != first["selector_file_sha256"]
+    assert again["selected_ids"] != first["selected_ids"]  # the new code's selection
+
+
+def _one_task(folder: Path, data: Path) -> None:
+    """A multiple-choice lm-eval task over a local JSONL file."""
+    folder.mkdir()
+    (folder / "my_task.yaml").write_text(
+        "task: my_task\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        "doc_to_text: question\n"
+        "doc_to_choice: options\n"
+        "doc_to_target: label\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+        "metadata:\n  version: 1.0\n"
+    )
+
+
+def test_regenerated_jsonl_pool_is_refused_untouched(harness_cli, tmp_path):
+    """The same data.path with other content is other data: its record is never reused."""
+    pool = tmp_path / "pool.jsonl"
+    rows = [{"prompt": f"add {a} {b} =", "response": str(a + b)} for a in range(2, 9) for b in range(3, 9)]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = tmp_path / "my_task.jsonl"
+    questions = [{"question": f"add {a} {a} =", "options": [str(2 * a), str(2 * a + 1)], "label": 0} for a in range(6)]
+    items.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    _one_task(tmp_path / "tasks", items)
+    cell = tmp_path / "cell"
+    args = [
+        *MICRO_RECIPE,
+        "train.epochs=1",
+        "data=jsonl",
+        f"data.path={pool}",
+        "eval=lm_eval",
+        f"eval.include_path={tmp_path / 'tasks'}",
+        "eval.tasks=[my_task]",
+        "budget=0.5",
+        f"hydra.run.dir={cell}",
+    ]
+    code, _, err = harness_cli(args)
+    assert code == 0, err
+    before = snapshot(cell)
+    original = pool.read_text()
+    pool.write_text(original.replace('"5"', '"6"'))  # regenerated: some answers differ
+    code, out, err = harness_cli(args)
+    lines = message_lines(err)
+    assert code == 2 and len(lines) == 1, err
+    assert "pool content changed" in lines[0] and "rerun=true" in lines[0], lines[0]
+    assert "already complete" not in out and snapshot(cell) == before
+    pool.write_text(original)
+    code, out, err = harness_cli(args)
+    assert code == 0 and "already complete" in out, err
+
+
+def test_record_of_another_precision_is_refused(harness_cli, tmp_path):
+    """`auto` precision resolves per machine: a record or checkpoint made under another one is not this run's."""
+    cell = tmp_path / "cell"
+    args = [*SHORT, f"hydra.run.dir={cell}", "train.keep_checkpoint=true"]
+    code, _, err = harness_cli(args)
+    assert code == 0, err
+    manifest = manifest_of(cell)
+    here = manifest["precision"]["mixed_precision"]
+    assert here == manifest["runtime"]["mixed_precision"] and manifest["precision"]["model_dtype"] == "float32"
+    other = "no" if here == "bf16" else "bf16"
+    manifest["precision"]["mixed_precision"] = other  # as if made on another kind of machine
+    write_manifest(cell, manifest)
+    before = snapshot(cell)
+    code, out, err = harness_cli(args)
+    lines = message_lines(err)
+    assert code == 2 and len(lines) == 1, err
+    assert f"mixed precision on this machine {other} -> {here}" in lines[0] and "rerun=true" in lines[0]
+    assert "already complete" not in out and snapshot(cell) == before
+    as_if_preempted(cell)  # a checkpointed attempt requeued onto another kind of node: no silent resume
+    before = snapshot(cell)
+    code, _, err = harness_cli(args)
+    assert code == 2 and "unfinished run" in err and "mixed precision" in err, err
+    assert snapshot(cell) == before
+
+
+def test_older_records_without_precision_use_their_runtime(tmp_path):
+    from harness.pipeline import changed_inputs
+
+    old = {"runtime": {"mixed_precision": "bf16"}, "pool_fingerprint": "a" * 64, "selector_file_sha256": None}
+    current = {"selector_file_sha256": "b" * 64, "pool_fingerprint": "a" * 64, "mixed_precision": "no"}
+    assert changed_inputs(old, {**current, "model_dtype": "float32"}) == ["mixed precision on this machine bf16 -> no"]
+    assert changed_inputs(old, {**current, "mixed_precision": "bf16"}) == []
+
+
+def test_cell_completed_while_waiting_for_the_lock_is_not_run_again(harness_cli, tmp_path, monkeypatch):
+    """What the folder holds is looked at again once the lock is held: another process may have finished it."""
+    from harness.record import RunRecord
+
+    done, cell = tmp_path / "done", tmp_path / "cell"
+    code, _, err = harness_cli([*SHORT, f"hydra.run.dir={done}"])
+    assert code == 0, err
+    take = RunRecord.lock
+
+    def lock(self: RunRecord):
+        held = take(self)
+        acquire = held.acquire
+
+        def finished_meanwhile(*args, **kwargs):
+            for p in done.iterdir():
+                if p.name not in ("harness.log", ".lock"):
+                    (shutil.copytree if p.is_dir() else shutil.copy2)(p, self.dir / p.name)
+            return acquire(*args, **kwargs)
+
+        held.acquire = finished_meanwhile
+        return held
+
+    monkeypatch.setattr(RunRecord, "lock", lock)
+    code, out, err = harness_cli([*SHORT, f"hydra.run.dir={cell}"])
+    assert code == 0 and "already complete" in out, err
+    assert (cell / "results.csv").read_bytes() == (done / "results.csv").read_bytes()
+    assert manifest_of(cell) == manifest_of(done)
+
+
+def test_requeued_rerun_resumes_its_own_attempt(harness_cli, tmp_path, monkeypatch):
+    """A Slurm job with rerun=true that is preempted and requeued goes on with its attempt instead of archiving it."""
+    cell = tmp_path / "cell"
+    args = [*SHORT, f"hydra.run.dir={cell}", "train.keep_checkpoint=true", "rerun=true"]
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    code, _, err = harness_cli(args)
+    assert code == 0, err
+    assert manifest_of(cell)["attempt_token"] == "4242_3"
+    as_if_preempted(cell)
+    code, _, err = harness_cli(args)  # the requeued job: same job id, still rerun=true
+    assert code == 0, err
+    assert not (cell / "archive").exists()
+    assert manifest_of(cell)["training"]["resumed_from_step"] > 0
+    as_if_preempted(cell)
+    monkeypatch.setenv("SLURM_JOB_ID", "4243")  # a new job that asks for a rerun starts over
+    code, _, err = harness_cli(args)
+    assert code == 0, err
+    assert len(list((cell / "archive").iterdir())) == 1
+    assert manifest_of(cell)["training"]["resumed_from_step"] == 0
+    assert manifest_of(cell)["attempt_token"] == "4243_3"
+
+
+# ---------------------------------------------------------------- the lock itself (harness.locking)
+
+
+def foreign_lock(path: Path, age: float = 0.0, **owner: object) -> None:
+    """A lock file as another process leaves it, its heartbeat `age` seconds old."""
+    record = {"host": "node-elsewhere", "pid": 4321, "time": time.time() - age, "token": "theirs", **owner}
+    path.write_text(json.dumps(record))
+    os.utime(path, (time.time() - age, time.time() - age))
+
+
+def token_at(path: Path) -> str:
+    return json.loads(path.read_text())["token"]
+
+
+def test_heartbeat_outlives_transient_errors(tmp_path, monkeypatch):
+    path = tmp_path / "cell.lock"
+    lock = HeartbeatLock(path, heartbeat=0.05, stale_after=1.0).acquire()
+    real, failures = os.utime, iter(range(8))
+
+    def flaky(*args, **kwargs):  # an NFS server failing over: ESTALE for a while, then fine
+        if next(failures, None) is not None:
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(locking.os, "utime", flaky)
+    time.sleep(2.5)
+    assert next(failures, None) is None  # every failure was retried
+    with pytest.raises(LockHeld):  # the heartbeat went on: nobody may break it
+        HeartbeatLock(path, stale_after=1.0).acquire(wait=False)
+    assert lock.held()
+    lock.release()
+    assert not path.exists()
+
+
+def test_a_lost_lock_is_noticed_and_the_new_holders_file_left_alone(tmp_path):
+    from harness.locking import LockLost
+
+    path = tmp_path / "cell.lock"
+    lock = HeartbeatLock(path, heartbeat=0.05).acquire()
+    assert lock.held()
+    lock.check()
+    path.unlink()  # broken by another process (this one stalled past stale_after) ...
+    other = HeartbeatLock(path).acquire(wait=False)  # ... which holds it now
+    assert not lock.held()
+    with pytest.raises(LockLost) as lost:
+        lock.check()
+    assert "\n" not in str(lost.value) and f"now held by pid {os.getpid()}" in str(lost.value)
+    time.sleep(0.2)
+    before = path.stat().st_mtime_ns
+    time.sleep(0.3)
+    assert path.stat().st_mtime_ns == before  # the lost lock's heartbeat stopped: it never touches the new one
+    lock.release()
+    assert token_at(path) == other.token and other.held()
+    other.release()
+    assert not path.exists() and not lock.break_path.exists()
+
+
+def test_breaking_a_stale_lock_leaves_one_holder(tmp_path, monkeypatch):
+    path = tmp_path / "cell.lock"
+    foreign_lock(path, age=120)
+    p1, p2, p3 = (HeartbeatLock(path, stale_after=60) for _ in range(3))
+    acquired = []
+
+    def take(lock: HeartbeatLock) -> None:
+        with contextlib.suppress(LockHeld):
+            acquired.append(lock.acquire(wait=False))
+
+    real_rename, real_link, renames = os.rename, os.link, []
+
+    def rename(src, dst):  # p2 moves the stale lock aside; p1, acting on the same observation, gets in first
+        renames.append(src)
+        if len(renames) == 1:
+            take(p1)
+        return real_rename(src, dst)
+
+    def link(src, dst):  # a lock moved aside by mistake goes back; p3 finds the path free just before
+        take(p3)
+        return real_link(src, dst)
+
+    monkeypatch.setattr(locking.os, "rename", rename)
+    monkeypatch.setattr(locking.os, "link", link)
+    take(p2)
+    monkeypatch.undo()
+    assert len(acquired) == 1, [lock is p1 for lock in acquired]
+    assert [lock.held() for lock in (p1, p2, p3)] == [lock in acquired for lock in (p1, p2, p3)]
+    assert token_at(path) == acquired[0].token
+    acquired[0].release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_holder_displaced_by_a_failed_put_back_finds_out(tmp_path, monkeypatch, caplog):
+    """A breaker that did not wait for `.break` (its creator seemed dead) moves a fresh lock aside by mistake."""
+    from harness.locking import LockLost
+
+    path = tmp_path / "cell.lock"
+    foreign_lock(path, age=120)
+    breaker, p1, p3 = (HeartbeatLock(path, stale_after=60) for _ in range(3))
+    real_rename, real_link, renames = os.rename, os.link, []
+
+    def rename(src, dst):
+        renames.append(src)
+        if Path(src) == path and len(renames) == 1:  # the stale lock goes, p1 takes the path, then the move
+            path.unlink()
+            p1.acquire(wait=False)
+        return real_rename(src, dst)
+
+    def link(src, dst):  # p1's lock goes back, but p3 took the free path first
+        p3.acquire(wait=False)
+        return real_link(src, dst)
+
+    monkeypatch.setattr(locking.os, "rename", rename)
+    monkeypatch.setattr(locking.os, "link", link)
+    with caplog.at_level(logging.WARNING, logger="harness.locking"), pytest.raises(LockHeld):
+        breaker.acquire(wait=False)
+    monkeypatch.undo()
+    assert "its holder has lost it" in caplog.text
+    assert token_at(path) == p3.token and p3.held() and not p1.held()  # one holder, and p1 knows it is not
+    with pytest.raises(LockLost, match=f"now held by pid {os.getpid()}"):
+        p1.check()
+    p1.release()
+    assert token_at(path) == p3.token
+    p3.release()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_release_never_removes_a_lock_that_took_its_place(tmp_path, monkeypatch):
+    path = tmp_path / "cell.lock"
+    mine, theirs = HeartbeatLock(path).acquire(), HeartbeatLock(path)
+    real_loads, armed = json.loads, [True]
+
+    def loads(text, *args, **kwargs):  # release has read its own token; then its lock is broken and retaken
+        value = real_loads(text, *args, **kwargs)
+        if armed and isinstance(value, dict) and value.get("token") == mine.token:
+            armed.clear()
+            path.unlink()
+            theirs.acquire(wait=False)
+        return value
+
+    monkeypatch.setattr(locking.json, "loads", loads)
+    mine.release()
+    monkeypatch.undo()
+    assert not armed and token_at(path) == theirs.token and theirs.held()
+    theirs.release()
+
+
+@pytest.mark.parametrize("text", ["", "{}", '{"host": "n'])
+def test_an_empty_or_unreadable_lock_is_judged_by_its_age(tmp_path, text):
+    path = tmp_path / "cell.lock"
+    path.write_text(text)
+    with pytest.raises(LockHeld):  # fresh: perhaps being written right now
+        HeartbeatLock(path, stale_after=60).acquire(wait=False)
+    os.utime(path, (time.time() - 120, time.time() - 120))
+    lock = HeartbeatLock(path, stale_after=60).acquire(wait=False)
+    assert token_at(path) == lock.token
+    lock.release()
+    assert not path.exists()
+
+
+def test_a_lock_whose_owner_cannot_be_written_is_removed(tmp_path, monkeypatch):
+    path = tmp_path / "cell.lock"
+    real_fdopen = os.fdopen
+
+    class DiskFull:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    monkeypatch.setattr(locking.os, "fdopen", lambda fd, *a, **k: DiskFull(real_fdopen(fd, *a, **k)))
+    with pytest.raises(OSError, match="No space left"):
+        HeartbeatLock(path).acquire(wait=False)
+    monkeypatch.undo()
+    assert not path.exists()  # not an empty lock that reads as 'running elsewhere' for minutes
+    HeartbeatLock(path).acquire(wait=False).release()
+
+
+def test_a_dead_pid_counts_only_in_this_kernel_and_pid_namespace(tmp_path):
+    try:
+        ident = {
+            "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+            "pid_ns": os.readlink("/proc/self/ns/pid"),
+        }
+    except OSError:
+        pytest.skip("no /proc boot id or pid namespace here")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = tmp_path / "cell.lock"
+    here = {"host": socket.gethostname(), "pid": dead.pid}
+    for elsewhere in ({"pid_ns": "pid:[1]"}, {"boot_id": "another-machine"}, {"boot_id": None, "pid_ns": None}):
+        foreign_lock(path, **here, **{**ident, **elsewhere})  # a container with this host name, or an old lock
+        with pytest.raises(LockHeld):
+            HeartbeatLock(path).acquire(wait=False)
+    foreign_lock(path, **here, **ident)  # this kernel and pid namespace: its owner is dead
+    HeartbeatLock(path).acquire(wait=False).release()
+
+
+def test_a_requeued_slurm_task_takes_its_own_lock_back(tmp_path, monkeypatch):
+    path = tmp_path / "cell.lock"
+    attempt = {"job_id": "4242", "array_job_id": "4240", "array_task_id": "2", "restarts": 0}
+    foreign_lock(path, slurm=attempt)  # the attempt before the requeue ran on another node; its heartbeat is fresh
+    task = {"SLURM_JOB_ID": "4242", "SLURM_ARRAY_JOB_ID": "4240", "SLURM_ARRAY_TASK_ID": "2"}
+    for key, value in task.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    with pytest.raises(LockHeld, match="Slurm job 4240_2"):  # another task or step of the same attempt
+        HeartbeatLock(path).acquire(wait=False)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.setenv("SLURM_JOB_ID", "4243")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    with pytest.raises(LockHeld):  # another array task
+        HeartbeatLock(path).acquire(wait=False)
+    for key, value in task.items():
+        monkeypatch.setenv(key, value)
+    lock = HeartbeatLock(path).acquire(wait=False)  # the same task, requeued
+    assert json.loads(path.read_text())["slurm"] == {**attempt, "restarts": 1}
+    lock.release()

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from conftest import MICRO, OFFLINE
 from harness import REPO_ROOT
 from harness.errors import HarnessError
 from harness.launch import check_launcher, check_resources, export_distributed_env
+from harness.locking import HeartbeatLock
 from harness.sweep import error_from_log, expand_cells, gather, write_plan, write_status
 
 SLURM = "hydra/launcher=slurm"
@@ -195,3 +198,43 @@ def test_sbatch_fallback_refuses_bad_input_before_submitting(tmp_path):
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip().splitlines()[-1].startswith("error: ") and says in done.stderr, done.stderr
         assert not (tmp_path / "rec").exists()
+
+
+def test_a_cell_locked_elsewhere_is_running_elsewhere_not_complete(harness_cli, tmp_path):
+    results = tmp_path / "results"
+    cell = results / "runs" / "busy"
+    cell.mkdir(parents=True)
+    with HeartbeatLock(cell / ".lock"):  # another sweep (or a requeued task's earlier attempt) runs this cell
+        code, out, err = harness_cli(["-m", *MICRO, "train.epochs=1", "selector=random", "hydra.sweep.subdir=busy"])
+    assert code == 0, err
+    (summary,) = summaries(results)
+    assert summary["counts"] == {"running elsewhere": 1}, summary
+    (status,) = summary["cells"]
+    assert status["run_dir"] == str(cell) and f"pid {os.getpid()}" in status["reason"], status
+    assert "heartbeat" in status["reason"] and "already complete" not in status["reason"]
+    assert "1 running elsewhere" in out and "already complete" not in out
+    assert not (cell / "results.csv").exists()
+    text = next(results.rglob("_sweeps/*/summary.txt")).read_text()
+    assert "running elsewhere" in text and "skipped" not in text
+
+
+def test_the_summary_waits_for_the_harness_lock_and_sees_cells_finished_elsewhere(tmp_path):
+    from harness.sweep import SUMMARY_LOCK, refresh
+
+    record, run_dir = tmp_path / "rec", tmp_path / "run0"
+    write_plan(record, [["seed=0"]], "slurm", "s1")
+    reason = "running elsewhere (pid 7 on node3 since ?, heartbeat 2 s ago)"
+    write_status(record, 0, {"state": "running elsewhere", "run_dir": str(run_dir), "reason": reason})
+    other = HeartbeatLock(record / SUMMARY_LOCK).acquire()  # another cell is writing the summary
+    writer = threading.Thread(target=refresh, args=(record,))
+    writer.start()
+    time.sleep(0.5)
+    assert writer.is_alive() and not (record / "summary.json").exists()
+    run_dir.mkdir()
+    (run_dir / "results.csv").write_text("x\n")  # meanwhile the process that held the cell finished it
+    other.release()
+    writer.join(10)
+    assert not writer.is_alive()
+    summary = json.loads((record / "summary.json").read_text())
+    assert summary["counts"] == {"complete": 1} and "completed by" in summary["cells"][0]["reason"]
+    assert sorted(p.name for p in record.iterdir()) == ["cells", "plan.json", "summary.json", "summary.txt"]
