@@ -261,7 +261,10 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
         return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="running elsewhere")
     try:
         with graceful_stop() as stop:
-            return _run_locked(cfg, Path(run_dir), rec, spec, params, ident, run_id, accelerator, stop, token)
+            held_lock = lock if main else None
+            return _run_locked(
+                cfg, Path(run_dir), rec, spec, params, ident, run_id, accelerator, stop, token, held_lock
+            )
     except Interrupted as exc:
         if exc.step is None:
             exc.step = checkpoint_step(run_dir)
@@ -282,6 +285,7 @@ def _run_locked(
     accelerator: Any,
     stop: StopFlag,
     token: str | None,
+    lock: Any = None,
 ) -> RunOutcome:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -406,6 +410,8 @@ def _run_locked(
         results = record.tidy_results(evaluated.metrics, result_meta(manifest, run_dir, training))
         evaluated.items.insert(0, "run_id", run_id)
         manifest["eval"] = {"shots": evaluated.shots}
+        if lock is not None:
+            lock.check()  # a holder that lost its lock (broken as stale) must not commit over the new holder's run
         rec.write_lm_eval(evaluated.metadata)
         rec.write_manifest(manifest)
         rec.write_items(evaluated.items)

@@ -89,7 +89,7 @@ class RunRecord:
         """Anything but Hydra's log, the lock and the archive: an earlier (complete or unfinished) attempt."""
         if not self.dir.is_dir():
             return False
-        return any(p.name not in (LOG, LOCK, "archive") for p in self.dir.iterdir())
+        return any(p.name not in (LOG, "archive") and not _lock_file(p.name) for p in self.dir.iterdir())
 
     def lock(self) -> HeartbeatLock:
         """The per-run-folder lock: one process runs a cell at a time."""
@@ -105,7 +105,7 @@ class RunRecord:
             dest = dest.with_name(dest.name + "_")
         dest.mkdir(parents=True)
         for p in list(self.dir.iterdir()):
-            if p.name in ("archive", LOCK):
+            if p.name == "archive" or _lock_file(p.name):
                 continue
             if p.name == LOG:
                 _move_open_log(p, dest / p.name)
@@ -198,3 +198,8 @@ def tidy_results(metrics: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
     for key, value in meta.items():
         frame[key] = value
     return frame[list(RESULT_COLUMNS)]
+
+
+def _lock_file(name: str) -> bool:
+    """The run folder's lock and the short-lived files of breaking or releasing it (never archived)."""
+    return name == LOCK or name.startswith(f"{LOCK}.break") or name.startswith(f"{LOCK}.gone")

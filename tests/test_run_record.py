@@ -683,3 +683,18 @@ def test_a_requeued_slurm_task_takes_its_own_lock_back(tmp_path, monkeypatch):
     lock = HeartbeatLock(path).acquire(wait=False)  # the same task, requeued
     assert json.loads(path.read_text())["slurm"] == {**attempt, "restarts": 1}
     lock.release()
+
+
+def test_a_run_that_lost_its_lock_does_not_commit_results(harness_cli, tmp_path, monkeypatch):
+    """A holder whose lock was broken as stale (and maybe taken by another process) stops before its record is
+    written: one line, no results.csv."""
+    from harness.locking import HeartbeatLock, LockLost
+
+    def lost(self: HeartbeatLock) -> None:
+        raise LockLost(f"lost the lock {self.path} (broken as stale by another process); run the cell again")
+
+    monkeypatch.setattr(HeartbeatLock, "check", lost)
+    cell = tmp_path / "cell"
+    code, _, err = harness_cli([*SHORT, f"hydra.run.dir={cell}"])
+    assert code != 0 and "lost the lock" in err, err
+    assert not (cell / "results.csv").exists()
