@@ -16,6 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -34,19 +35,20 @@ def _hydra_main(cfg: DictConfig) -> object:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     made_now = only_log(run_dir, empty=True)  # Hydra has just made the folder and its empty log
+    results_root = Path(to_absolute_path(cfg.paths.results))
     try:
         return run(cfg, run_dir)  # the sweep summary reads the outcome (run folder, skipped or not)
     except HarnessError as exc:  # inside the job, so Hydra adds nothing to the one line
         print(f"error: {exc}", file=sys.stderr)
         if made_now and only_log(run_dir, empty=False):
-            remove_with_empty_parents(run_dir)
+            remove_with_empty_parents(run_dir, results_root)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra marks this cell failed and runs the others; the sweep exits 2 at the end
         sys.exit(exc.exit_code)
     except Interrupted as exc:
         print(interrupted_line(exc), file=sys.stderr)
         if made_now and only_log(run_dir, empty=False):
-            remove_with_empty_parents(run_dir)
+            remove_with_empty_parents(run_dir, results_root)
         sys.exit(exc.exit_code)
 
 
@@ -66,12 +68,14 @@ def only_log(run_dir: Path, empty: bool) -> bool:
     return all((p.name == "harness.log" and not (empty and p.stat().st_size)) or p.name == ".lock" for p in entries)
 
 
-def remove_with_empty_parents(run_dir: Path) -> None:
-    """A run rejected before it wrote anything leaves no folder behind (nor empty parents below the cwd)."""
+def remove_with_empty_parents(run_dir: Path, results_root: Path) -> None:
+    """A run rejected before it wrote anything leaves no folder behind, nor the empty parents its folder scheme
+    made: those inside the results root (the root included), never a folder above it or the cwd."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    stop = Path.cwd().resolve()
+    root, stop = results_root.resolve(), Path.cwd().resolve()
     for parent in run_dir.resolve().parents:
-        if parent == stop or parent in stop.parents or not parent.is_dir() or any(parent.iterdir()):
+        inside = parent == root or root in parent.parents
+        if not inside or parent == stop or parent in stop.parents or not parent.is_dir() or any(parent.iterdir()):
             break
         parent.rmdir()
 

@@ -139,3 +139,14 @@ def test_rejected_run_never_removes_an_existing_record(harness_cli, tmp_path):
 def test_bad_selector_settings(harness_cli, tmp_path, overrides, fragments):
     code, _, err = harness_cli([*MICRO, *overrides])
     assert_one_line_error(code, err, tmp_path, *fragments)
+
+
+def test_a_rejected_run_keeps_the_users_own_empty_folders(tmp_path):
+    """The cleanup removes the folders the run made (inside the results root), never an empty folder above it."""
+    from conftest import run_harness
+
+    mine = tmp_path / "mine"  # the user's own (empty) folder that holds the results root
+    mine.mkdir()
+    code, _, err = run_harness([*MICRO, "selector=rs2", "selector.replacement=no"], mine)
+    assert code == 2 and "replacement must be true or false" in err
+    assert mine.is_dir() and not (mine / "results").exists()
