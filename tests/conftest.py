@@ -122,3 +122,22 @@ def tiny_llama(tokenizer, layers: int = 1, hidden: int = 32, heads: int = 2, see
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
+
+
+def user_lm_eval_task(folder: Path, data: Path) -> None:
+    """A multiple-choice task over a local JSONL file (absolute data_files: lm-eval resolves relative ones
+    against the current directory)."""
+    folder.mkdir()
+    (folder / "my_task.yaml").write_text(
+        "task: my_task\n"
+        "dataset_path: json\n"
+        "dataset_kwargs:\n"
+        f"  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        "doc_to_text: question\n"
+        "doc_to_choice: options\n"
+        "doc_to_target: label\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+        "metadata:\n  version: 1.0\n"
+    )

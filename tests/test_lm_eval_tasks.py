@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import MICRO, MICRO_RECIPE, message_lines
+from conftest import MICRO, MICRO_RECIPE, message_lines, user_lm_eval_task
 
 from harness import hub
 from harness.errors import HarnessError
@@ -124,25 +124,6 @@ def test_code_executing_task_is_refused_before_training(harness_cli, tmp_path):
 # ------------------------------------------------------------------------------------ the user's own tasks
 
 
-def _user_task(folder: Path, data: Path) -> None:
-    """A multiple-choice task over a local JSONL file (absolute data_files: lm-eval resolves relative ones
-    against the current directory)."""
-    folder.mkdir()
-    (folder / "my_task.yaml").write_text(
-        "task: my_task\n"
-        "dataset_path: json\n"
-        "dataset_kwargs:\n"
-        f"  data_files:\n    test: {data}\n"
-        "test_split: test\n"
-        "output_type: multiple_choice\n"
-        "doc_to_text: question\n"
-        "doc_to_choice: options\n"
-        "doc_to_target: label\n"
-        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
-        "metadata:\n  version: 1.0\n"
-    )
-
-
 def test_jsonl_pool_on_the_users_own_lm_eval_task(harness_cli, tmp_path):
     pool = tmp_path / "pool.jsonl"
     rows = [{"prompt": f"add {a} {b} =", "response": str(a + b)} for a in range(2, 9) for b in range(3, 9)]
@@ -151,7 +132,7 @@ def test_jsonl_pool_on_the_users_own_lm_eval_task(harness_cli, tmp_path):
     items = [{"question": f"add {a} {a} =", "options": [str(2 * a), str(2 * a + 1)], "label": a % 2} for a in range(10)]
     data.write_text("".join(json.dumps(i) + "\n" for i in items))
     folder = tmp_path / "my_tasks"
-    _user_task(folder, data)
+    user_lm_eval_task(folder, data)
 
     code, out, err = harness_cli(
         [

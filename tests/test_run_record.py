@@ -18,7 +18,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import MICRO, MICRO_RECIPE, OFFLINE, message_lines, plugin_folder, record_path, run_harness
+from conftest import (
+    MICRO,
+    MICRO_RECIPE,
+    OFFLINE,
+    message_lines,
+    plugin_folder,
+    record_path,
+    run_harness,
+    user_lm_eval_task,
+)
 
 from harness import locking
 from harness.locking import HeartbeatLock, LockHeld
@@ -318,23 +327,6 @@ def test_edited_selector_file_is_refused_untouched(harness_cli, tmp_path):
     assert again["selected_ids"] != first["selected_ids"]  # the new code's selection
 
 
-def _one_task(folder: Path, data: Path) -> None:
-    """A multiple-choice lm-eval task over a local JSONL file."""
-    folder.mkdir()
-    (folder / "my_task.yaml").write_text(
-        "task: my_task\n"
-        "dataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
-        "test_split: test\n"
-        "output_type: multiple_choice\n"
-        "doc_to_text: question\n"
-        "doc_to_choice: options\n"
-        "doc_to_target: label\n"
-        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
-        "metadata:\n  version: 1.0\n"
-    )
-
-
 def test_regenerated_jsonl_pool_is_refused_untouched(harness_cli, tmp_path):
     """The same data.path with other content is other data: its record is never reused."""
     pool = tmp_path / "pool.jsonl"
@@ -343,7 +335,7 @@ def test_regenerated_jsonl_pool_is_refused_untouched(harness_cli, tmp_path):
     items = tmp_path / "my_task.jsonl"
     questions = [{"question": f"add {a} {a} =", "options": [str(2 * a), str(2 * a + 1)], "label": 0} for a in range(6)]
     items.write_text("".join(json.dumps(q) + "\n" for q in questions))
-    _one_task(tmp_path / "tasks", items)
+    user_lm_eval_task(tmp_path / "tasks", items)
     cell = tmp_path / "cell"
     args = [
         *MICRO_RECIPE,
