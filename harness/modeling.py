@@ -113,6 +113,14 @@ def resolve_dtype(name: str) -> torch.dtype:
         raise HarnessError(f"model.dtype must be auto, float32, bfloat16 or float16, got {name!r}") from None
 
 
+def resolved_precision(accelerator: Any, dtype: str) -> dict[str, str]:
+    """What `train.mixed_precision` and `model.dtype` (either may be `auto`) resolve to on this machine."""
+    return {
+        "mixed_precision": str(accelerator.mixed_precision),
+        "model_dtype": str(resolve_dtype(str(dtype))).removeprefix("torch."),
+    }
+
+
 def scratch_config(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> LlamaConfig:
     """The tiny Llama's architecture from the model config (sized to the tokenizer when there is one)."""
     special = {}

@@ -27,7 +27,7 @@ from harness.identity import describe_differences, identity, identity_hash
 from harness.interrupt import Interrupted, StopFlag, graceful_stop
 from harness.launch import export_distributed_env
 from harness.locking import LockHeld, describe_owner
-from harness.modeling import build_model, for_evaluation, load_tokenizer, model_description, resolve_dtype
+from harness.modeling import build_model, for_evaluation, load_tokenizer, model_description, resolved_precision
 from harness.pool import Pool
 from harness.record import RunRecord
 from harness.seeding import stage_seeds
@@ -150,14 +150,6 @@ def attempt_token() -> str | None:
     if not os.environ.get(ATTEMPT_VARIABLES[0]):
         return None
     return "_".join(os.environ[v] for v in ATTEMPT_VARIABLES if os.environ.get(v))
-
-
-def resolved_precision(accelerator: Any, dtype: str) -> dict[str, str]:
-    """What `train.mixed_precision` and `model.dtype` (either may be `auto`) resolve to on this machine."""
-    return {
-        "mixed_precision": str(accelerator.mixed_precision),
-        "model_dtype": str(resolve_dtype(str(dtype))).removeprefix("torch."),
-    }
 
 
 def recorded_inputs(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -24,8 +24,17 @@ SCORE_DEFAULTS: dict[str, Any] = {
 """The settings EL2N and GraNd share (see selectors/el2n.py for where the defaults come from)."""
 
 
+WARMUP_SCHEDULES = ("warmup", "run")
+"""warmup: the warm-up's own schedule, annealed within its epochs | run: the first epochs of a run over the pool
+whose schedule spans the recipe's epochs (where the data-diet papers take their scores)."""
+
+
 def check_scores(params: dict[str, Any]) -> None:
     check_warmup(params)
+    if params.get("warmup_schedule", "warmup") not in WARMUP_SCHEDULES:
+        raise HarnessError(
+            f"unknown warmup_schedule {params.get('warmup_schedule')!r}; use one of {list(WARMUP_SCHEDULES)}"
+        )
     check_keep(params)
 
 
@@ -48,16 +57,7 @@ def check_warmup(params: dict[str, Any], seeds_key: str | None = "warmup_seeds")
         number(params, "warmup_fraction", 0, 1, low_open=True)
 
 
-WARMUP_SCHEDULES = ("warmup", "run")
-"""warmup: the warm-up's own schedule, annealed within its epochs | run: the first epochs of a run over the pool
-whose schedule spans the recipe's epochs (where the data-diet papers take their scores)."""
-
-
 def check_keep(params: dict[str, Any]) -> None:
-    if params.get("warmup_schedule", "warmup") not in WARMUP_SCHEDULES:
-        raise HarnessError(
-            f"unknown warmup_schedule {params.get('warmup_schedule')!r}; use one of {list(WARMUP_SCHEDULES)}"
-        )
     if params.get("keep") not in KEEP_RULES:
         raise HarnessError(f"unknown keep rule {params.get('keep')!r}; use one of {list(KEEP_RULES)}")
     if "offset" in params:

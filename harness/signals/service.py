@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import HarnessError
 from harness.locking import HeartbeatLock
-from harness.modeling import build_model, model_description, resolve_dtype
+from harness.modeling import build_model, model_description, resolved_precision
 from harness.pool import Pool
 from harness.seeding import stage_rng, stream_seed
 from harness.signals.projection import generator_identity
@@ -91,8 +91,7 @@ class SignalService:
             "model": model_description(model_cfg),
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "device": torch.device(accelerator.device).type,
-            "precision": str(accelerator.mixed_precision),
-            "dtype": str(resolve_dtype(model_cfg.dtype)),
+            "precision": resolved_precision(accelerator, model_cfg.dtype),
             "version": VERSION,
         }
 
