@@ -29,7 +29,7 @@ from harness.launch import export_distributed_env
 from harness.locking import LockHeld, describe_owner
 from harness.modeling import build_model, for_evaluation, load_tokenizer, model_description, resolved_precision
 from harness.pool import Pool
-from harness.record import RunRecord
+from harness.record import RunRecord, changed_inputs
 from harness.seeding import stage_seeds
 from harness.selection import (
     Selection,
@@ -150,39 +150,6 @@ def attempt_token() -> str | None:
     if not os.environ.get(ATTEMPT_VARIABLES[0]):
         return None
     return "_".join(os.environ[v] for v in ATTEMPT_VARIABLES if os.environ.get(v))
-
-
-def recorded_inputs(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What a stored record depended on beyond its identity: the selector's file, the pool's content and the
-    resolved precision (older records state the mixed precision under `runtime` only)."""
-    precision = manifest.get("precision") or {}
-    return {
-        "selector_file_sha256": manifest.get("selector_file_sha256"),
-        "pool_fingerprint": manifest.get("pool_fingerprint"),
-        "mixed_precision": precision.get("mixed_precision", (manifest.get("runtime") or {}).get("mixed_precision")),
-        "model_dtype": precision.get("model_dtype"),
-    }
-
-
-def changed_inputs(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """One phrase per input whose recorded value differs from the current one; an input that either side does not
-    know is not compared."""
-    before = recorded_inputs(stored)
-    changes = []
-    for key, now in current.items():
-        then = before.get(key)
-        if then is None or now is None or then == now:
-            continue
-        if key == "selector_file_sha256":
-            name = Path(str(stored.get("selector_file") or "?")).name
-            changes.append(f"selector file {name} changed (sha256 {then[:8]} -> {now[:8]})")
-        elif key == "pool_fingerprint":
-            changes.append(f"pool content changed (fingerprint {then[:8]} -> {now[:8]})")
-        elif key == "mixed_precision":
-            changes.append(f"mixed precision on this machine {then} -> {now}")
-        else:
-            changes.append(f"model dtype on this machine {then} -> {now}")
-    return changes
 
 
 def check_record(

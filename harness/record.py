@@ -203,3 +203,36 @@ def tidy_results(metrics: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
 def _lock_file(name: str) -> bool:
     """The run folder's lock and the short-lived files of breaking or releasing it (never archived)."""
     return name == LOCK or name.startswith(f"{LOCK}.break") or name.startswith(f"{LOCK}.gone")
+
+
+def recorded_inputs(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a stored record depended on beyond its identity: the selector's file, the pool's content and the
+    resolved precision (older records state the mixed precision under `runtime` only)."""
+    precision = manifest.get("precision") or {}
+    return {
+        "selector_file_sha256": manifest.get("selector_file_sha256"),
+        "pool_fingerprint": manifest.get("pool_fingerprint"),
+        "mixed_precision": precision.get("mixed_precision", (manifest.get("runtime") or {}).get("mixed_precision")),
+        "model_dtype": precision.get("model_dtype"),
+    }
+
+
+def changed_inputs(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """One phrase per input whose value in the `stored` manifest differs from `current` (as `recorded_inputs`
+    gives it); an input that either side does not know is not compared."""
+    before = recorded_inputs(stored)
+    changes = []
+    for key, now in current.items():
+        then = before.get(key)
+        if then is None or now is None or then == now:
+            continue
+        if key == "selector_file_sha256":
+            name = Path(str(stored.get("selector_file") or "?")).name
+            changes.append(f"selector file {name} changed (sha256 {then[:8]} -> {now[:8]})")
+        elif key == "pool_fingerprint":
+            changes.append(f"pool content changed (fingerprint {then[:8]} -> {now[:8]})")
+        elif key == "mixed_precision":
+            changes.append(f"mixed precision {then} -> {now}")
+        else:
+            changes.append(f"model dtype {then} -> {now}")
+    return changes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -103,6 +104,103 @@ def test_real_folders_incomplete_archived_duplicate(tmp_path):
     assert len(records.items) == 3 * 4 * 50
     notes = " ".join(records.notes())
     assert "2 incomplete" in notes and "duplicate" in notes and "archived" in notes
+
+
+def _same_run_id_twice(root: Path, older: dict, newer: dict) -> tuple[Path, Path]:
+    """Two live records of one run_id in two folders (the newer 60 of 80 items right, the older 20), with the
+    given manifest fields; a random record beside them so a report can be built."""
+    write_run(root, "random", 0.1, 0)
+    dirs = []
+    for i, (fields, n_right) in enumerate(((older, 20), (newer, 60))):
+        run = write_run(root, "bids", 0.1, 0, run_id="b1d5" * 3, items=_fixed_items(n_right), folder=f"copy{i}")
+        _set_manifest(run, **fields)
+        stamp = 1_700_000_000 + 1000 * i  # the second one is the newer
+        os.utime(run / "results.csv", (stamp, stamp))
+        dirs.append(run)
+    return dirs[0], dirs[1]
+
+
+@pytest.mark.parametrize(
+    ("field", "older", "newer", "phrase"),
+    [
+        (
+            "pool",
+            {"pool_fingerprint": "a" * 64},
+            {"pool_fingerprint": "b" * 64},
+            "pool content changed (fingerprint aaaaaaaa -> bbbbbbbb)",
+        ),
+        (
+            "selector",
+            {"selector_file": "s.py", "selector_file_sha256": "1" * 64},
+            {"selector_file": "s.py", "selector_file_sha256": "2" * 64},
+            "selector file s.py changed (sha256 11111111 -> 22222222)",
+        ),
+        (
+            "precision",
+            {"precision": {"mixed_precision": "no", "model_dtype": "float32"}},
+            {"precision": {"mixed_precision": "bf16", "model_dtype": "float32"}},
+            "mixed precision no -> bf16",
+        ),
+    ],
+)
+def test_same_run_id_from_other_inputs_is_no_duplicate(tmp_path, field, older, newer, phrase):
+    """One run_id, but another pool, selector file or precision: the newer record is kept, the other is named."""
+    old, new = _same_run_id_twice(tmp_path, older, newer)
+    records = load_records(tmp_path)
+    assert records.counts.get("conflicts", 0) == 1 and records.counts["duplicates"] == 0
+    bids = records.results[records.results["run_id"] == "b1d5" * 3]
+    assert set(bids["record_dir"]) == {str(new)}
+    macro = bids[(bids["task"] == "macro_avg") & (bids["metric"] == "acc")]["value"]
+    assert list(macro) == [pytest.approx(0.75)]  # the newer record's 60 of 80
+    items = records.items[records.items["run_id"] == "b1d5" * 3]
+    assert len(items) == 80 and items["correct"].sum() == 60  # the kept record's items only
+    notes = records.notes()
+    head = "dropped 1 record(s) that share a run_id with a newer record but came from a different pool, selector code"
+    assert any(n.startswith(head) for n in notes)
+    assert not any("duplicate record" in n for n in notes)
+    (detail,) = [n for n in notes if n.startswith("run_id ")]
+    assert phrase in detail and f"dropped {old}" in detail and f"kept the newer {new}" in detail
+    report = build_report(tmp_path, FAST, tmp_path / "out", [])
+    assert detail in report.notes and detail in (tmp_path / "out" / "leaderboard.md").read_text()
+    assert any(n.startswith(head) for n in report.notes)
+
+
+@pytest.mark.parametrize(
+    ("older", "newer"),
+    [
+        ({}, {}),  # the synthetic writer's manifests state none of the inputs
+        (
+            {"pool_fingerprint": "a" * 64, "selector_file_sha256": "1" * 64, "precision": {"mixed_precision": "no"}},
+            {"pool_fingerprint": "a" * 64, "selector_file_sha256": "1" * 64, "precision": {"mixed_precision": "no"}},
+        ),
+        ({}, {"selector_file_sha256": "2" * 64, "precision": {"model_dtype": "float32"}}),  # older: not compared
+        ({"runtime": {"mixed_precision": "no"}}, {"precision": {"mixed_precision": "no", "model_dtype": "bfloat16"}}),
+    ],
+)
+def test_same_run_id_from_the_same_inputs_is_a_duplicate(tmp_path, older, newer):
+    _, new = _same_run_id_twice(tmp_path, older, newer)
+    records = load_records(tmp_path)
+    assert records.counts["duplicates"] == 1 and records.counts.get("conflicts", 0) == 0
+    assert set(records.results.loc[records.results["run_id"] == "b1d5" * 3, "record_dir"]) == {str(new)}
+    notes = " ".join(records.notes())
+    assert "counted 1 duplicate record(s) of a cell once" in notes
+    assert "share a run_id" not in notes and "run_id b1d5" not in notes
+
+
+def test_pool_fingerprint_of_results_csv_stands_in_for_the_manifest_and_archives_are_not_conflicts(tmp_path):
+    """A manifest without the pool's fingerprint: results.csv's column is compared. An archived record of another
+    pool is what rerun=true leaves behind: ignored as before, not named as a conflict."""
+    for i, pool in enumerate(("a" * 64, "b" * 64)):
+        run = write_run(tmp_path, "bids", 0.1, 0, run_id="b1d5" * 3, folder=f"copy{i}", pool_fingerprint=pool)
+        os.utime(run / "results.csv", (1_700_000_000 + 1000 * i,) * 2)
+    aside = write_run(tmp_path, "bids", 0.1, 0, run_id="b1d5" * 3, folder="copy1.old", pool_fingerprint="c" * 64)
+    shutil.move(aside, tmp_path / "copy1" / "archive" / "20260101-000000")
+    records = load_records(tmp_path)
+    assert records.counts.get("conflicts", 0) == 1 and records.counts["duplicates"] == 0
+    assert records.counts["archived_ignored"] == 1
+    assert set(records.results["pool_fingerprint"]) == {"b" * 64}
+    (detail,) = [n for n in records.notes() if n.startswith("run_id ")]
+    assert "fingerprint aaaaaaaa -> bbbbbbbb" in detail and "cccccccc" not in detail
 
 
 def test_different_settings_are_never_mixed(tmp_path):

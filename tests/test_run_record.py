@@ -379,7 +379,7 @@ def test_record_of_another_precision_is_refused(harness_cli, tmp_path):
     code, out, err = harness_cli(args)
     lines = message_lines(err)
     assert code == 2 and len(lines) == 1, err
-    assert f"mixed precision on this machine {other} -> {here}" in lines[0] and "rerun=true" in lines[0]
+    assert f"mixed precision {other} -> {here}" in lines[0] and "rerun=true" in lines[0]
     assert "already complete" not in out and snapshot(cell) == before
     as_if_preempted(cell)  # a checkpointed attempt requeued onto another kind of node: no silent resume
     before = snapshot(cell)
@@ -389,11 +389,11 @@ def test_record_of_another_precision_is_refused(harness_cli, tmp_path):
 
 
 def test_older_records_without_precision_use_their_runtime(tmp_path):
-    from harness.pipeline import changed_inputs
+    from harness.record import changed_inputs
 
     old = {"runtime": {"mixed_precision": "bf16"}, "pool_fingerprint": "a" * 64, "selector_file_sha256": None}
     current = {"selector_file_sha256": "b" * 64, "pool_fingerprint": "a" * 64, "mixed_precision": "no"}
-    assert changed_inputs(old, {**current, "model_dtype": "float32"}) == ["mixed precision on this machine bf16 -> no"]
+    assert changed_inputs(old, {**current, "model_dtype": "float32"}) == ["mixed precision bf16 -> no"]
     assert changed_inputs(old, {**current, "mixed_precision": "bf16"}) == []
 
 

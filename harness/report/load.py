@@ -1,9 +1,11 @@
 """Run records on disk -> pandas frames, one live record per cell.
 
 A record is complete when its results.csv exists. Records under an `archive/` folder are earlier copies of a
-cell: they are used only when the cell has no live complete record. Several records with one run_id (a
-copied folder) count once: the newest. CSV files that share a header are parsed in one pandas call, which is
-what makes thousands of records load in seconds.
+cell: they are used only when the cell has no live complete record. Several live records with one run_id (a
+copied folder) count once: the newest. A run_id does not cover the selector's file, the pool's content or the
+resolved precision, so live records of one run_id that disagree on any of them are not duplicates: the newest is
+kept and the others are named in a note of their own. CSV files that share a header are parsed in one pandas
+call, which is what makes thousands of records load in seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
+from harness.record import changed_inputs, recorded_inputs
 from harness.seeding import stage_seeds
 
 RESULTS, ITEMS, MANIFEST, CONFIG = "results.csv", "eval_items.csv", "manifest.json", "config.yaml"
@@ -76,6 +79,11 @@ NOTES: tuple[tuple[str, str], ...] = (
     ("incomplete", "skipped {n} incomplete run(s) (no results.csv yet)"),
     ("unreadable", f"skipped {{n}} unreadable record(s) (results.csv lacks {', '.join(REQUIRED)})"),
     ("duplicates", "counted {n} duplicate record(s) of a cell once (same run_id; newest kept)"),
+    (
+        "conflicts",
+        "dropped {n} record(s) that share a run_id with a newer record but came from a different pool, selector "
+        "code or precision (named below; archive or re-run them)",
+    ),
     ("archived_ignored", "ignored {n} archived record(s) of cells that have a live record"),
     ("from_archive", "read {n} cell(s) from their archived record (no live complete record)"),
     ("no_items", "{n} record(s) have no eval_items.csv: no paired tests for them"),
@@ -157,23 +165,52 @@ def _has_columns(path: Path, required: tuple[str, ...]) -> bool:
     return all(c in header for c in required)
 
 
-def _choose(results: pd.DataFrame, dirs: list[Path], n_live: int) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Keep one record per run_id: the newest live one, else the newest archived one."""
-    first = results.drop_duplicates("_source")[["_source", "run_id"]]
-    first = first.assign(
+def _read_manifest(run_dir: Path) -> dict[str, Any]:
+    """A record's manifest ({} when there is none or it cannot be read)."""
+    try:
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _choose(results: pd.DataFrame, dirs: list[Path], n_live: int) -> tuple[pd.DataFrame, dict[str, int], list[str]]:
+    """Keep one record per run_id: the newest live one, else the newest archived one.
+
+    A live record left out is a duplicate when it agrees with the kept one on the pool, the selector file and
+    the precision; otherwise it is a conflict, named in one detail line each.
+    """
+    first = results.drop_duplicates("_source")
+    pools = first["pool_fingerprint"] if "pool_fingerprint" in first else pd.Series(None, index=first.index)
+    first = first[["_source", "run_id"]].assign(
         archived=first["_source"] >= n_live,
         mtime=[(dirs[i] / RESULTS).stat().st_mtime for i in first["_source"]],
+        pool=[p if isinstance(p, str) else None for p in pools],
     )
     first = first.sort_values(["run_id", "archived", "mtime"], ascending=[True, True, False])
     keep = first.drop_duplicates("run_id")
     dropped = first[~first["_source"].isin(keep["_source"])]
     has_live = set(first.loc[~first["archived"], "run_id"])
+    details, conflicts = [], 0
+    kept_by_id = keep.set_index("run_id")
+    for row in dropped[~dropped["archived"]].to_dict("records"):
+        kept = kept_by_id.loc[row["run_id"]]
+        kept_dir, my_dir = dirs[int(kept["_source"])], dirs[int(row["_source"])]
+        mine, theirs = _read_manifest(my_dir), _read_manifest(kept_dir)
+        # a manifest without the pool's fingerprint: the results.csv column (the pipeline writes both)
+        mine.setdefault("pool_fingerprint", row["pool"])
+        theirs.setdefault("pool_fingerprint", kept["pool"])
+        differ = changed_inputs(mine, recorded_inputs(theirs))
+        if differ:
+            conflicts += 1
+            details.append(f"run_id {row['run_id']}: dropped {my_dir} ({'; '.join(differ)}); kept the newer {kept_dir}")
     counts = {
-        "duplicates": int((~dropped["archived"]).sum()),
+        "duplicates": int((~dropped["archived"]).sum()) - conflicts,
+        "conflicts": conflicts,
         "archived_ignored": int(dropped["archived"].sum()),
         "from_archive": int((keep["archived"] & ~keep["run_id"].isin(has_live)).sum()),
     }
-    return results[results["_source"].isin(set(keep["_source"]))], counts
+    return results[results["_source"].isin(set(keep["_source"]))], counts, details
 
 
 def _normalise(results: pd.DataFrame, dirs: list[Path]) -> pd.DataFrame:
@@ -219,10 +256,9 @@ def resolved_precision(manifest: dict[str, Any]) -> str:
     `precision` holds what `train.mixed_precision` and `model.dtype` resolved to; older records state the mixed
     precision under `runtime` only.
     """
-    stated = manifest.get("precision") or {}
-    mixed = stated.get("mixed_precision") or (manifest.get("runtime") or {}).get("mixed_precision")
-    parts = [f"mixed precision {mixed}"] if mixed else []
-    if stated.get("model_dtype"):
+    stated = recorded_inputs(manifest)
+    parts = [f"mixed precision {stated['mixed_precision']}"] if stated["mixed_precision"] else []
+    if stated["model_dtype"]:
         parts.append(f"model dtype {stated['model_dtype']}")
     return ", ".join(parts)
 
@@ -289,18 +325,16 @@ def load_records(folder: str | Path, need_items: bool = True) -> Records:
         )
     results = read_csvs([d / RESULTS for d in dirs], with_source=True)
     results = results[results["run_id"].notna()].assign(run_id=lambda f: f["run_id"].astype(str))
-    results, chosen = _choose(results, dirs, n_live)
+    results, chosen, conflicts = _choose(results, dirs, n_live)
     counts.update(chosen)
     results = _normalise(results, dirs)
 
     run_dirs = results.drop_duplicates("run_id")[["run_id", "record_dir"]]
     manifests: dict[str, dict[str, Any]] = {}
     for run_id, path in zip(run_dirs["run_id"], run_dirs["record_dir"]):
-        try:
-            manifests[run_id] = json.loads((Path(path) / MANIFEST).read_text())
-        except (OSError, ValueError):
-            manifests[run_id] = {}
+        manifests[run_id] = _read_manifest(Path(path))
     results, details = _one_record_per_seed(_add_settings(results, manifests), folder)
+    details = conflicts + details
     counts["same_seed"] = len(run_dirs) - results["run_id"].nunique()
     run_dirs = run_dirs[run_dirs["run_id"].isin(set(results["run_id"]))]
     manifests = {r: manifests[r] for r in run_dirs["run_id"]}
