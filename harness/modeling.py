@@ -171,6 +171,42 @@ def build_model(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, init_
     return model
 
 
+def meta_model(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> PreTrainedModel:
+    """The proxy's architecture on the meta device (no weights read or allocated), wrapped with LoRA when the
+    config asks: counts parameters and names the trainable ones before anything is trained or downloaded."""
+    from transformers import AutoConfig
+
+    from harness.hub import looks_like_hub_id, offline_by_env
+
+    if model_cfg.source == "scratch":
+        config = scratch_config(model_cfg, tokenizer)
+    else:
+        name = model_cfg.name_or_path
+        try:
+            config = AutoConfig.from_pretrained(
+                name,
+                revision=model_cfg.revision,
+                trust_remote_code=model_cfg.trust_remote_code,
+                local_files_only=offline_by_env() or not looks_like_hub_id(name),
+            )
+        except (OSError, ValueError) as exc:
+            raise HarnessError(
+                f"cannot read the config of model '{name}' without downloading weights or network "
+                f"({first_line(exc)}); download its config.json once (huggingface-cli download {name} config.json) "
+                "or point model.name_or_path at a local folder"
+            ) from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+        if model_cfg.lora.enabled:
+            model = add_lora(model, model_cfg.lora, 0)
+    return model
+
+
+def matching_parameters(model: torch.nn.Module, modules: list[str]) -> list[str]:
+    """Names of the trainable parameters whose name contains one of `modules` (gradient features' scope)."""
+    return [n for n, p in model.named_parameters() if p.requires_grad and any(m in n for m in modules)]
+
+
 def add_lora(model: PreTrainedModel, lora_cfg: DictConfig, init_seed: int) -> PreTrainedModel:
     """Wrap the model with LoRA adapters (peft); only the adapters train."""
     from peft import LoraConfig, get_peft_model

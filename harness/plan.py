@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from harness import REPO_ROOT
-from harness.errors import HarnessError, first_line
+from harness.errors import HarnessError
 
 GPUS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l40s": 362.0, "a10g": 125.0}
 """Dense bf16 peak TFLOP/s per GPU (vendor figures); the estimate assumes 25-50% of it is reached."""
@@ -57,47 +57,16 @@ def compose(overrides: list[str]) -> DictConfig:
 def model_size(model_cfg: Any, feature_modules: list[str] | None = None) -> tuple[ModelSize, int]:
     """Parameter counts from the model's config alone (meta device: no weights are read or allocated), and the
     number of parameters gradient features are taken over (the trainable ones, or those of `feature_modules`)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from harness.modeling import matching_parameters, meta_model
 
-    from harness.hub import looks_like_hub_id, offline_by_env
-
-    if model_cfg.source == "scratch":
-        from harness.modeling import scratch_config
-
-        config = scratch_config(model_cfg)
-    else:
-        name = model_cfg.name_or_path
-        local_only = offline_by_env() or not looks_like_hub_id(name)
-        try:
-            config = AutoConfig.from_pretrained(
-                name,
-                revision=model_cfg.revision,
-                trust_remote_code=model_cfg.trust_remote_code,
-                local_files_only=local_only,
-            )
-        except (OSError, ValueError) as exc:
-            raise HarnessError(
-                f"cannot read the config of model '{name}' without downloading weights or network "
-                f"({first_line(exc)}); download its config.json once (huggingface-cli download {name} config.json) "
-                "or point model.name_or_path at a local folder"
-            ) from None
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    model = meta_model(model_cfg)
     params = sum(p.numel() for p in model.parameters())
-    trainable = params
-    if model_cfg.lora.enabled:
-        targets = set(model_cfg.lora.target_modules)
-        trainable = sum(
-            model_cfg.lora.r * (m.in_features + m.out_features)
-            for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets
-        )
-        if trainable == 0:
-            raise HarnessError(f"LoRA target modules {sorted(targets)} match no linear layer of this model")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     featured = trainable
-    if feature_modules and not model_cfg.lora.enabled:
-        featured = sum(p.numel() for n, p in model.named_parameters() if any(m in n for m in feature_modules))
+    if feature_modules:
+        names = set(matching_parameters(model, feature_modules))
+        featured = sum(p.numel() for n, p in model.named_parameters() if n in names)
+    config = model.config
     hidden = int(getattr(config, "hidden_size", 0) or 0)
     layers = int(getattr(config, "num_hidden_layers", 0) or 0)
     return ModelSize(params, trainable, hidden, layers), featured

@@ -141,6 +141,28 @@ def test_bad_selector_settings(harness_cli, tmp_path, overrides, fragments):
     assert_one_line_error(code, err, tmp_path, *fragments)
 
 
+def test_feature_modules_matching_nothing_fail_before_the_warm_up(harness_cli, tmp_path, monkeypatch):
+    from harness.signals.service import SignalService
+
+    def no_warmup(*args, **kwargs):
+        raise AssertionError("the warm-up ran before feature_modules were checked")
+
+    monkeypatch.setattr(SignalService, "warmup", no_warmup)
+    code, _, err = harness_cli([*MICRO, "selector=influence", "selector.feature_modules=[nope_proj]"])
+    assert_one_line_error(code, err, tmp_path, "feature_modules ['nope_proj'] match no parameter", "q_proj")
+    # LoRA warm-up: the trained parameters are the adapters, whose names still hold their module's
+    code, _, err = harness_cli(
+        [
+            *MICRO,
+            "selector=influence",
+            "selector.warmup_mode=lora",
+            "selector.lora_modules=[v_proj]",
+            "selector.feature_modules=[q_proj]",
+        ]
+    )
+    assert_one_line_error(code, err, tmp_path, "feature_modules ['q_proj'] match no parameter", "v_proj")
+
+
 def test_a_rejected_run_keeps_the_users_own_empty_folders(tmp_path):
     """The cleanup removes the folders the run made (inside the results root), never an empty folder above it."""
     from conftest import run_harness

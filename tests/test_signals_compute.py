@@ -365,3 +365,78 @@ def test_feature_store_resumes_after_interruption_with_identical_features(setup,
     np.testing.assert_allclose(np.linalg.norm(whole.astype(np.float32), axis=1), 1.0, atol=2e-3)
     with pytest.raises(HarnessError, match="other features"):
         FeatureStore(tmp_path / "resumed", len(rows), 32, shard_rows=8, meta={"kind": "sgd"})
+
+
+def _random_rows(start: int, stop: int, dim: int = 16) -> np.ndarray:
+    """Unit rows that depend on their row numbers only (a stand-in for gradient features)."""
+    rows = np.stack([np.random.default_rng(i).standard_normal(dim) for i in range(start, stop)])
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_feature_store_filled_by_two_writers_equals_one_writer(tmp_path, dtype):
+    """Two stores on one path (two processes, maybe on two nodes) each commit their own shards to their own
+    files; the finishing one assembles features.npy: the same bytes as one writer, and the shard files go."""
+    n, dim, shard_rows = 37, 16, 5  # 8 shards, the last of 2 rows; boundaries not page-aligned
+
+    def compute(start, stop):
+        return _random_rows(start, stop, dim)
+
+    single = np.array(FeatureStore(tmp_path / "one", n, dim, dtype=dtype, shard_rows=shard_rows).fill(compute))
+    a = FeatureStore(tmp_path / "two", n, dim, dtype=dtype, shard_rows=shard_rows, meta={"x": 1})
+    b = FeatureStore(tmp_path / "two", n, dim, dtype=dtype, shard_rows=shard_rows, meta={"x": 1})
+    assert a.fill(compute, shards=[k for k in a.missing_shards() if k % 2 == 0], finish=False) is None
+    assert b.fill(compute, shards=[k for k in b.missing_shards() if k % 2 == 1], finish=False) is None
+    assert sorted(p.name for p in (tmp_path / "two" / FeatureStore.SHARDS).iterdir()) == [
+        f"{k:06d}.npy" for k in range(8)
+    ]
+    assert not (tmp_path / "two" / FeatureStore.FILE).exists() and not a.complete
+    assert a.missing_shards() == b.missing_shards() == []
+    with pytest.raises(HarnessError, match="incomplete"):
+        b.open()
+    calls: list[int] = []
+    joined = a.fill(lambda start, stop: calls.append(start) or compute(start, stop))
+    assert calls == []  # every shard was committed by one of the writers
+    assert isinstance(joined, np.memmap) and joined.dtype == np.dtype(dtype) and joined.shape == (n, dim)
+    assert np.array_equal(np.array(joined), single)
+    assert (tmp_path / "two" / FeatureStore.FILE).read_bytes() == (tmp_path / "one" / FeatureStore.FILE).read_bytes()
+    assert not (tmp_path / "two" / FeatureStore.SHARDS).exists()
+    assert b.complete and np.array_equal(np.array(b.open()), single)
+    assert [p.name for p in (tmp_path / "two").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_feature_store_interrupted_assembly_keeps_the_shards_and_resumes_without_recomputing(tmp_path, monkeypatch):
+    n, dim, shard_rows = 23, 16, 4  # 6 shards
+    calls: list[int] = []
+
+    def compute(start, stop):
+        calls.append(start)
+        return _random_rows(start, stop, dim)
+
+    store = FeatureStore(tmp_path / "s", n, dim, shard_rows=shard_rows)
+    store.fill(compute, finish=False)
+    assert calls == [0, 4, 8, 12, 16, 20]
+    read_shard, reads = FeatureStore._read_shard, []
+
+    def failing(self, k):
+        reads.append(k)
+        if k == 3:
+            raise OSError("disk gone mid-assembly")
+        return read_shard(self, k)
+
+    monkeypatch.setattr(FeatureStore, "_read_shard", failing)
+    with pytest.raises(OSError, match="mid-assembly"):
+        store.fill(compute)
+    assert reads == [0, 1, 2, 3]
+    assert not store.complete and not (tmp_path / "s" / FeatureStore.FILE).exists()
+    assert [p.name for p in (tmp_path / "s").iterdir() if p.name.endswith(".tmp")] == []  # no half-written file
+    again = FeatureStore(tmp_path / "s", n, dim, shard_rows=shard_rows)
+    assert again.missing_shards() == []
+    with pytest.raises(HarnessError, match="incomplete"):
+        again.open()
+    monkeypatch.setattr(FeatureStore, "_read_shard", read_shard)
+    calls.clear()
+    features = again.fill(compute)
+    assert calls == []  # no shard computed again
+    assert np.array_equal(np.array(features), _random_rows(0, n, dim).astype(np.float16))
+    assert not (tmp_path / "s" / FeatureStore.SHARDS).exists()

@@ -1,11 +1,12 @@
 """LESS gradient features (Xia et al., 2024): per-example gradients of the trainable (LoRA) parameters,
 turned into the Adam update direction for training examples (plain gradients for validation examples),
-randomly projected and L2-normalised; plus a resumable memory-mapped store for them."""
+randomly projected and L2-normalised; plus a resumable store for them (shard files, assembled into one .npy)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from harness.errors import HarnessError
 from harness.signals.batching import as_rows, check_device
 from harness.signals.per_example import iter_per_example_grads, trainable_names
 from harness.signals.projection import Projector
-from harness.storage import DONE_MARKER, atomic_write_json, atomic_write_text
+from harness.storage import DONE_MARKER, atomic_write_json, atomic_write_text, share_mode
 from harness.tokenization import TokenizedPool
 
 FORMULAS = ("paper", "authors")
@@ -187,17 +188,25 @@ STORE_DTYPES = ("float16", "float32")
 
 
 class FeatureStore:
-    """Rows of features in one memory-mapped .npy file, filled shard by shard.
+    """Rows of features in one .npy file (read memory-mapped), computed shard by shard.
 
-    A shard counts as written once its marker file appears; the marker is written atomically
-    (temporary file + rename) after the shard's rows are flushed to disk, so an interrupted fill leaves
-    only whole, committed shards and the next fill computes the missing ones. float16 is the default:
-    rows are unit vectors of d ~ 8192 entries of size ~1/sqrt(d) ~ 0.01, which float16 holds to about
-    4 significant digits (cosine error ~1e-4, far below the differences selection acts on) at half the
-    disk and page-cache footprint of float32 (LESS reports 17.7 GB for its store). One writer per store:
-    concurrent fills of the same path need a lock around them."""
+    Each shard is written to its own file, shards/<k>.npy, under a temporary name in that folder and
+    committed by an atomic rename after an fsync: the committed file is the shard's completion marker, so an
+    interrupted fill leaves only whole shards and the next fill computes the missing ones. Several processes
+    (on several nodes) may fill disjoint sets of shards of the same path at once: they never write the same
+    file. (They used to memory-map the one features.npy and write their rows into it, but an NFS client writes
+    back whole dirty pages from its own page cache, so two nodes whose shards shared a page, shard boundaries
+    not being page-aligned, clobbered each other's rows.) The finishing call (`fill(..., finish=True)`, one
+    process) streams the shards in order into features.npy, written under a temporary name and renamed into
+    place (memory bounded by one shard; a crash leaves the shards to assemble again), marks the store complete
+    and then deletes the shard files.
+
+    float16 is the default: rows are unit vectors of d ~ 8192 entries of size ~1/sqrt(d) ~ 0.01, which float16
+    holds to about 4 significant digits (cosine error ~1e-4, far below the differences selection acts on) at
+    half the disk and page-cache footprint of float32 (LESS reports 17.7 GB for its store)."""
 
     FILE = "features.npy"
+    SHARDS = "shards"
 
     def __init__(
         self,
@@ -234,8 +243,8 @@ class FeatureStore:
         start = k * self.shard_rows
         return start, min(self.n_rows, start + self.shard_rows)
 
-    def _marker(self, k: int) -> Path:
-        return self.path / "shards" / f"{k:06d}.done"
+    def _shard_file(self, k: int) -> Path:
+        return self.path / self.SHARDS / f"{k:06d}.npy"
 
     @property
     def complete(self) -> bool:
@@ -245,59 +254,79 @@ class FeatureStore:
         """Shards not yet committed, in order."""
         if self.complete:
             return []
-        return [k for k in range(self.n_shards) if not self._marker(k).exists()]
+        return [k for k in range(self.n_shards) if not self._shard_file(k).exists()]
 
-    def _ensure_file(self) -> Path:
-        target = self.path / self.FILE
-        if target.exists():
-            return target
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path / "meta.json", self.meta)
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{self.FILE}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            if self.n_rows == 0:
-                np.save(tmp, np.zeros((0, self.dim), dtype=self.dtype), allow_pickle=False)
-                os.replace(tmp + ".npy", tmp)
-            else:
-                mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(self.n_rows, self.dim))
-                mm.flush()
-                del mm
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+    def _ensure_meta(self) -> None:
+        if not (self.path / "meta.json").exists():  # every writer writes the same content, atomically
+            atomic_write_json(self.path / "meta.json", self.meta)
 
     def write_shard(self, k: int, values: np.ndarray) -> None:
-        """Write and commit shard k (values [rows of shard k, dim])."""
+        """Write and commit shard k (values [rows of shard k, dim]) to its own file."""
         start, stop = self.shard_bounds(k)
         values = np.asarray(values)
         if values.shape != (stop - start, self.dim):
             raise ValueError(f"shard {k} needs shape {(stop - start, self.dim)}, got {values.shape}")
-        mm = np.lib.format.open_memmap(self._ensure_file(), mode="r+")
-        mm[start:stop] = values.astype(self.dtype)
-        mm.flush()
-        del mm
-        atomic_write_text(self._marker(k), "ok\n")
+        self._ensure_meta()
+        target = self._shard_file(k)
+        _atomic_write_npy(target, np.ascontiguousarray(values, dtype=self.dtype))
 
-    def prepare(self) -> None:
-        """Create the memory-mapped file (before several processes write their own shards into it)."""
-        self._ensure_file()
+    def _read_shard(self, k: int) -> np.ndarray:
+        start, stop = self.shard_bounds(k)
+        values = np.load(self._shard_file(k), allow_pickle=False)
+        if values.shape != (stop - start, self.dim) or values.dtype != np.dtype(self.dtype):
+            raise HarnessError(
+                f"feature store {self.path}: shard file {self._shard_file(k).name} holds {values.dtype} "
+                f"{values.shape}, not {self.dtype} {(stop - start, self.dim)}; delete it and fill again"
+            )
+        return values
+
+    def _assemble(self) -> None:
+        """Stream the committed shards, in order, into features.npy (temporary name, then rename)."""
+        for stale in self.path.glob(f".{self.FILE}.*.tmp"):  # left by an assembly that was killed
+            stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{self.FILE}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            if self.n_rows == 0:
+                _write_npy(tmp, np.zeros((0, self.dim), dtype=self.dtype))
+            else:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(self.n_rows, self.dim))
+                for k in range(self.n_shards):
+                    start, stop = self.shard_bounds(k)
+                    out[start:stop] = self._read_shard(k)
+                out.flush()
+                del out
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+            share_mode(Path(tmp))
+            os.replace(tmp, self.path / self.FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def fill(
         self, compute: Callable[[int, int], np.ndarray], shards: list[int] | None = None, finish: bool = True
     ) -> np.memmap | None:
         """Compute (compute(start, stop) -> [stop - start, dim]) and commit the missing shards (or the given
-        ones: several processes each fill their own), then mark the store complete and open it."""
-        self._ensure_file()
+        ones: several processes each fill their own, with finish=False). With finish (one process, after the
+        others are done), also compute any shard still missing, assemble features.npy from the shards, mark
+        the store complete, delete the shard files and open it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._ensure_meta()
+        if self.complete:
+            shards = []
         for k in self.missing_shards() if shards is None else shards:
             start, stop = self.shard_bounds(k)
             self.write_shard(k, compute(start, stop))
         if not finish:
             return None
         if not self.complete:
+            for k in self.missing_shards():  # shards given above and others left to compute
+                start, stop = self.shard_bounds(k)
+                self.write_shard(k, compute(start, stop))
+            self._assemble()
             atomic_write_text(self.path / DONE_MARKER, "ok\n")
+        shutil.rmtree(self.path / self.SHARDS, ignore_errors=True)
         return self.open()
 
     def open(self) -> np.memmap:
@@ -305,3 +334,24 @@ class FeatureStore:
         if not self.complete:
             raise HarnessError(f"feature store {self.path} is incomplete; run its fill() again to finish it")
         return np.load(self.path / self.FILE, mmap_mode="r")
+
+
+def _write_npy(path: str | Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.lib.format.write_array(fh, array, allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _atomic_write_npy(path: Path, array: np.ndarray) -> None:
+    """Write `array` as .npy beside `path` under a temporary name, fsync, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        _write_npy(tmp, array)
+        share_mode(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -76,6 +76,16 @@ def check(params: dict[str, Any]) -> None:
             raise HarnessError("warmup_mode=lora needs at least one module in lora_modules, e.g. [q_proj,v_proj]")
 
 
+def _module_of(name: str) -> str:
+    """The module a parameter belongs to, by its last name: q_proj for ...q_proj.weight and for the LoRA
+    adapter ...q_proj.lora_A.default.weight."""
+    parts = name.split(".")
+    for adapter in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"):
+        if adapter in parts:
+            return parts[parts.index(adapter) - 1]
+    return parts[-2] if len(parts) > 1 else parts[0]
+
+
 def influence_matrix(ctx: SelectionContext, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """The N x |V| influence matrix for these settings over the target tasks' validation examples, and the task
     of each column."""
@@ -101,6 +111,14 @@ def influence_matrix(ctx: SelectionContext, params: dict[str, Any]) -> tuple[np.
             "dropout": p["lora_dropout"],
             "target_modules": list(p["lora_modules"]),
         }
+    if p["feature_modules"]:  # checked before the warm-up, not after it
+        trained = ctx.signals.trainable_names(lora)
+        if not any(m in name for name in trained for m in p["feature_modules"]):
+            examples = sorted({_module_of(name) for name in trained})
+            raise HarnessError(
+                f"feature_modules {list(p['feature_modules'])} match no parameter the warm-up trains; "
+                f"name some of {examples} (or feature_modules=null for all)"
+            )
     recipe = {"lr": p["warmup_lr"], "scheduler": p["warmup_scheduler"], "warmup_ratio": p["warmup_ratio"]}
     seed = p["warmup_seed"] if p["warmup_seed"] is not None else warmup_seed(ctx, 0)
     warm = ctx.signals.warmup(

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import HarnessError
 from harness.locking import HeartbeatLock
-from harness.modeling import build_model, model_description, resolved_precision
+from harness.modeling import build_model, matching_parameters, meta_model, model_description, resolved_precision
 from harness.pool import Pool
 from harness.seeding import stage_rng, stream_seed
 from harness.signals.projection import generator_identity
@@ -303,6 +303,12 @@ class SignalService:
             cfg.lora = OmegaConf.merge(cfg.lora, {"enabled": True, **lora})
         return cfg
 
+    def trainable_names(self, lora: dict[str, Any] | None = None) -> list[str]:
+        """Names of the parameters a warm-up with this `lora` setting trains (meta device: nothing is trained or
+        loaded), so a selector can check its settings before it pays for a warm-up."""
+        model = meta_model(self._with_lora(lora), self.tokenizer)
+        return [n for n, p in model.named_parameters() if p.requires_grad]
+
     def model_at(self, warm: WarmupRun, epoch: int) -> torch.nn.Module:
         """The warm-up's model as it was at the end of `epoch` (-1: the last), on the device, in eval mode."""
         epoch = warm.epochs - 1 if epoch < 0 else epoch
@@ -396,8 +402,9 @@ class SignalService:
             model = self.model_at(warm, epoch)
             modules = settings.get("feature_modules")
             if modules:  # features over a named part of the trainable parameters only
+                keep = set(matching_parameters(model, modules))
                 for name, param in model.named_parameters():
-                    param.requires_grad_(param.requires_grad and any(m in name for m in modules))
+                    param.requires_grad_(name in keep)
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
             if n_params == 0:
                 raise HarnessError(f"feature_modules {modules} match no trainable parameter of the model")
@@ -413,9 +420,6 @@ class SignalService:
             store = FeatureStore(
                 work / "store", data.n, settings["proj_dim"], dtype=settings["store_dtype"], shard_rows=shard_rows
             )
-            if self.main:
-                store.prepare()  # the memory-mapped file exists before any process writes its shards
-            self._barrier()
 
             def compute(start: int, stop: int) -> np.ndarray:
                 return gradient_features(
@@ -432,8 +436,8 @@ class SignalService:
             rank, world = self.accelerator.process_index, self.world
             store.fill(compute, shards=[k for k in store.missing_shards() if k % world == rank], finish=False)
             self._barrier()
-            if self.main:
-                store.fill(compute)  # nothing left to compute: marks the store complete
+            if self.main:  # the one writer of features.npy: assembles the shards, marks it complete, drops them
+                store.fill(compute)
 
         path = self.cached("gradient_features", spec, build)
         return np.load(path / "store" / FeatureStore.FILE, mmap_mode="r")
