@@ -40,6 +40,7 @@ from harness.selection import (
     get_selector,
     load_plugins,
     run_selector,
+    source_sha256,
 )
 from harness.signals.service import SignalService
 from harness.tokenization import TokenizedPool, tokenize_pool
@@ -203,7 +204,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     rec = RunRecord(run_dir)
     token = attempt_token()
     # the checks that need neither the pool nor the accelerator, before either: another config, another selector file
-    check_record(rec, run_id, ident, {"selector_file_sha256": record.file_sha256(spec.source)}, cfg.rerun, token)
+    check_record(rec, run_id, ident, {"selector_file_sha256": source_sha256(spec)}, cfg.rerun, token)
     export_distributed_env()  # before anything asks for the rank
     main = runtime.is_main_process_env()
     lock = rec.lock()
@@ -260,7 +261,7 @@ def _run_locked(
     # What the folder holds, looked at again now that this process owns it, against everything a record depends on.
     precision = resolved_precision(accelerator, cfg.model.dtype)
     current = {
-        "selector_file_sha256": record.file_sha256(spec.source),
+        "selector_file_sha256": source_sha256(spec),
         "pool_fingerprint": pool.fingerprint(),
         **precision,
     }
@@ -435,7 +436,7 @@ def build_manifest(
         "variant": variant_label(spec, params),
         "selector_params": params,
         "selector_file": spec.source,
-        "selector_file_sha256": record.file_sha256(spec.source),
+        "selector_file_sha256": source_sha256(spec),
         "budget": budget,
         "budget_unit": spec.budget_unit,
         "k": k,

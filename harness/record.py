@@ -5,7 +5,6 @@ A run is complete exactly when results.csv exists; it is written atomically afte
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -179,13 +178,6 @@ def git_state() -> dict[str, Any]:
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=normal")  # a new selector file makes it dirty
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
-
-
-def file_sha256(path: str | Path) -> str | None:
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        return None
 
 
 def command_line() -> str:

@@ -106,6 +106,8 @@ class SelectorSpec:
 
 
 _REGISTRY: dict[str, SelectorSpec] = {}
+_LOADED: dict[str, str] = {}
+"""Plugin file (resolved path) -> sha256 of the code loaded from it."""
 
 
 def register(
@@ -159,19 +161,35 @@ def load_plugins(extra: list[str] | tuple[str, ...] = ()) -> dict[str, SelectorS
                 continue
             digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
             module_name = f"harness_plugins.{path.stem}_{digest}"
-            if module_name in sys.modules:
-                continue
+            code = path.read_bytes()
+            sha = hashlib.sha256(code).hexdigest()
+            if module_name in sys.modules and _LOADED.get(str(path.resolve())) == sha:
+                continue  # loaded, and unchanged since (an edited file is loaded again, e.g. between sweep cells)
             spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[module_name] = module
             try:
-                spec.loader.exec_module(module)
-            except HarnessError:
-                raise
+                exec(compile(code, str(path), "exec"), module.__dict__)  # the very bytes that were hashed
             except Exception as exc:
                 del sys.modules[module_name]
+                _LOADED.pop(str(path.resolve()), None)
+                if isinstance(exc, HarnessError):
+                    raise
                 raise HarnessError(f"selector file {path} failed to load: {type(exc).__name__}: {exc}") from exc
+            _LOADED[str(path.resolve())] = sha
     return dict(_REGISTRY)
+
+
+def source_sha256(spec: SelectorSpec) -> str | None:
+    """The sha256 of the selector file's code that this process runs (as loaded, not as the file reads now);
+    a selector defined outside the plugin folders: its file as it is."""
+    loaded = _LOADED.get(str(Path(spec.source).resolve()))
+    if loaded is not None:
+        return loaded
+    try:
+        return hashlib.sha256(Path(spec.source).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def get_selector(name: str) -> SelectorSpec:
