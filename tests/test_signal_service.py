@@ -74,7 +74,7 @@ def context(pool, service, budget: float, seed: int = 0, epochs: int = 2) -> Sel
         seed=seed,
         signals=service,
         epochs=epochs,
-        global_batch_size=16,
+        global_batch_size=int(RECIPE.global_batch_size),  # the recipe the service's warm-ups train with
         target_tasks=sorted(set(pool.validation["task"])),
     )
 
