@@ -306,8 +306,9 @@ class SignalService:
     def trainable_names(self, lora: dict[str, Any] | None = None) -> list[str]:
         """Names of the parameters a warm-up with this `lora` setting trains (meta device: nothing is trained or
         loaded), so a selector can check its settings before it pays for a warm-up."""
-        model = meta_model(self._with_lora(lora), self.tokenizer)
-        return [n for n, p in model.named_parameters() if p.requires_grad]
+        from harness.signals.per_example import trainable_names
+
+        return trainable_names(meta_model(self._with_lora(lora), self.tokenizer))
 
     def model_at(self, warm: WarmupRun, epoch: int) -> torch.nn.Module:
         """The warm-up's model as it was at the end of `epoch` (-1: the last), on the device, in eval mode."""
