@@ -10,8 +10,9 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from harness.errors import HarnessError
 from harness.signals.batching import as_rows, check_device
 from harness.signals.per_example import iter_per_example_grads, trainable_names
 from harness.signals.projection import Projector
-from harness.storage import DONE_MARKER, atomic_write_json, atomic_write_text, share_mode
+from harness.storage import DONE_MARKER, atomic_write, atomic_write_json, atomic_write_text, share_mode
 from harness.tokenization import TokenizedPool
 
 FORMULAS = ("paper", "authors")
@@ -190,16 +191,13 @@ STORE_DTYPES = ("float16", "float32")
 class FeatureStore:
     """Rows of features in one .npy file (read memory-mapped), computed shard by shard.
 
-    Each shard is written to its own file, shards/<k>.npy, under a temporary name in that folder and
-    committed by an atomic rename after an fsync: the committed file is the shard's completion marker, so an
-    interrupted fill leaves only whole shards and the next fill computes the missing ones. Several processes
-    (on several nodes) may fill disjoint sets of shards of the same path at once: they never write the same
-    file. (They used to memory-map the one features.npy and write their rows into it, but an NFS client writes
-    back whole dirty pages from its own page cache, so two nodes whose shards shared a page, shard boundaries
-    not being page-aligned, clobbered each other's rows.) The finishing call (`fill(..., finish=True)`, one
-    process) streams the shards in order into features.npy, written under a temporary name and renamed into
-    place (memory bounded by one shard; a crash leaves the shards to assemble again), marks the store complete
-    and then deletes the shard files.
+    Each shard is committed as a file of its own (shards/<k>.npy, written atomically: the file is the shard's
+    completion marker), so an interrupted fill leaves only whole shards and the next fill computes the missing
+    ones, and several processes on several nodes may fill disjoint shards at once without ever writing one file
+    (memory-mapped writes from several NFS clients write back whole pages, and shards share pages at their
+    edges). The finishing call (`fill(..., finish=True)`, one process) streams the shards in order into
+    features.npy (temporary name, then rename; memory bounded by one shard), marks the store complete and
+    deletes the shard files.
 
     float16 is the default: rows are unit vectors of d ~ 8192 entries of size ~1/sqrt(d) ~ 0.01, which float16
     holds to about 4 significant digits (cosine error ~1e-4, far below the differences selection acts on) at
@@ -268,7 +266,7 @@ class FeatureStore:
             raise ValueError(f"shard {k} needs shape {(stop - start, self.dim)}, got {values.shape}")
         self._ensure_meta()
         target = self._shard_file(k)
-        _atomic_write_npy(target, np.ascontiguousarray(values, dtype=self.dtype))
+        atomic_write(target, partial(_write_npy, array=np.ascontiguousarray(values, dtype=self.dtype)))
 
     def _read_shard(self, k: int) -> np.ndarray:
         start, stop = self.shard_bounds(k)
@@ -288,7 +286,8 @@ class FeatureStore:
         os.close(fd)
         try:
             if self.n_rows == 0:
-                _write_npy(tmp, np.zeros((0, self.dim), dtype=self.dtype))
+                with open(tmp, "wb") as fh:
+                    _write_npy(fh, np.zeros((0, self.dim), dtype=self.dtype))
             else:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(self.n_rows, self.dim))
                 for k in range(self.n_shards):
@@ -336,22 +335,5 @@ class FeatureStore:
         return np.load(self.path / self.FILE, mmap_mode="r")
 
 
-def _write_npy(path: str | Path, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:
-        np.lib.format.write_array(fh, array, allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _atomic_write_npy(path: Path, array: np.ndarray) -> None:
-    """Write `array` as .npy beside `path` under a temporary name, fsync, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        _write_npy(tmp, array)
-        share_mode(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_npy(fh: BinaryIO, array: np.ndarray) -> None:
+    np.lib.format.write_array(fh, array, allow_pickle=False)
