@@ -212,8 +212,11 @@ def _write_state(final: Path, state: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, fingerprint: str, clock: dict) -> None:
-    """Write step-N atomically and drop older step checkpoints."""
+def save_checkpoint(
+    ckpt_dir: Path, step: int, model, optimizer, scheduler, fingerprint: str, clock: dict, loss: float = float("nan")
+) -> None:
+    """Write step-N atomically (with the loss of step N, which a resume at the last step reports) and drop older
+    step checkpoints."""
     final = ckpt_dir / f"step-{step:08d}"
     state = {
         "step": step,
@@ -224,6 +227,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, fing
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "clock": clock,
+        "loss": float(loss),
     }
     _write_state(final, state)
     for old in ckpt_dir.iterdir():
@@ -245,8 +249,9 @@ def save_epoch_checkpoint(folder: Path, epoch: int, step: int, model, optimizer,
     _write_state(Path(folder) / f"epoch-{epoch:03d}", state)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, fingerprint: str) -> tuple[int, dict]:
-    """Restore weights, optimizer, schedule and RNG onto the model's device; returns (step, clock)."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, fingerprint: str) -> tuple[int, dict, float]:
+    """Restore weights, optimizer, schedule and RNG onto the model's device; returns (step, clock, loss of that
+    step)."""
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
     if state["fingerprint"] != fingerprint:
         raise HarnessError(
@@ -262,7 +267,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, fingerprint: str) -
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return int(state["step"]), state.get("clock") or {"seconds": 0.0, "attempts": []}
+    clock = state.get("clock") or {"seconds": 0.0, "attempts": []}
+    return int(state["step"]), clock, float(state.get("loss", float("nan")))
 
 
 def trim_log(log_path: Path, last_step: int) -> None:
@@ -354,10 +360,10 @@ def train(
     recipe = {**recipe_of(cfg), "max_steps": max_steps, **({"stop_at": stop_at} if stop_at is not None else {})}
     fingerprint = plan_fingerprint(epochs, recipe, order_seed, model_id)
     torch.manual_seed(order_seed)  # dropout and any other randomness inside the model
-    start, clock = 0, {"seconds": 0.0, "attempts": []}
+    start, clock, loss_value = 0, {"seconds": 0.0, "attempts": []}, float("nan")
     found = latest_checkpoint(ckpt_dir)
-    if found is not None:
-        start, clock = load_checkpoint(found, model, optimizer, scheduler, fingerprint)
+    if found is not None:  # a resume at the last step trains no step: the loss is the checkpoint's
+        start, clock, loss_value = load_checkpoint(found, model, optimizer, scheduler, fingerprint)
         log.info("resumed from checkpoint %s (step %d of %d)", found.name, start, total)
     model.train()
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -367,7 +373,6 @@ def train(
     seen_examples = sum(len(rows) for _, rows in batches[:start])
     seen_tokens = int(sum(data.lengths[rows].sum() for _, rows in batches[:start]))
     seen_response = sum(response_token_count(data, rows) for _, rows in batches[:start])
-    loss_value = float("nan")
     rates = learning_rates(cfg, scheduled)[:total] if epoch_checkpoints is not None else []
     bar = tqdm(
         total=total,
@@ -435,7 +440,9 @@ def train(
                     if epoch_end and epoch_checkpoints is not None:
                         avg_lr = float(np.mean([r for (e, _), r in zip(batches, rates) if e == epoch]))
                         save_epoch_checkpoint(epoch_checkpoints, epoch, done, model, optimizer, avg_lr)
-                    save_checkpoint(ckpt_dir, done, model, optimizer, scheduler, fingerprint, clock_now(done))
+                    save_checkpoint(
+                        ckpt_dir, done, model, optimizer, scheduler, fingerprint, clock_now(done), loss_value
+                    )
                 accelerator.wait_for_everyone()
             if stopping:
                 raise Interrupted(stop.signame or "SIGTERM", step=done, stage="training")
