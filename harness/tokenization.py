@@ -42,9 +42,19 @@ class TokenizedPool:
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """Identity of a tokenizer: its vocabulary and special tokens."""
+    """Identity of a tokenizer: its vocabulary, special tokens, chat template and, for a fast tokenizer, the
+    pipeline that maps text to ids (normalizer, pre-tokenizer, model with its merges): the same vocabulary with
+    another pre-tokenizer (e.g. add_prefix_space) gives other ids."""
     vocab = sorted(tokenizer.get_vocab().items())
-    payload = json.dumps([vocab, tokenizer.all_special_tokens, tokenizer.chat_template or ""])
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pipeline = ""
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        pipeline = json.dumps(
+            {k: spec.get(k) for k in ("normalizer", "pre_tokenizer", "model", "added_tokens")}, sort_keys=True
+        )
+    special = [tokenizer.all_special_tokens, tokenizer.bos_token_id, tokenizer.eos_token_id]
+    payload = json.dumps([vocab, special, tokenizer.chat_template or "", type(tokenizer).__name__, pipeline])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -82,9 +92,11 @@ def encode_examples(
         whole.extend(tokenizer(texts, add_special_tokens=False)["input_ids"])
         ctx.extend(tokenizer(contexts[part], add_special_tokens=False)["input_ids"])
     bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+    # An empty context is lm-eval's prefix token (bos, else eos), so the first response token is predicted too.
+    prefix = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
     out, plen, truncated = [], [], 0
     for w, c in zip(whole, ctx):
-        prompt = bos + c
+        prompt = bos + c or prefix
         response = w[len(c) :] + [tokenizer.eos_token_id]
         if len(prompt) + len(response) > max_length:
             truncated += 1
@@ -118,7 +130,7 @@ def tokenize_pool(
 ) -> TokenizedPool:
     """Tokenized pool, computed once per (pool, tokenizer, max_length) and shared through the cache."""
     key = hashlib.sha256(
-        f"{pool.fingerprint()}:{tokenizer_fingerprint(tokenizer)}:{max_length}:{add_bos}:v1".encode()
+        f"{pool.fingerprint()}:{tokenizer_fingerprint(tokenizer)}:{max_length}:{add_bos}:v2".encode()
     ).hexdigest()[:16]
     path = Path(cache_dir) / "tokenized" / key
 

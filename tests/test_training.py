@@ -73,6 +73,46 @@ def test_split_matches_lm_eval_context_continuation(setup):
     assert seqs[0][: plen[0]] == ctx and seqs[0][plen[0] : -1] == whole[len(ctx) :]
 
 
+def test_tokenized_cache_tells_apart_tokenizers_with_one_vocabulary(setup, tmp_path):
+    """Same vocabulary, another pre-tokenizer (add_prefix_space): other ids, so another cache entry."""
+    import copy
+
+    from tokenizers import pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from harness.modeling import SPECIAL_TOKENS
+
+    pool, tok, _ = setup
+    backend = copy.deepcopy(tok.backend_tokenizer)
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=True)]
+    )
+    other = PreTrainedTokenizerFast(tokenizer_object=backend, **SPECIAL_TOKENS)
+    assert other.get_vocab() == tok.get_vocab()
+    tokenize_pool(pool, tok, 64, False, tmp_path)
+    cached = tokenize_pool(pool, other, 64, False, tmp_path)
+    expected, _, _ = encode_examples(
+        pool.examples["prompt"].tolist()[:1], pool.examples["response"].tolist()[:1], other, pool.delimiter, 64, False
+    )
+    assert cached.example(0).tolist() == expected[0]
+
+
+def test_empty_prompt_gets_a_prefix_token_and_every_response_token_a_label(setup):
+    """A pool of bare texts (empty prompt, no bos): lm-eval scores the text after a prefix token; training must
+    predict its first token too, and the loss must be divided by the labels it really has."""
+    from harness.tokenization import TokenizedPool
+    from harness.training import response_token_count
+
+    _, tok, _ = setup
+    seqs, plen, _ = encode_examples(["", "add 1 2 ="], ["hello world", "3"], tok, " ", 64, False)
+    assert plen[0] == 1 and seqs[0][0] == tok.bos_token_id
+    assert seqs[0][1:-1] == tok(" hello world", add_special_tokens=False)["input_ids"]
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
+    data = TokenizedPool(np.concatenate(seqs).astype(np.int32), offsets, np.asarray(plen, dtype=np.int32), 0)
+    labels = collate(data, np.array([0, 1]), tok.pad_token_id)["labels"]
+    assert int((labels[:, 1:] != -100).sum()) == response_token_count(data, np.array([0, 1]))
+
+
 def test_batches_have_the_global_size_and_a_seeded_order():
     epochs = [np.arange(40), np.arange(40)]
     a, b, c = global_batches(epochs, 1, 16), global_batches(epochs, 1, 16), global_batches(epochs, 2, 16)
@@ -160,6 +200,17 @@ def test_resume_after_interruption_gives_the_uninterrupted_weights(setup, tmp_pa
     assert all(torch.equal(final_ref[k], final_res[k]) for k in final_ref)
     steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 11))
+
+
+def test_resume_at_the_last_step_reports_the_final_loss(setup, tmp_path):
+    """Training finished, then evaluation was cut (e.g. Slurm preemption): the rerun trains no step, and its
+    outcome still carries the final loss, not NaN."""
+    _, tok, data = setup
+    rows = np.arange(40)
+    first = train(fresh(tok), data, [rows, rows], recipe(), 3, tmp_path, Accelerator(), tok.pad_token_id)
+    again = train(fresh(tok), data, [rows, rows], recipe(), 3, tmp_path, Accelerator(), tok.pad_token_id)
+    assert again.resumed_from_step == again.steps == first.steps
+    assert np.isfinite(first.final_loss) and again.final_loss == pytest.approx(first.final_loss)
 
 
 def test_checkpoint_of_another_plan_is_refused(setup, tmp_path):
