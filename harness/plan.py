@@ -10,7 +10,6 @@ these by running out of memory or disk; this says them first.
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import sys
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from harness import REPO_ROOT
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 
 GPUS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l40s": 362.0, "a10g": 125.0}
 """Dense bf16 peak TFLOP/s per GPU (vendor figures); the estimate assumes 25-50% of it is reached."""
@@ -36,11 +35,13 @@ class ModelSize:
     layers: int
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """The run's config, as `python -m harness` composes it (one line of error on bad input)."""
+def compose(overrides: list[str], multirun: bool = False) -> DictConfig:
+    """The run's config, as `python -m harness` composes it (one line of error on bad input); with multirun=True
+    as `python -m harness -m` does, where comma lists are sweeps (left in hydra.overrides.task, not applied)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
 
     from harness.cli import explain
     from harness.config import register_resolvers
@@ -49,6 +50,12 @@ def compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+            if multirun:
+                hydra = GlobalHydra.instance().hydra
+                assert hydra is not None
+                return hydra.compose_config(
+                    "config", overrides=overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False
+                )
             return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
     except Exception as exc:  # Hydra's and OmegaConf's errors: one line
         raise HarnessError(explain(exc)) from None
@@ -89,18 +96,28 @@ def pool_size(cfg: DictConfig, given: int | None) -> int:
     )
 
 
-def sweep_cells(cfg: DictConfig, overrides: list[str]) -> list[dict[str, str]]:
-    """The cells of the sweep the config describes (hydra.sweeper.params plus comma lists on the command line)."""
-    params: dict[str, list[str]] = {}
-    sweeper = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
-    for key, value in dict(sweeper).items():
-        params[str(key)] = [v.strip() for v in str(value).split(",")]
-    for override in overrides:
-        key, _, value = override.partition("=")
-        if "," in value and not value.startswith("["):
-            params[key.lstrip("+")] = [v.strip() for v in value.split(",")]
-    keys = sorted(params)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(params[k] for k in keys))]
+def sweep_cells(cfg: DictConfig, overrides: list[str]) -> list[list[str]]:
+    """The cells of the sweep the config describes (hydra.sweeper.params, then the command line, whose key replaces
+    a preset's list), each the full list of its overrides, in the order a multirun launches them (cell i = array
+    task i): the same expansion as `python -m harness -m` and `python -m harness.sweep_lines` (Hydra's grammar:
+    lists in brackets, quoted commas, range(), +key=, ~key)."""
+    from hydra.errors import HydraException
+
+    from harness.sweep import expand_cells
+
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    try:
+        return expand_cells(overrides, {str(k): str(v) for k, v in dict(params).items()})
+    except HydraException as exc:
+        raise HarnessError(f"cannot expand the sweep: {first_line(exc)}") from None
+
+
+def swept(cells: list[list[str]]) -> list[dict[str, str]]:
+    """Each cell's swept values (the keys whose value differs between cells), as key -> value."""
+    from harness.sweep import varying
+
+    shown = varying(cells) if len(cells) > 1 else [[] for _ in cells]
+    return [dict(o.split("=", 1) if "=" in o else (o, "") for o in cell) for cell in shown]
 
 
 def count(n: float) -> str:
@@ -192,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from harness.config import parse_budget, validate
 
-        cfg = compose(args.overrides)
-        cells = sweep_cells(cfg, args.overrides)
+        full = sweep_cells(compose(args.overrides, multirun=True), args.overrides)
+        cfg = compose(full[0])  # the first cell's config (the sweep's values applied, as the run composes it)
+        cells = swept(full)
         budgets = sorted({parse_budget(c.get("budget", cfg.budget)) for c in cells})
         OmegaConf.set_struct(cfg, False)
         hydra_cfg = cfg.pop("hydra")

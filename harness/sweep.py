@@ -49,6 +49,7 @@ ENV_CELL = "HARNESS_SWEEP_CELL"  # ... and which cell this process runs (default
 ENV_LOG = "HARNESS_SWEEP_LOG"  # ... and the job's log, read for the reason when a cell dies
 STATES = ("complete", "skipped", "running elsewhere", "failed", "running", "pending", "not run")
 SUMMARY_LOCK = ".summary-writer.lock"  # a HeartbeatLock; `.summary.lock` was flock's and may linger in old records
+STOPPED_LINE = re.compile(r"^(interrupted|stopped by SIG\w+)( before training had a checkpoint)?; run the same command")
 ERROR_LINE = re.compile(r"^(error: .+|([A-Za-z_][\w.]*)?(Error|Exception|Interrupt|Exit)\b.*)$")
 
 
@@ -271,8 +272,11 @@ def refresh(record: Path, final: bool = False) -> dict[str, Any]:
     return summary
 
 
-def write_plan(record: Path, cells: Sequence[Sequence[str]], launcher: str, sweep_id: str) -> None:
-    """The sweep's cells in launch order, written once before any cell starts."""
+def write_plan(
+    record: Path, cells: Sequence[Sequence[str]], launcher: str, sweep_id: str, lines_file: str | None = None
+) -> None:
+    """The sweep's cells in launch order, written once before any cell starts (`lines_file`: the file of override
+    lines they were read from, for the sbatch fallback)."""
     Path(record).mkdir(parents=True, exist_ok=True)
     plan = {
         "sweep_id": sweep_id,
@@ -281,6 +285,8 @@ def write_plan(record: Path, cells: Sequence[Sequence[str]], launcher: str, swee
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "cells": [list(cell) for cell in cells],
     }
+    if lines_file is not None:
+        plan["lines_file"] = lines_file
     atomic_write_json(Path(record) / "plan.json", plan)
 
 
@@ -309,7 +315,8 @@ def end_cell(record: Path, cell: int, exit_code: int, log: str | None = None) ->
 
 
 class _ErrorTail:
-    """Passes everything through to a stream and keeps the last `error: ...` line: why a cell that exits failed."""
+    """Passes everything through to a stream and keeps the last `error: ...` line, or the line a stopped cell ends
+    with (`interrupted; ...` / `stopped by SIGTERM; ...`, harness.cli): why a cell that exits did not finish."""
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
@@ -321,6 +328,8 @@ class _ErrorTail:
         for line in lines:
             if line.startswith("error: "):
                 self.last = line.removeprefix("error: ").strip()
+            elif STOPPED_LINE.match(line):
+                self.last = line.strip()
         return self.stream.write(text)
 
     def __getattr__(self, name: str) -> Any:
@@ -490,6 +499,39 @@ def read_line(lines_file: Path, cell: int) -> list[str]:
     return shlex.split(lines[cell])
 
 
+def cell_argv(lines_file: Path, cell: int) -> list[str]:
+    """The overrides of one cell of an sbatch array. Inside the array (its record in $HARNESS_SWEEP_RECORD) they
+    come from the record's plan, the lines as they were checked and submitted: a lines file rewritten while the
+    array waits or is requeued (the next sweep's `sweep_lines ... > cells.txt`) must not give task i another cell."""
+    record = os.environ.get(ENV_RECORD)
+    plan = _read_json(Path(record) / "plan.json") if record else None
+    if not plan or plan.get("lines_file") != str(Path(lines_file).resolve()):
+        return read_line(lines_file, cell)
+    cells = plan.get("cells") or []
+    if not 0 <= cell < len(cells):
+        raise HarnessError(f"the sweep in {record} has {len(cells)} cell(s); there is no cell {cell}")
+    try:
+        now = read_line(lines_file, cell)
+    except (OSError, ValueError, HarnessError):
+        now = None
+    if now != cells[cell]:
+        print(f"note: {lines_file} changed since submission; cell {cell} runs its submitted line", file=sys.stderr)
+    return list(cells[cell])
+
+
+def submitted_plan(lines_file: Path, record: Path) -> list[list[str]]:
+    """The cells of a file of override lines for a new sbatch array in `record`; a record that already holds a
+    sweep with other cells is refused (its queued or requeued tasks read their cells from it)."""
+    cells = [read_line(lines_file, i) for i in range(count_lines(lines_file))]
+    old = _read_json(Path(record) / "plan.json")
+    if old is not None and old.get("cells") != cells:
+        raise HarnessError(
+            f"{record} already holds a sweep of other cells ({len(old.get('cells') or [])}); "
+            "pass a new --record folder (or remove that one if none of its cells is queued)"
+        )
+    return cells
+
+
 def count_lines(lines_file: Path) -> int:
     text = Path(lines_file).read_text() if Path(lines_file).is_file() else None
     if text is None:
@@ -512,14 +554,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args[:1] == ["summary"] and len(args) == 2:
             print(render(refresh(Path(args[1]))), end="")
         elif args[:1] == ["plan"] and len(args) in (3, 4):
-            cells = [read_line(Path(args[1]), i) for i in range(count_lines(Path(args[1])))]
             record = Path(args[2])
-            write_plan(record, cells, args[3] if len(args) == 4 else "sbatch", record.name)
+            cells = submitted_plan(Path(args[1]), record)
+            lines_file = str(Path(args[1]).resolve())
+            write_plan(record, cells, args[3] if len(args) == 4 else "sbatch", record.name, lines_file)
             refresh(record)
         elif args[:1] == ["count"] and len(args) == 2:
             print(count_lines(Path(args[1])))
         elif args[:1] == ["argv"] and len(args) == 3:
-            sys.stdout.write("\0".join(read_line(Path(args[1]), int(args[2]))))
+            sys.stdout.write("\0".join(cell_argv(Path(args[1]), int(args[2]))))
         elif args[:1] == ["end-cell"] and len(args) in (4, 5):
             end_cell(Path(args[1]), int(args[2]), int(args[3]), args[4] if len(args) == 5 else None)
         else:

@@ -72,6 +72,26 @@ def test_plan_of_the_bids_preset(local_model, capsys):
     assert code == 0 and "one Slurm job array: --array=0-2" in capsys.readouterr().out
 
 
+def test_plan_counts_the_cells_the_multirun_launches(capsys):
+    # the command line's key replaces the preset's list (README: `+sweep=scaling seed=0`), as in the multirun
+    code = plan.main(["--n-pool", "1000", "+sweep=scaling", "seed=0", "budget=0.1", "hydra/launcher=slurm"])
+    out = capsys.readouterr().out
+    selectors = OmegaConf.load(plan.REPO_ROOT / "conf/sweep/scaling.yaml").hydra.sweeper.params.selector.split(",")
+    n = len(selectors)
+    assert code == 0 and f"sweep: {n} cell(s), one Slurm job array: --array=0-{n - 1}" in out, out
+    assert "budget 0.1: k = 100 examples" in out and "budget 0.05" not in out  # only the budget that runs
+    # comma lists and Hydra's sweep functions on the command line, in the multirun's order
+    code = plan.main(["--n-pool", "1000", "seed=range(0,2)", "budget=0.1,0.2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "sweep: 4 cell(s)" in out, out
+    assert out.split("one cell after another\n")[1].split("\n")[:4] == [
+        "  seed=0 budget=0.1",
+        "  seed=0 budget=0.2",
+        "  seed=1 budget=0.1",
+        "  seed=1 budget=0.2",
+    ]
+
+
 @pytest.mark.parametrize(
     "args,fragment",
     [
