@@ -77,7 +77,16 @@ SCRIPT=$RECORD/array.sbatch
     cat <<EOF
 export HARNESS_SWEEP_RECORD=$(printf %q "$RECORD") HARNESS_SWEEP_CELL=\$SLURM_ARRAY_TASK_ID
 export HARNESS_SWEEP_LOG=$(printf %q "$RECORD")/logs/\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}.out
-mapfile -d '' -t overrides < <("$PY" -m harness.sweep argv $(printf %q "$LINES") "\$SLURM_ARRAY_TASK_ID")
+cell_file=\$(mktemp)
+# a cell whose overrides cannot be read is not run (an empty list would run the default cell under its name)
+if ! "$PY" -m harness.sweep argv $(printf %q "$LINES") "\$SLURM_ARRAY_TASK_ID" >"\$cell_file"; then
+    rm -f "\$cell_file"
+    echo "error: cannot read the overrides of cell \$SLURM_ARRAY_TASK_ID (see above); the cell was not run" >&2
+    "$PY" -m harness.sweep end-cell $(printf %q "$RECORD") "\$SLURM_ARRAY_TASK_ID" 2 || true
+    exit 2
+fi
+mapfile -d '' -t overrides <"\$cell_file"
+rm -f "\$cell_file"
 echo "cell \$SLURM_ARRAY_TASK_ID (restart \${SLURM_RESTART_COUNT:-0}): \${overrides[*]}"
 $LAUNCH "\${overrides[@]}"
 rc=\$?

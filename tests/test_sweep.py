@@ -200,6 +200,66 @@ def test_sbatch_fallback_refuses_bad_input_before_submitting(tmp_path):
         assert not (tmp_path / "rec").exists()
 
 
+def test_sbatch_array_task_whose_overrides_cannot_be_read_is_not_run(tmp_path):
+    """Were the lookup's failure ignored, the task would run the default cell and record it as cell i."""
+    lines, record, bin_dir = tmp_path / "cells.txt", tmp_path / "rec", tmp_path / "bin"
+    lines.write_text("selector=random seed=0\n")
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 1\n")  # --dry-run only checks that sbatch exists
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.update(HARNESS_PYTHON=sys.executable, PATH=f"{bin_dir}{os.pathsep}{env['PATH']}")
+    script = str(REPO_ROOT / "slurm/sbatch_array.sh")
+    done = subprocess.run(
+        ["bash", script, "--dry-run", "--record", str(record), str(lines)],
+        env=env,
+        text=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    task = {**env, "SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_JOB_ID": "7"}  # no cell 3: the lookup fails
+    done = subprocess.run(
+        ["bash", str(record / "array.sbatch")], env=task, text=True, capture_output=True, cwd=tmp_path, timeout=120
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "cannot read the overrides of cell 3" in done.stderr and "cell 3 (restart" not in done.stdout
+    assert not (tmp_path / "results").exists()  # nothing ran
+
+
+def test_sbatch_array_task_runs_the_cell_submitted_even_if_the_lines_file_changes(tmp_path, monkeypatch, capsys):
+    from harness.sweep import main as sweep_main
+
+    lines, record = tmp_path / "cells.txt", tmp_path / "rec"
+    lines.write_text("selector=random seed=0\nselector=bids 'eval.tasks=[a,b]'\n")
+    assert sweep_main(["plan", str(lines), str(record), "sbatch"]) == 0
+    lines.write_text("selector=el2n seed=5\n")  # the next sweep's `sweep_lines ... > cells.txt` while the array waits
+    monkeypatch.setenv("HARNESS_SWEEP_RECORD", str(record))  # as the generated batch script exports it
+    capsys.readouterr()
+    for task, cell in ((0, ["selector=random", "seed=0"]), (1, ["selector=bids", "eval.tasks=[a,b]"])):
+        assert sweep_main(["argv", str(lines), str(task)]) == 0
+        assert capsys.readouterr().out.split("\0") == cell
+    # a record that holds a sweep of other cells is refused before submission (its tasks read their cells there)
+    assert sweep_main(["plan", str(lines), str(record), "sbatch"]) == 2
+    assert "already holds a sweep of other cells" in capsys.readouterr().err
+    assert json.loads((record / "plan.json").read_text())["cells"][0] == ["selector=random", "seed=0"]
+
+
+def test_a_stopped_cell_is_reported_with_its_resume_line():
+    import io
+
+    from harness.cli import interrupted_line
+    from harness.interrupt import Interrupted
+    from harness.sweep import _ErrorTail
+
+    for exc in (Interrupted("SIGTERM", step=40), Interrupted("SIGINT")):
+        tail = _ErrorTail(io.StringIO())
+        print("[2024-01-01 00:00:00,000][harness][INFO] - stage 4/5: train", file=tail)
+        print(interrupted_line(exc), file=tail)  # what harness.cli prints before exiting 143 / 130
+        assert tail.last == interrupted_line(exc)  # the summary's reason, not "the process exited before ..."
+    assert "resume from step 40" in interrupted_line(Interrupted("SIGTERM", step=40))
+
+
 def test_a_cell_locked_elsewhere_is_running_elsewhere_not_complete(harness_cli, tmp_path):
     results = tmp_path / "results"
     cell = results / "runs" / "busy"
