@@ -96,7 +96,8 @@ def encode_examples(
     prefix = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
     out, plen, truncated = [], [], 0
     for w, c in zip(whole, ctx):
-        prompt = bos + c or prefix
+        # no second BOS when the text brings its own (a chat template that writes it), as evaluation does
+        prompt = (c if bos and c[:1] == bos else bos + c) or prefix
         response = w[len(c) :] + [tokenizer.eos_token_id]
         if len(prompt) + len(response) > max_length:
             truncated += 1

@@ -113,6 +113,15 @@ def test_empty_prompt_gets_a_prefix_token_and_every_response_token_a_label(setup
     assert int((labels[:, 1:] != -100).sum()) == response_token_count(data, np.array([0, 1]))
 
 
+def test_a_prompt_that_brings_its_own_bos_gets_no_second_one(setup):
+    """A chat template that writes BOS into the text: evaluation adds none then (runner.tok_encode), nor may
+    training, or the two would see different sequences."""
+    _, tok, _ = setup
+    seqs, plen, _ = encode_examples(["<s>add 1 2 =", "add 1 2 ="], ["3", "3"], tok, " ", 64, True)
+    assert seqs[0] == seqs[1] and seqs[0][:2] != [tok.bos_token_id] * 2
+    assert seqs[0][0] == tok.bos_token_id and plen[0] == plen[1]
+
+
 def test_batches_have_the_global_size_and_a_seeded_order():
     epochs = [np.arange(40), np.arange(40)]
     a, b, c = global_batches(epochs, 1, 16), global_batches(epochs, 1, 16), global_batches(epochs, 2, 16)
