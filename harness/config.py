@@ -251,6 +251,14 @@ RECIPE_RULES: tuple[tuple[str, str, Any], ...] = (
 """What every training-recipe value must satisfy (checked before any work)."""
 
 
+FLOAT16_TRAINING = (
+    "model.dtype=float16 would train float16 weights with AdamW and no loss scaling (unstable); "
+    "pass model.dtype=bfloat16, or model.dtype=float32 (train.mixed_precision=bf16 for bf16 compute), "
+    "or train LoRA adapters (model.lora.enabled=true), which stay float32"
+)
+"""The one-line refusal of training float16 parameters (config check and training loop)."""
+
+
 def check_recipe(train: Any, where: str = "train") -> None:
     """A one-line error for a recipe value that cannot train (e.g. train.lr=-1)."""
     for key, rule, ok in RECIPE_RULES:
@@ -301,6 +309,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         if value not in allowed:
             raise HarnessError(f"{key} must be one of {list(allowed)}, got {value!r}")
     check_recipe(out.train)
+    if out.model.dtype == "float16" and not out.model.lora.enabled:
+        raise HarnessError(FLOAT16_TRAINING)
     if out.eval.batch_size < 1:
         raise HarnessError(f"eval.batch_size must be at least 1, got {out.eval.batch_size}")
     timeout = cfg.get("dist_timeout_minutes", 360)

@@ -13,6 +13,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from harness.errors import HarnessError
 from harness.pool import Pool
 from harness.storage import atomic_dir
 
@@ -68,6 +69,16 @@ def format_prompts(pool: Pool, frame_prompts: list[str], tokenizer: PreTrainedTo
     ]
 
 
+def require_eos(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Every trained response ends with the tokenizer's end-of-sequence token: a one-line error when it has none."""
+    if tokenizer.eos_token_id is None:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise HarnessError(
+            f"the tokenizer of '{name}' has no eos token, which ends every trained response; set its eos_token "
+            "(e.g. in the model's tokenizer_config.json) or choose another model.name_or_path"
+        )
+
+
 def encode_examples(
     prompts: list[str],
     responses: list[str],
@@ -78,6 +89,7 @@ def encode_examples(
 ) -> tuple[list[list[int]], list[int], int]:
     """Token ids and prompt lengths, split the way lm-eval splits context from continuation
     (encode the whole text and the context; the continuation is what the whole adds), plus eos."""
+    require_eos(tokenizer)
     contexts, continuations = [], []
     for p, r in zip(prompts, responses):
         cont = delimiter + r
@@ -130,6 +142,7 @@ def tokenize_pool(
     pool: Pool, tokenizer: PreTrainedTokenizerBase, max_length: int, add_bos: bool, cache_dir: Path
 ) -> TokenizedPool:
     """Tokenized pool, computed once per (pool, tokenizer, max_length) and shared through the cache."""
+    require_eos(tokenizer)  # before the cache folder is made
     key = hashlib.sha256(
         f"{pool.fingerprint()}:{tokenizer_fingerprint(tokenizer)}:{max_length}:{add_bos}:v2".encode()
     ).hexdigest()[:16]

@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from harness.config import FLOAT16_TRAINING
 from harness.errors import HarnessError
 from harness.interrupt import Interrupted, StopFlag
 from harness.seeding import stage_rng
@@ -212,11 +213,36 @@ def _write_state(final: Path, state: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's random state: torch's CPU generator and, on a GPU, the generator of its device."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def gather_rng_states(accelerator: Accelerator) -> list[dict[str, Any]]:
+    """Every process's random state, by rank (a collective: every process calls it at the same step). Each
+    process draws its own dropout masks, so a resume restores each process's own state."""
+    mine = rng_state(accelerator.device)
+    if accelerator.num_processes == 1:
+        return [mine]
+    out: list[Any] = [None] * accelerator.num_processes
+    torch.distributed.all_gather_object(out, mine)
+    return out
+
+
 def save_checkpoint(
-    ckpt_dir: Path, step: int, model, optimizer, scheduler, fingerprint: str, clock: dict, loss: float = float("nan")
+    ckpt_dir: Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    fingerprint: str,
+    clock: dict,
+    loss: float = float("nan"),
+    rank_rng: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write step-N atomically (with the loss of step N, which a resume at the last step reports) and drop older
-    step checkpoints."""
+    """Write step-N atomically (with the loss of step N, which a resume at the last step reports, and the random
+    state of every process, `rank_rng`) and drop older step checkpoints."""
     final = ckpt_dir / f"step-{step:08d}"
     state = {
         "step": step,
@@ -224,8 +250,9 @@ def save_checkpoint(
         "model": trainable_state(model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
+        "torch_rng": torch.get_rng_state(),  # the main process's (what checkpoints without rank_rng hold)
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "rank_rng": rank_rng,
         "clock": clock,
         "loss": float(loss),
     }
@@ -249,9 +276,20 @@ def save_epoch_checkpoint(folder: Path, epoch: int, step: int, model, optimizer,
     _write_state(Path(folder) / f"epoch-{epoch:03d}", state)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, fingerprint: str) -> tuple[int, dict, float]:
+def load_checkpoint(
+    path: Path,
+    model,
+    optimizer,
+    scheduler,
+    fingerprint: str,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | None = None,
+) -> tuple[int, dict, float]:
     """Restore weights, optimizer, schedule and RNG onto the model's device; returns (step, clock, loss of that
-    step)."""
+    step). Process `rank` of `world` gets its own random state back; a checkpoint without one per process (older,
+    or written by another number of processes) gives every process the main process's."""
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
     if state["fingerprint"] != fingerprint:
         raise HarnessError(
@@ -264,9 +302,16 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, fingerprint: str) -
             params[name].copy_(value.to(params[name].device, params[name].dtype))
     optimizer.load_state_dict(state["optimizer"])  # moments follow their parameters' device
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    per_rank = state.get("rank_rng")
+    if per_rank is not None and len(per_rank) == world:
+        mine = per_rank[rank]
+        torch.set_rng_state(mine["torch"])
+        if mine["cuda"] is not None and device is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], device)
+    else:
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
     clock = state.get("clock") or {"seconds": 0.0, "attempts": []}
     return int(state["step"]), clock, float(state.get("loss", float("nan")))
 
@@ -340,6 +385,8 @@ def train(
     With stop_at, training stops after that many steps while the schedule still spans the whole plan (a model
     taken early in a full-length run)."""
     attempt_start = time.perf_counter()
+    if any(p.requires_grad and p.dtype == torch.float16 for p in model.parameters()):
+        raise HarnessError(FLOAT16_TRAINING)  # before anything is written
     plan = global_batches(epochs, order_seed, cfg.global_batch_size, max_steps)
     scheduled = len(plan)
     batches = plan[:stop_at] if stop_at is not None else plan
@@ -363,7 +410,16 @@ def train(
     start, clock, loss_value = 0, {"seconds": 0.0, "attempts": []}, float("nan")
     found = latest_checkpoint(ckpt_dir)
     if found is not None:  # a resume at the last step trains no step: the loss is the checkpoint's
-        start, clock, loss_value = load_checkpoint(found, model, optimizer, scheduler, fingerprint)
+        start, clock, loss_value = load_checkpoint(
+            found,
+            model,
+            optimizer,
+            scheduler,
+            fingerprint,
+            rank=accelerator.process_index,
+            world=accelerator.num_processes,
+            device=accelerator.device,
+        )
         log.info("resumed from checkpoint %s (step %d of %d)", found.name, start, total)
     model.train()
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -411,6 +467,7 @@ def train(
             _all_reduce_grads(params, accelerator)
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses (scheduler.step() moves on to the next)
             optimizer.step()
             scheduler.step()
             loss_value = float(accelerator.reduce(local_loss, reduction="sum")) if world > 1 else float(local_loss)
@@ -423,7 +480,7 @@ def train(
                     "step": done,
                     "epoch": epoch,
                     "loss": round(loss_value, 6),
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": lr,
                     "examples": seen_examples,
                     "tokens": seen_tokens,
                     "seconds": round(elapsed(), 3),
@@ -435,13 +492,22 @@ def train(
             epoch_end = done == total or batches[done][0] != epoch
             stopping = _any_process(stop is not None and stop.requested, accelerator)
             if done % cfg.checkpoint_every == 0 or epoch_end or stopping:
+                rank_rng = gather_rng_states(accelerator)  # every process, before the main one writes
                 if accelerator.is_main_process:
                     # the kept epoch checkpoint first: a resume point past an epoch's end implies its checkpoint
                     if epoch_end and epoch_checkpoints is not None:
                         avg_lr = float(np.mean([r for (e, _), r in zip(batches, rates) if e == epoch]))
                         save_epoch_checkpoint(epoch_checkpoints, epoch, done, model, optimizer, avg_lr)
                     save_checkpoint(
-                        ckpt_dir, done, model, optimizer, scheduler, fingerprint, clock_now(done), loss_value
+                        ckpt_dir,
+                        done,
+                        model,
+                        optimizer,
+                        scheduler,
+                        fingerprint,
+                        clock_now(done),
+                        loss_value,
+                        rank_rng=rank_rng,
                     )
                 accelerator.wait_for_everyone()
             if stopping:

@@ -34,6 +34,7 @@ def assert_one_line_error(code: int, err: str, tmp_path, *fragments: str) -> Non
         ("data.noise_kind=loud", ["noise_kind", "'loud'", "mismatched", "near_miss"]),
         ("data.facts_validation=some", ["facts_validation", "untaught", "taught"]),
         ("data.noise_rate=2", ["noise_rate", "[0, 1]"]),
+        ("model.dtype=float16", ["model.dtype=float16", "loss scaling", "model.dtype=bfloat16"]),
     ],
 )
 def test_bad_overrides(harness_cli, tmp_path, override, fragments):
