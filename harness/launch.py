@@ -113,26 +113,48 @@ def _first_host(nodelist: str) -> str:
     return (head.group(1) + (head.group(2) or "")) if head else "127.0.0.1"
 
 
-def export_distributed_env(env: MutableMapping[str, str] | None = None) -> bool:
-    """Give a cell started as several Slurm tasks the torch.distributed variables accelerate reads.
+# Step ids above this are Slurm's own steps (the batch script, the extern step, an interactive step), not srun's.
+MAX_NORMAL_STEP_ID = 0xFFFFFFF0
 
-    Slurm sets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID; accelerate (and torch's env:// init) read RANK,
-    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT. Nothing changes for one task or when RANK is already
-    set (for example by `accelerate launch`). Returns whether it exported anything.
+
+def step_tasks(env: Mapping[str, str]) -> int:
+    """The number of tasks of the Slurm job step this process is one of: srun sets SLURM_STEP_NUM_TASKS (and
+    SLURM_STEP_ID) for every task it starts. The batch script's own step has neither (or a special step id),
+    whatever --ntasks the job asked for, so a process started there without srun is one process alone: 1."""
+    step = env.get("SLURM_STEP_ID") or env.get("SLURM_STEPID") or ""
+    if step and (not step.isdigit() or int(step) >= MAX_NORMAL_STEP_ID):
+        return 1
+    try:
+        return max(1, int(env.get("SLURM_STEP_NUM_TASKS") or 1))
+    except ValueError:
+        return 1
+
+
+def export_distributed_env(env: MutableMapping[str, str] | None = None) -> bool:
+    """Give a cell started as several tasks of one Slurm step (srun, as submitit runs it) the torch.distributed
+    variables accelerate reads.
+
+    Slurm sets SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID; accelerate (and torch's env:// init) read RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT. The world is the step's tasks, not the job's (SLURM_NTASKS):
+    a process started in a batch script of --ntasks=4 without srun runs alone and must not wait for three peers.
+    Nothing changes for one task or when RANK is already set (for example by `accelerate launch`). Returns whether
+    it exported anything.
     """
     env = os.environ if env is None else env
-    ntasks = int(env.get("SLURM_NTASKS") or env.get("SLURM_NPROCS") or 1)
+    ntasks = step_tasks(env)
     if ntasks <= 1 or "RANK" in env or "SLURM_PROCID" not in env:
         return False
     job = int(env.get("SLURM_JOB_ID", "0") or 0)
-    per_node = env.get("SLURM_NTASKS_PER_NODE") or str(max(1, ntasks // int(env.get("SLURM_JOB_NUM_NODES", 1) or 1)))
+    nodes = int(env.get("SLURM_STEP_NUM_NODES") or 1)
+    per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or str(max(1, ntasks // max(1, nodes)))
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
     env.update(
         RANK=env["SLURM_PROCID"],
         WORLD_SIZE=str(ntasks),
         LOCAL_RANK=env.get("SLURM_LOCALID", "0"),
         LOCAL_WORLD_SIZE=per_node.split("(")[0].split(",")[0],
         NODE_RANK=env.get("SLURM_NODEID", "0"),
-        MASTER_ADDR=env.get("MASTER_ADDR") or _first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
+        MASTER_ADDR=env.get("MASTER_ADDR") or _first_host(nodelist),  # rank 0 runs on the step's first node
         MASTER_PORT=env.get("MASTER_PORT") or str(20000 + job % 20000),
     )
     return True
