@@ -43,12 +43,15 @@ def _hydra_main(cfg: DictConfig) -> object:
         if made_now and only_log(run_dir, empty=False):
             remove_with_empty_parents(run_dir, results_root)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
+            exc.reported = True  # said above: main() exits with its code when the sweep re-raises it, silently
             raise  # Hydra marks this cell failed and runs the others; the sweep exits 2 at the end
         sys.exit(exc.exit_code)
     except Interrupted as exc:
         print(interrupted_line(exc), file=sys.stderr)
         if made_now and only_log(run_dir, empty=False):
             remove_with_empty_parents(run_dir, results_root)
+        if exc.then is not None:  # submitit's time-limit signal, now that training has its checkpoint:
+            exc.then()  # it pickles the call, requeues the job and exits (rank 0; the other ranks return here)
         sys.exit(exc.exit_code)
 
 
@@ -114,7 +117,8 @@ def main() -> None:
         _hydra_main()
     except HarnessError as exc:
         logging.getLogger("harness").debug("user error", exc_info=True)
-        print(f"error: {exc}", file=sys.stderr)
+        if not getattr(exc, "reported", False):  # a multirun cell's error was said once, by the cell
+            print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except (
         MissingConfigException,
