@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import socket
 import sys
 import time
@@ -294,6 +295,19 @@ def new_sweep_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
 
 
+def _exit_reason(exit_code: int) -> str:
+    """'exited with code 3', or for a process killed by a signal (shell code 128 + N) which signal, and for SIGKILL
+    its usual sender."""
+    try:
+        name = signal.Signals(exit_code - 128).name if exit_code > 128 else None
+    except ValueError:
+        name = None
+    if name is None:
+        return f"exited with code {exit_code}"
+    why = " (the out-of-memory killer, or kill -9)" if name == "SIGKILL" else ""
+    return f"killed by {name}{why}, exit code {exit_code}"
+
+
 def end_cell(record: Path, cell: int, exit_code: int, log: str | None = None) -> dict[str, Any]:
     """After a cell's process exits (sbatch fallback): a cell that never reported its end failed; say why."""
     record = Path(record)
@@ -304,7 +318,7 @@ def end_cell(record: Path, cell: int, exit_code: int, log: str | None = None) ->
         if exit_code == 0 and run_dir and (Path(run_dir) / RESULTS).exists():
             status.update(state="complete")
         else:
-            reason = error_from_log(log or status.get("log")) or f"exited with code {exit_code}"
+            reason = error_from_log(log or status.get("log")) or _exit_reason(exit_code)
             status.update(state="failed", reason=reason, exit_code=exit_code)
         status.pop("cell", None)
         write_status(record, cell, {**status, "ended": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -491,9 +505,15 @@ class SweepSummary(Callback):
 # ---------------------------------------------------------------- `python -m harness.sweep ...`
 
 
+def cell_lines(text: str) -> list[str]:
+    """The cell lines of a file of override lines: blank lines and comments (first non-space character `#`,
+    indented or not) are skipped. Counting and reading cells both go through here, so they always agree."""
+    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
 def read_line(lines_file: Path, cell: int) -> list[str]:
-    """The overrides on line `cell` (0-based) of a file of override lines; blank and # lines are skipped."""
-    lines = [line for line in Path(lines_file).read_text().splitlines() if line.strip() and not line.startswith("#")]
+    """The overrides on cell line `cell` (0-based) of a file of override lines (see cell_lines)."""
+    lines = cell_lines(Path(lines_file).read_text())
     if not 0 <= cell < len(lines):
         raise HarnessError(f"{lines_file} has {len(lines)} cell line(s); there is no cell {cell}")
     return shlex.split(lines[cell])
@@ -536,7 +556,7 @@ def count_lines(lines_file: Path) -> int:
     text = Path(lines_file).read_text() if Path(lines_file).is_file() else None
     if text is None:
         raise HarnessError(f"no file of override lines at {lines_file}; write one or use python -m harness.sweep_lines")
-    return sum(1 for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    return len(cell_lines(text))
 
 
 USAGE = """usage: python -m harness.sweep COMMAND ...

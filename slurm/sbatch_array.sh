@@ -73,6 +73,13 @@ SCRIPT=$RECORD/array.sbatch
     echo "#SBATCH --requeue"
     [[ -n $GPUS ]] && echo "#SBATCH --gpus-per-node=$GPUS"
     echo "cd $(printf %q "$PWD")"
+    cat <<'EOF'
+# Slurm's time limit, preemption and requeue send SIGTERM to every process of the batch step, this shell included:
+# note it and go on (the trap runs once the cell's process has stopped), so the cell is reported below only when
+# this shell was not signalled, i.e. when its process ended alone (killed for memory, crashed) and no requeue comes.
+signalled=""
+trap 'signalled=TERM' TERM
+EOF
     for line in "${SETUP[@]}"; do echo "$line"; done
     cat <<EOF
 export HARNESS_SWEEP_RECORD=$(printf %q "$RECORD") HARNESS_SWEEP_CELL=\$SLURM_ARRAY_TASK_ID
@@ -81,6 +88,7 @@ cell_file=\$(mktemp)
 # a cell whose overrides cannot be read is not run (an empty list would run the default cell under its name)
 if ! "$PY" -m harness.sweep argv $(printf %q "$LINES") "\$SLURM_ARRAY_TASK_ID" >"\$cell_file"; then
     rm -f "\$cell_file"
+    [[ -z \$signalled ]] || exit 143 # stopped by Slurm while reading them: the requeued task reads them again
     echo "error: cannot read the overrides of cell \$SLURM_ARRAY_TASK_ID (see above); the cell was not run" >&2
     "$PY" -m harness.sweep end-cell $(printf %q "$RECORD") "\$SLURM_ARRAY_TASK_ID" 2 || true
     exit 2
@@ -90,8 +98,10 @@ rm -f "\$cell_file"
 echo "cell \$SLURM_ARRAY_TASK_ID (restart \${SLURM_RESTART_COUNT:-0}): \${overrides[*]}"
 $LAUNCH "\${overrides[@]}"
 rc=\$?
-# A cell killed by a signal (requeue, time limit) reports when it runs again; any other exit reports now.
-if ((rc < 128)); then
+# A cell stopped with this shell (time limit, preemption, requeue) reports when it runs again, or has reported
+# itself (harness.cli's "stopped by SIGTERM" line); any other end reports now, a process killed alone included
+# (rc >= 128: the OOM killer's SIGKILL is 137), or the summary would show it running forever.
+if [[ -z \$signalled ]]; then
     "$PY" -m harness.sweep end-cell $(printf %q "$RECORD") "\$SLURM_ARRAY_TASK_ID" "\$rc" || true
 fi
 exit \$rc

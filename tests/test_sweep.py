@@ -149,14 +149,20 @@ def test_slurm_resource_checks():
 
 def test_distributed_env_comes_from_slurm_variables():
     env = {"SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
-           "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_ID": "123",
+           "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_NUM_NODES": "2",
+           "SLURM_STEP_TASKS_PER_NODE": "2(x2)", "SLURM_JOB_ID": "123",
            "SLURM_JOB_NODELIST": "gpu07", "MASTER_ADDR": ""}  # fmt: skip
     assert export_distributed_env(env)
     assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == ("3", "4", "1", "2")
     assert env["MASTER_ADDR"] == "gpu07" and env["MASTER_PORT"] == str(20000 + 123)
-    one = {"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}
+    one = {"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "1"}
     assert not export_distributed_env(one) and "RANK" not in one
-    launched = {"SLURM_NTASKS": "2", "SLURM_PROCID": "0", "RANK": "1"}  # accelerate launch set it already
+    launched = {
+        "SLURM_STEP_ID": "0",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "SLURM_PROCID": "0",
+        "RANK": "1",
+    }  # accelerate launch set it already
     assert not export_distributed_env(launched) and launched["RANK"] == "1"
 
 
@@ -298,3 +304,72 @@ def test_the_summary_waits_for_the_harness_lock_and_sees_cells_finished_elsewher
     summary = json.loads((record / "summary.json").read_text())
     assert summary["counts"] == {"complete": 1} and "completed by" in summary["cells"][0]["reason"]
     assert sorted(p.name for p in record.iterdir()) == ["cells", "plan.json", "summary.json", "summary.txt"]
+
+
+def test_indented_comment_lines_are_not_cells(tmp_path, capsys):
+    from harness.sweep import main as sweep_main
+
+    lines = tmp_path / "cells.txt"
+    lines.write_text(
+        "# the scaling sweep\nselector=random seed=0\n    # seed 1 later\n\t# and this\n\nselector=full seed=0\n"
+    )
+    assert sweep_main(["count", str(lines)]) == 0
+    assert capsys.readouterr().out.strip() == "2"
+    for cell, expected in ((0, ["selector=random", "seed=0"]), (1, ["selector=full", "seed=0"])):
+        assert sweep_main(["argv", str(lines), str(cell)]) == 0
+        assert capsys.readouterr().out.split("\0") == expected
+
+
+def test_a_failed_multirun_cell_says_its_error_once(harness_cli, tmp_path):
+    # budget 0.001 of 300 examples keeps nothing: the cell passes the up-front checks and fails in selection.
+    code, out, err = harness_cli(["-m", *MICRO, "train.epochs=1", "budget=0.001"])
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "budget=0.001 keeps 0" in errors[0], err
+    (summary,) = summaries(tmp_path / "results")
+    assert summary["cells"][0]["state"] == "failed" and "budget=0.001 keeps 0" in summary["cells"][0]["reason"]
+
+
+def test_sbatch_array_reports_a_cell_killed_alone_but_not_one_stopped_with_its_batch_shell(tmp_path):
+    """A cell's process killed by itself (the OOM killer's SIGKILL: rc 137) while the batch shell lives on is reported
+    failed at once; one stopped by Slurm's SIGTERM to the whole step (time limit, preemption) is not: it is requeued."""
+    lines, record, bin_dir = tmp_path / "cells.txt", tmp_path / "rec", tmp_path / "bin"
+    lines.write_text("selector=random seed=0\nselector=random seed=1\n")
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 1\n")  # --dry-run only checks that sbatch exists
+    # The cell's `python -m harness`: cell 0 is killed alone, cell 1 signals its whole process group as Slurm does.
+    fake = (
+        "#!/usr/bin/env bash\n"
+        "if [[ $1 == -m && $2 == harness ]]; then\n"
+        "    [[ $* == *seed=0* ]] && kill -KILL $$\n"
+        "    kill -TERM 0; sleep 5; exit 0\n"
+        "fi\n"
+        f'exec {sys.executable} "$@"\n'
+    )
+    (bin_dir / "python").write_text(fake)
+    for name in ("sbatch", "python"):
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.update(HARNESS_PYTHON=str(bin_dir / "python"), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}")
+    script = str(REPO_ROOT / "slurm/sbatch_array.sh")
+    done = subprocess.run(
+        ["bash", script, "--dry-run", "--record", str(record), str(lines)], env=env, text=True, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr
+
+    def task(i: int) -> subprocess.CompletedProcess:
+        env_i = {**env, "SLURM_ARRAY_TASK_ID": str(i), "SLURM_ARRAY_JOB_ID": "7"}
+        return subprocess.run(  # its own process group: the fake Slurm signal must not reach pytest
+            ["bash", str(record / "array.sbatch")], env=env_i, text=True, capture_output=True, timeout=120,
+            start_new_session=True, cwd=tmp_path,
+        )  # fmt: skip
+
+    killed = task(0)
+    assert killed.returncode == 137, (killed.stdout, killed.stderr)
+    status = json.loads((record / "cells" / "0.json").read_text())
+    assert status["state"] == "failed" and status["exit_code"] == 137 and "SIGKILL" in status["reason"], status
+    stopped = task(1)
+    assert stopped.returncode in (143, -15), (stopped.stdout, stopped.stderr)
+    assert not (record / "cells" / "1.json").exists()  # still pending: the requeued task reports it
+    summary = json.loads((record / "summary.json").read_text())
+    assert [c["state"] for c in summary["cells"]] == ["failed", "pending"]
