@@ -518,6 +518,8 @@ def train(
         if stop is not None:
             stop.training = False
         bar.close()
+    if stop is not None and stop.requested:  # a signal after the last step's check: its checkpoint is written
+        raise Interrupted(stop.signame or "SIGTERM", step=total, stage="training")
     final_clock = clock_now(total)
     return TrainOutcome(
         steps=total,

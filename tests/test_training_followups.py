@@ -77,6 +77,37 @@ def test_the_log_shows_the_learning_rate_each_step_used(setup, tmp_path):
     assert logged[0] == 0.0 and max(logged) == pytest.approx(cfg.lr)
 
 
+def test_a_signal_after_the_last_steps_check_still_stops_the_run(setup, tmp_path):
+    """A SIGTERM (or submitit's USR2) that lands after the last step's stop check is not dropped: the run stops
+    with the final checkpoint (the requeued run resumes there and evaluates), instead of going on into evaluation
+    and being killed there."""
+    from harness.interrupt import Interrupted, StopFlag
+
+    _, tok, data = setup
+    stop = StopFlag()
+    rows = np.arange(64)
+
+    def late_signal(done: int, loss: float) -> None:
+        if done == 8:  # the last step, after its check
+            stop.handle(15, None)
+
+    with pytest.raises(Interrupted) as caught:
+        train(
+            model_of(tok),
+            data,
+            [rows, rows],
+            recipe(),
+            3,
+            tmp_path,
+            Accelerator(),
+            tok.pad_token_id,
+            on_step=late_signal,
+            stop=stop,
+        )
+    assert caught.value.step == 8 and caught.value.signame == "SIGTERM"
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000008"
+
+
 def test_a_resume_restores_each_processs_own_random_state(setup, tmp_path):
     """The checkpoint holds one random state per process; process r of the same number of processes gets its own
     back, while a checkpoint of another number of processes (or an older one) gives the main process's."""
