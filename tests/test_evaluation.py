@@ -413,6 +413,21 @@ def test_generative_testbed_task_runs_and_scores_exact_match(tmp_path, tokenizer
     assert short.metrics.set_index(["task", "metric"])["value"][("testbed_addition_gen", "exact_match")] < em
 
 
+def test_generative_task_scores_answers_after_a_newline_delimiter(tmp_path):
+    """With data.delimiter="\n" the model's answer starts with the delimiter: the "\n" stop sequence must not end
+    it before it starts, and exact match must not count the leading delimiter against it."""
+    items, delimiter = _gen_items(), "\n"
+    texts = [p + delimiter + c[0] for p, c in zip(items["prompt"], items["choices"])]
+    tok = _make_tokenizer(texts * 5)
+    torch.manual_seed(0)
+    model = tiny_llama(tok, layers=2, heads=4)
+    _memorise(model, tok, texts, steps=150)
+    configs = testbed_task_configs(items, delimiter, tmp_path / "data")
+    outcome = evaluate(model, tok, configs, batch_size=8, add_bos_token=True)
+    em = outcome.metrics.set_index(["task", "metric"])["value"][("testbed_addition_gen", "exact_match")]
+    assert em >= 0.8  # was 0.0: every answer cut at its leading newline
+
+
 def test_generative_task_is_not_in_the_default_average(tmp_path, items):
     examples = pd.DataFrame({"id": ["a"], "task": ["add"], "prompt": ["p"], "response": ["r"]})
     both = pd.concat([items, _gen_items(4)], ignore_index=True)

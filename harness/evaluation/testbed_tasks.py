@@ -67,6 +67,22 @@ def fewshot_source(name: str) -> str:
     return name.removesuffix(GENERATIVE_SUFFIX) if name.endswith(GENERATIVE_SUFFIX) else name
 
 
+def _fit_generation_to_delimiter(cfg: dict[str, Any], delimiter: str) -> None:
+    """A generated answer starts with the delimiter (training puts it before every response): stop sequences
+    inside the delimiter would end each answer before it starts, and exact match ignores the leading delimiter."""
+    gen = dict(cfg.get("generation_kwargs") or {})
+    until = gen.get("until")
+    if isinstance(until, str):
+        until = [until]
+    if until:
+        gen["until"] = [s for s in until if s not in delimiter]
+        cfg["generation_kwargs"] = gen
+    if delimiter:
+        for metric in cfg.get("metric_list") or []:
+            if isinstance(metric, dict) and metric.get("metric") == "exact_match":
+                metric["regexes_to_ignore"] = ["^" + re.escape(delimiter), *(metric.get("regexes_to_ignore") or [])]
+
+
 def _jsonl(docs: list[dict]) -> str:
     return "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
 
@@ -104,6 +120,8 @@ def testbed_task_configs(
         cfg = copy.deepcopy(task_definition(name))
         cfg["task"] = TESTBED_PREFIX + name
         cfg["target_delimiter"] = delimiter
+        if cfg.get("output_type") == "generate_until":
+            _fit_generation_to_delimiter(cfg, delimiter)
         if validation is not None and not validation.empty:
             shots = validation[validation["task"] == fewshot_source(name)]
             if len(shots):
