@@ -534,10 +534,12 @@ def print_summary(manifest: dict[str, Any], results: pd.DataFrame, run_dir: Path
     diag = manifest["selection_diagnostics"]
     per_task = diag["per_task"]
     unit = " per epoch" if manifest["budget_unit"] == "epoch" else ""
+    # a schedule (RS2) draws other examples each epoch: the per-task counts are of the distinct ones it used
+    distinct = f"; {diag['n_distinct']} distinct over the run" if unit and "n_distinct" in diag else ""
     print()
     print(
         f"selected {manifest['n_selected']}{unit} of {manifest['n_pool']} examples "
-        f"({manifest['variant']}, budget {manifest['budget']}, seed {manifest['seed']}): "
+        f"({manifest['variant']}, budget {manifest['budget']}, seed {manifest['seed']}{distinct}): "
         + ", ".join(f"{t} {c}" for t, c in per_task.items())
     )
     if "noisy" in diag:

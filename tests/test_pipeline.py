@@ -138,6 +138,10 @@ def test_per_epoch_schedule_drives_the_steps(harness_cli, tmp_path):
     assert manifest["training"]["steps"] == 3 * 4  # ceil(60 / 16) per epoch
     results = pd.read_csv(run / "results.csv")
     assert (results["budget_unit"] == "epoch").all()
+    # the summary's per-task counts are of the 120 distinct examples, and it says so
+    (line,) = [x for x in out.splitlines() if x.startswith("selected ")]
+    assert line.startswith("selected 60 per epoch of 300 examples") and "120 distinct over the run" in line
+    assert sum(int(part.rsplit(" ", 1)[1]) for part in line.split("): ", 1)[1].split(", ")) == 120
 
 
 def test_killed_run_leaves_no_results_and_resumes(tmp_path):
