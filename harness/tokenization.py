@@ -28,7 +28,8 @@ class TokenizedPool:
     ids: np.ndarray  # int32, all examples back to back
     offsets: np.ndarray  # int64, len n + 1
     prompt_len: np.ndarray  # int32
-    truncated: int
+    truncated: int  # examples longer than max_length (the prompt's start is cut first)
+    response_cut: int = 0  # of those, examples that also lost the end of their response (and its eos)
 
     @property
     def n(self) -> int:
@@ -86,9 +87,10 @@ def encode_examples(
     delimiter: str,
     max_length: int,
     add_bos: bool,
-) -> tuple[list[list[int]], list[int], int]:
+) -> tuple[list[list[int]], list[int], int, int]:
     """Token ids and prompt lengths, split the way lm-eval splits context from continuation
-    (encode the whole text and the context; the continuation is what the whole adds), plus eos."""
+    (encode the whole text and the context; the continuation is what the whole adds), plus eos; then how many
+    examples were truncated, and how many of those lost part of their response."""
     require_eos(tokenizer)
     contexts, continuations = [], []
     for p, r in zip(prompts, responses):
@@ -106,7 +108,7 @@ def encode_examples(
     bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
     # An empty context is lm-eval's prefix token (bos, else eos), so the first response token is predicted too.
     prefix = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
-    out, plen, truncated = [], [], 0
+    out, plen, truncated, response_cut = [], [], 0, 0
     for w, c in zip(whole, ctx):
         # no second BOS when the text brings its own (a chat template that writes it), as evaluation does
         prompt = (c if bos and c[:1] == bos else bos + c) or prefix
@@ -115,10 +117,11 @@ def encode_examples(
             truncated += 1
             keep_prompt = max(1, max_length - len(response))
             prompt = prompt[-keep_prompt:]
+            response_cut += len(response) > max_length - len(prompt)
             response = response[: max_length - len(prompt)]
         out.append(prompt + response)
         plen.append(len(prompt))
-    return out, plen, truncated
+    return out, plen, truncated, response_cut
 
 
 def tokenize_frame(
@@ -129,13 +132,32 @@ def tokenize_frame(
     prompts = format_prompts(pool, frame["prompt"].tolist(), tokenizer)
     # Inside a chat template the answer follows the assistant header directly, as lm-eval scores it.
     delimiter = "" if pool.chat_template else pool.delimiter
-    seqs, plen, truncated = encode_examples(
+    seqs, plen, truncated, response_cut = encode_examples(
         prompts, frame["response"].tolist(), tokenizer, delimiter, max_length, add_bos
     )
     offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(s) for s in seqs])
     ids = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=offsets[-1])
-    return TokenizedPool(ids=ids, offsets=offsets, prompt_len=np.asarray(plen, dtype=np.int32), truncated=truncated)
+    return TokenizedPool(
+        ids=ids,
+        offsets=offsets,
+        prompt_len=np.asarray(plen, dtype=np.int32),
+        truncated=truncated,
+        response_cut=response_cut,
+    )
+
+
+def warn_truncation(data: TokenizedPool, what: str, max_length: int) -> None:
+    """Say how many examples did not fit, and how many of them lost part of the answer they are trained on."""
+    if data.truncated:
+        log.warning(
+            "%d %s were longer than %d tokens and lost the start of their prompt; %d of them also lost the end of "
+            "their response (raise model.max_length to keep them whole)",
+            data.truncated,
+            what,
+            max_length,
+            data.response_cut,
+        )
 
 
 def tokenize_pool(
@@ -144,7 +166,7 @@ def tokenize_pool(
     """Tokenized pool, computed once per (pool, tokenizer, max_length) and shared through the cache."""
     require_eos(tokenizer)  # before the cache folder is made
     key = hashlib.sha256(
-        f"{pool.fingerprint()}:{tokenizer_fingerprint(tokenizer)}:{max_length}:{add_bos}:v2".encode()
+        f"{pool.fingerprint()}:{tokenizer_fingerprint(tokenizer)}:{max_length}:{add_bos}:v3".encode()
     ).hexdigest()[:16]
     path = Path(cache_dir) / "tokenized" / key
 
@@ -153,15 +175,17 @@ def tokenize_pool(
         np.save(tmp / "ids.npy", data.ids)
         np.save(tmp / "offsets.npy", data.offsets)
         np.save(tmp / "prompt_len.npy", data.prompt_len)
-        (tmp / "meta.json").write_text(json.dumps({"truncated": data.truncated, "n": data.n}))
+        meta = {"truncated": data.truncated, "response_cut": data.response_cut, "n": data.n}
+        (tmp / "meta.json").write_text(json.dumps(meta))
 
     atomic_dir(path, build)
     meta = json.loads((path / "meta.json").read_text())
-    if meta["truncated"]:
-        log.warning("%d pool examples were longer than %d tokens and were truncated", meta["truncated"], max_length)
-    return TokenizedPool(
+    data = TokenizedPool(
         ids=np.load(path / "ids.npy"),
         offsets=np.load(path / "offsets.npy"),
         prompt_len=np.load(path / "prompt_len.npy"),
         truncated=meta["truncated"],
+        response_cut=meta["response_cut"],
     )
+    warn_truncation(data, "pool examples", max_length)
+    return data

@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from accelerate import Accelerator
@@ -76,7 +77,7 @@ def test_labels_cover_only_the_response(setup):
 
 def test_split_matches_lm_eval_context_continuation(setup):
     _, tok, _ = setup
-    seqs, plen, _ = encode_examples(["add 12 30 ="], ["42"], tok, " ", 64, False)
+    seqs, plen, *_ = encode_examples(["add 12 30 ="], ["42"], tok, " ", 64, False)
     whole = tok("add 12 30 = 42", add_special_tokens=False)["input_ids"]
     ctx = tok("add 12 30 =", add_special_tokens=False)["input_ids"]
     assert seqs[0][: plen[0]] == ctx and seqs[0][plen[0] : -1] == whole[len(ctx) :]
@@ -100,7 +101,7 @@ def test_tokenized_cache_tells_apart_tokenizers_with_one_vocabulary(setup, tmp_p
     assert other.get_vocab() == tok.get_vocab()
     tokenize_pool(pool, tok, 64, False, tmp_path)
     cached = tokenize_pool(pool, other, 64, False, tmp_path)
-    expected, _, _ = encode_examples(
+    expected, *_ = encode_examples(
         pool.examples["prompt"].tolist()[:1], pool.examples["response"].tolist()[:1], other, pool.delimiter, 64, False
     )
     assert cached.example(0).tolist() == expected[0]
@@ -113,7 +114,7 @@ def test_empty_prompt_gets_a_prefix_token_and_every_response_token_a_label(setup
     from harness.training import response_token_count
 
     _, tok, _ = setup
-    seqs, plen, _ = encode_examples(["", "add 1 2 ="], ["hello world", "3"], tok, " ", 64, False)
+    seqs, plen, *_ = encode_examples(["", "add 1 2 ="], ["hello world", "3"], tok, " ", 64, False)
     assert plen[0] == 1 and seqs[0][0] == tok.bos_token_id
     assert seqs[0][1:-1] == tok(" hello world", add_special_tokens=False)["input_ids"]
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
@@ -126,9 +127,28 @@ def test_a_prompt_that_brings_its_own_bos_gets_no_second_one(setup):
     """A chat template that writes BOS into the text: evaluation adds none then (runner.tok_encode), nor may
     training, or the two would see different sequences."""
     _, tok, _ = setup
-    seqs, plen, _ = encode_examples(["<s>add 1 2 =", "add 1 2 ="], ["3", "3"], tok, " ", 64, True)
+    seqs, plen, *_ = encode_examples(["<s>add 1 2 =", "add 1 2 ="], ["3", "3"], tok, " ", 64, True)
     assert seqs[0] == seqs[1] and seqs[0][:2] != [tok.bos_token_id] * 2
     assert seqs[0][0] == tok.bos_token_id and plen[0] == plen[1]
+
+
+def test_truncation_counts_the_examples_that_lost_part_of_their_response(setup, caplog):
+    """A long prompt loses its start and keeps its whole answer; a long answer loses its end (and eos): the
+    warning tells the two apart, since only the second changes what is trained on."""
+    from harness.tokenization import tokenize_frame, warn_truncation
+
+    pool, tok, _ = setup
+    long_words = " ".join(["add 12 30"] * 12)
+    seqs, plen, truncated, cut = encode_examples(
+        [long_words + " =", "add 1 2 =", "add 1 2 ="], ["42", "3", long_words], tok, " ", 16, False
+    )
+    assert (truncated, cut) == (2, 1) and all(len(s) <= 16 for s in seqs)
+    assert seqs[0][-1] == tok.eos_token_id and seqs[2][-1] != tok.eos_token_id and plen[2] == 1
+    frame = pd.DataFrame({"prompt": [long_words + " =", "add 1 2 ="], "response": ["42", long_words]})
+    data = tokenize_frame(pool, frame, tok, 16, False)
+    with caplog.at_level("WARNING"):
+        warn_truncation(data, "pool examples", 16)
+    assert "2 pool examples were longer than 16 tokens" in caplog.text and "1 of them also lost" in caplog.text
 
 
 def test_batches_have_the_global_size_and_a_seeded_order():
@@ -440,6 +460,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from accelerate import Accelerator
 from omegaconf import OmegaConf

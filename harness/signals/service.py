@@ -378,11 +378,12 @@ class SignalService:
     def validation_tokens(self) -> TokenizedPool:
         """The pool's validation examples, tokenized as the pool is (small: kept in memory)."""
         if getattr(self, "_val_tokens", None) is None:
-            from harness.tokenization import tokenize_frame
+            from harness.tokenization import tokenize_frame, warn_truncation
 
             self._val_tokens = tokenize_frame(
                 self.pool, self.pool.validation, self.tokenizer, self.model_cfg.max_length, self.model_cfg.add_bos_token
             )
+            warn_truncation(self._val_tokens, "validation examples", self.model_cfg.max_length)
         return self._val_tokens
 
     def gradient_features(self, warm: WarmupRun, epoch: int, *, validation: bool, settings: dict[str, Any]) -> Any:
