@@ -79,6 +79,16 @@ def describe_lock(path: Path | str) -> str | None:
     return f"{describe_owner(seen.owner)}, heartbeat {max(0.0, time.time() - seen.mtime):.0f} s ago"
 
 
+def lock_abandoned(path: Path | str, stale_after: float = 300.0) -> bool | None:
+    """Whether the lock file at path is abandoned by its holder (no heartbeat for stale_after s, or a dead owner
+    on this host); None when there is no lock file. For a watcher that never takes the lock (a sweep summary)."""
+    try:
+        seen = _look(Path(path))
+    except OSError:
+        return None
+    return None if seen is None else HeartbeatLock(path, stale_after=stale_after)._stale(seen)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from harness.config import register_resolvers
 from harness.errors import HarnessError, first_line
 from harness.launch import check_launcher, export_distributed_env
-from harness.locking import HeartbeatLock, describe_lock
+from harness.locking import HeartbeatLock, describe_lock, lock_abandoned
 from harness.storage import atomic_write_json, atomic_write_text
 
 register_resolvers()  # a Slurm job unpickles this callback before Hydra resolves the cell's run folder
@@ -49,6 +49,9 @@ ENV_RECORD = "HARNESS_SWEEP_RECORD"  # the sbatch fallback: where its cells writ
 ENV_CELL = "HARNESS_SWEEP_CELL"  # ... and which cell this process runs (default: SLURM_ARRAY_TASK_ID)
 ENV_LOG = "HARNESS_SWEEP_LOG"  # ... and the job's log, read for the reason when a cell dies
 STATES = ("complete", "skipped", "running elsewhere", "failed", "running", "pending", "not run")
+GONE_AFTER = 300.0
+"""Seconds after which a running cell whose run holds no lock (a cell takes it seconds after it starts), or whose
+lock has had no heartbeat, has ended without reporting: killed at a time limit, preempted, or killed alone."""
 SUMMARY_LOCK = ".summary-writer.lock"  # a HeartbeatLock; `.summary.lock` was flock's and may linger in old records
 STOPPED_LINE = re.compile(r"^(interrupted|stopped by SIG\w+)( before training had a checkpoint)?; run the same command")
 ERROR_LINE = re.compile(r"^(error: .+|([A-Za-z_][\w.]*)?(Error|Exception|Interrupt|Exit)\b.*)$")
@@ -190,11 +193,31 @@ def write_status(record: Path, cell: int, status: dict[str, Any]) -> None:
     atomic_write_json(Path(record) / "cells" / f"{cell}.json", {"cell": cell, **status})
 
 
+def _gone(status: dict[str, Any], run_dir: Path) -> str | None:
+    """Why a cell marked running has no live process any more (None while it may still run): its run's lock
+    is abandoned, or it never took one and started long ago. A requeued task marks it running again."""
+    from harness.record import LOCK
+
+    abandoned = lock_abandoned(run_dir / LOCK, stale_after=GONE_AFTER)
+    if abandoned:
+        held = describe_lock(run_dir / LOCK)
+        return f"its process ended without an end status (time limit, preemption or a kill; lock {held})"
+    if abandoned is None:
+        try:
+            started = time.mktime(time.strptime(str(status.get("started")), "%Y-%m-%dT%H:%M:%S"))
+        except ValueError:
+            return None
+        if time.time() - started > GONE_AFTER:
+            return "its process ended without an end status or a lock on its run (time limit, preemption or a kill)"
+    return None
+
+
 def gather(record: Path, final: bool = False) -> dict[str, Any]:
     """The sweep's summary from its plan and the cells' status files.
 
     With final=True (every job has returned) a cell that never reported is 'not run', and one still marked
-    running ended without an end status, so it failed.
+    running ended without an end status, so it failed. Before that, a cell marked running whose process is
+    gone (see _gone) failed too, or is complete if its record is.
     """
     record = Path(record)
     plan = _read_json(record / "plan.json") or {"cells": []}
@@ -216,6 +239,11 @@ def gather(record: Path, final: bool = False) -> dict[str, Any]:
         elif state == "running" and final:
             reason = error_from_log(status.get("log")) or "ended without a record or an end status"
             status.update(state="failed", reason=reason)
+        elif state == "running" and run_dir and (gone := _gone(status, Path(run_dir))):
+            if (Path(run_dir) / RESULTS).exists():
+                status.update(state="complete", reason="record complete; the job ended without reporting")
+            else:
+                status.update(state="failed", reason=error_from_log(status.get("log")) or gone)
         elif state == "pending" and final:
             status.update(state="not run", reason=plan.get("stopped") or "never started")
         cells.append(status)

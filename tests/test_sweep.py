@@ -373,3 +373,29 @@ def test_sbatch_array_reports_a_cell_killed_alone_but_not_one_stopped_with_its_b
     assert not (record / "cells" / "1.json").exists()  # still pending: the requeued task reports it
     summary = json.loads((record / "summary.json").read_text())
     assert [c["state"] for c in summary["cells"]] == ["failed", "pending"]
+
+
+def test_a_running_cell_whose_process_is_gone_is_failed_before_the_sweep_ends(tmp_path):
+    """A cell killed at a time limit of a non-requeued array (no end status, no summary of its own) must not show
+    'running' forever: a lock without a live holder, or no lock long after its start, means its process is gone."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record = tmp_path / "rec"
+    write_plan(record, [["seed=0"], ["seed=1"], ["seed=2"], ["seed=3"], ["seed=4"]], "sbatch", "s1")
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    long_ago = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 3600))
+    runs = [tmp_path / f"run{i}" for i in range(5)]
+    for run_dir in runs:
+        run_dir.mkdir()
+    live = HeartbeatLock(runs[0] / ".lock").acquire()  # cell 0 runs: its lock has a live holder
+    HeartbeatLock(runs[1] / ".lock")._create(runs[1] / ".lock")  # cell 1: a lock file, then its process died
+    owner = json.loads((runs[1] / ".lock").read_text())
+    (runs[1] / ".lock").write_text(json.dumps({**owner, "pid": int(dead.stdout)}))
+    for i, started in enumerate([long_ago, now, long_ago, now, long_ago]):
+        write_status(record, i, {"state": "running", "run_dir": str(runs[i]), "started": started})
+    (runs[4] / "results.csv").write_text("x\n")  # cell 4 finished its record, then was killed before reporting
+    try:
+        cells = gather(record)["cells"]
+    finally:
+        live.release()
+    assert [c["state"] for c in cells] == ["running", "failed", "failed", "running", "complete"], cells
+    assert "lock pid" in cells[1]["reason"] and "time limit" in cells[2]["reason"]
