@@ -218,6 +218,12 @@ class RowMapping:
             seen[rid] = loc
             task = self._text(here, row, "task") if need_task else str(self.default_task)
             response = self._text(here, row, "response")
+            if not response.strip():  # nothing to learn but the end token: a data error, not an example
+                key = self.columns["response"]
+                raise HarnessError(
+                    f"{here} has an empty response (field '{key}' is {response!r}); drop that row, give it a "
+                    f"response, or map another field with data.columns.response=<field>"
+                )
             prompt = self._prompt(here, row, {"id": rid, "task": task, "response": response})
             for col, value in zip(PUBLIC_COLUMNS, (rid, task, prompt, response)):
                 out[col].append(value)

@@ -129,6 +129,16 @@ def test_null_and_structured_values(tmp_path: Path) -> None:
     assert ok.examples.loc[0, "prompt"] == "a!"
 
 
+def test_empty_response(tmp_path: Path) -> None:
+    rows = [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": ""}, {"prompt": "e", "response": " \n"}]
+    message = error_of(load_jsonl_pool, write_jsonl(tmp_path / "pool.jsonl", rows))
+    assert "pool.jsonl line 2 has an empty response (field 'response' is '')" in message
+    assert "drop that row, give it a response" in message
+    renamed = [{"q": r["prompt"], "a": r["response"]} for r in (rows[0], rows[2])]
+    message = error_of(load_jsonl_pool, write_jsonl(tmp_path / "ws.jsonl", renamed), {"prompt": "q", "response": "a"})
+    assert "ws.jsonl line 2 has an empty response (field 'a' is ' \\n')" in message
+
+
 def test_empty_file(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
