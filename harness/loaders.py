@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.hub import looks_like_hub_id, offline_error, require_online
+from harness.hub import hub_offline, looks_like_hub_id, missing_local_data, offline_error, offline_mode, require_online
 from harness.pool import PUBLIC_COLUMNS, Pool
 
 DEFAULT_TEMPLATE = "{prompt}"
@@ -388,15 +388,16 @@ class _Source:
             require_online("data file", remote[0], "copy the data files to a local path and pass those as data_files")
 
     def _check_online(self) -> None:
-        """Offline, go on only where datasets is in offline mode too: it then reads its cache, never the network."""
+        """Offline (by a variable, or a hub that does not answer, as on a cluster's compute nodes), read the HF
+        datasets cache alone: go on where datasets is in offline mode or the cache holds the dataset, else fail now."""
         from datasets import config
 
-        try:
-            require_online("dataset", self.name, _OFFLINE_FIX)
-        except HarnessError:
-            if not config.HF_HUB_OFFLINE:
-                raise
-            self.cache_only = True
+        if not hub_offline():
+            return
+        kwargs = {"cache_dir": self.cache_dir} if self.cache_dir else None
+        if not config.HF_HUB_OFFLINE and missing_local_data(self.name, self.subset, kwargs) is not None:
+            raise offline_error("dataset", self.name, _OFFLINE_FIX)
+        self.cache_only = True
 
     def split(self, split: str) -> Any:
         """One split as a datasets.Dataset; a saved Dataset without splits stands for every split."""
@@ -405,14 +406,15 @@ class _Source:
         if self.saved_path is not None:
             return self._saved_split(split)
         try:
-            return datasets.load_dataset(
-                self.name,
-                self.subset,
-                split=split,
-                revision=self.revision,
-                data_files=self.data_files,
-                cache_dir=self.cache_dir,
-            )
+            with offline_mode(self.cache_only):  # cache only: no request that could wait on an unreachable hub
+                return datasets.load_dataset(
+                    self.name,
+                    self.subset,
+                    split=split,
+                    revision=self.revision,
+                    data_files=self.data_files,
+                    cache_dir=self.cache_dir,
+                )
         except Exception as e:
             if self.cache_only and isinstance(e, ConnectionError):  # not in the HF cache either
                 raise offline_error("dataset", self.name, _OFFLINE_FIX) from e

@@ -264,6 +264,50 @@ def test_hub_id_offline_never_calls_load_dataset(monkeypatch: pytest.MonkeyPatch
     assert "hub is offline" in error_of(load_hub_pool, "someone/some-dataset")
 
 
+def cache_as_hub_dataset(tmp_path: Path, repo: str, rows: list[dict]) -> str:
+    """A datasets cache holding `repo` as a download of it leaves it (prepared Arrow files): its folder."""
+    import datasets
+
+    cache = tmp_path / "hf_datasets"
+    built = tmp_path / "built"
+    datasets.load_dataset("json", data_files=str(write_jsonl(tmp_path / "src.jsonl", rows)), cache_dir=str(built))
+    prepared = next(p for p in (built / "json").glob("*/*/*") if p.is_dir())
+    owner, name = repo.split("/")
+    target = cache / f"{owner}___{name}" / "default" / "0.0.0" / prepared.name
+    target.mkdir(parents=True)
+    for f in prepared.iterdir():
+        (target / f.name.replace("json-", f"{name}-")).write_bytes(f.read_bytes())
+    return str(cache)
+
+
+def test_cached_hub_dataset_loads_where_the_hub_does_not_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_offline_env: None
+) -> None:
+    """A compute node without network and without HF_HUB_OFFLINE: the dataset downloaded earlier is read from the
+    cache, with the libraries in offline mode while it loads; one that was never downloaded is a one-line error."""
+    import datasets
+
+    rows = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(3)]
+    cache = cache_as_hub_dataset(tmp_path, "someone/tiny", rows)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(hub, "_probe_results", {})
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    load = datasets.load_dataset
+    modes = []
+
+    def recording(*args, **kwargs):
+        modes.append(datasets.config.HF_HUB_OFFLINE)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", recording)
+    pool = load_hub_pool("someone/tiny", cache_dir=cache)
+    assert pool.examples[["prompt", "response"]].to_dict("records") == rows and modes == [True]
+    assert datasets.config.HF_HUB_OFFLINE is False  # restored
+    message = error_of(load_hub_pool, "someone/other", cache_dir=cache)
+    assert "dataset 'someone/other' is not a local path and the Hugging Face hub is offline" in message
+    assert modes == [True]  # never tried
+
+
 def test_not_a_path_nor_hub_id(tmp_path: Path) -> None:
     message = error_of(load_hub_pool, str(tmp_path / "missing" / "folder"))
     assert "neither an existing local path nor a hub id" in message
