@@ -374,3 +374,116 @@ def test_looks_like_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.chdir(tmp_path)
     (tmp_path / "org" / "local").mkdir(parents=True)
     assert not hub.looks_like_hub_id("org/local")  # an existing folder is a path
+
+
+# ------------------------------------------------------------------------ validation from lm-eval tasks
+
+
+def task_folder(tmp_path: Path) -> Path:
+    """Two local lm-eval tasks scored on their test split, with 5 and 2 validation docs, and a group of both."""
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    mc = [{"q": f"Pick {i}:", "options": [f"a{i}", f"b{i}"], "label": i % 2} for i in range(8)]
+    gen = [{"q": f"Say {i}:", "answer": [f"s{i}", f"t{i}"]} for i in range(5)]
+    files = {
+        "mc": (write_jsonl(tmp_path / "mc_test.jsonl", mc[:3]), write_jsonl(tmp_path / "mc_val.jsonl", mc[3:])),
+        "gen": (write_jsonl(tmp_path / "gen_test.jsonl", gen[:3]), write_jsonl(tmp_path / "gen_val.jsonl", gen[3:])),
+    }
+    for kind, body in (
+        ("mc", "output_type: multiple_choice\ndoc_to_text: q\ndoc_to_choice: options\ndoc_to_target: label\n"),
+        ("gen", "output_type: generate_until\ndoc_to_text: q\ndoc_to_target: answer\n"),
+    ):
+        test, val = files[kind]
+        (folder / f"vt_{kind}.yaml").write_text(
+            f"task: vt_{kind}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {test}\n"
+            f"    validation: {val}\ntest_split: test\nvalidation_split: validation\n{body}"
+            "metric_list:\n  - metric: exact_match\nmetadata:\n  version: 1.0\n"
+        )
+    (folder / "vt_group.yaml").write_text("group: vt_group\ntask:\n  - vt_mc\n  - vt_gen\n")
+    return folder
+
+
+@pytest.fixture
+def datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+
+
+@pytest.mark.parametrize("count", [0, -2, 1.5, True, "5"])
+def test_validation_count_must_be_a_positive_whole_number(tmp_path: Path, count: object) -> None:
+    from harness.validation import from_lm_eval
+
+    message = error_of(from_lm_eval, {"vt_mc": count}, task_folder(tmp_path))
+    assert f"data.validation_tasks.vt_mc must be a whole number of examples >= 1, got {count!r}" in message
+
+
+def test_validation_from_a_group_fills_its_count_and_reads_the_cache_only_where_the_hub_does_not_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, datasets_cache: None, no_offline_env: None
+) -> None:
+    """6 from a group whose members have 5 and 2 docs: 4 and 2 (the short member's share goes to the other)."""
+    import datasets
+    import lm_eval.tasks
+
+    from harness.validation import from_lm_eval
+
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(hub, "_probe_results", {})
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    build, modes = lm_eval.tasks.get_task_dict, []
+
+    def recording(*args, **kwargs):
+        modes.append(datasets.config.HF_HUB_OFFLINE)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval.tasks, "get_task_dict", recording)
+    folder = task_folder(tmp_path)
+    frame = from_lm_eval({"vt_group": 6, "vt_mc": 2}, folder, seed=3)
+    assert modes == [True, True] and datasets.config.HF_HUB_OFFLINE is False
+    group = frame[frame["task"] == "vt_group"]
+    assert len(group) == 6 and len(frame) == 8 and frame["id"].is_unique
+    assert group["prompt"].str.startswith("Pick").sum() == 4 and set(
+        group.loc[group["prompt"].str.startswith("Say"), "response"]
+    ) == {"s3", "s4"}
+    answers = {f"Pick {i}:": f"{'ab'[i % 2]}{i}" for i in range(3, 8)}  # multiple choice: the gold choice's text
+    assert all(answers[p] == r for p, r in zip(frame["prompt"], frame["response"]) if p in answers)
+    assert frame.equals(from_lm_eval({"vt_group": 6, "vt_mc": 2}, folder, seed=3))
+
+
+class _Config:
+    test_split, validation_split, fewshot_split, training_split = "test", None, None, "train"
+
+
+class _PythonTask:
+    """A task written in Python whose docs come as a one-pass iterator and whose targets are lists."""
+
+    config = _Config()
+    OUTPUT_TYPE = "multiple_choice"
+
+    def training_docs(self):
+        return map(dict, [{"q": "x", "gold": [1, 0]}, {"q": "y", "gold": [0]}])
+
+    def doc_to_text(self, doc):
+        return doc["q"]
+
+    def doc_to_target(self, doc):
+        return doc["gold"]
+
+    def doc_to_choice(self, doc):
+        return ["no", "yes"]
+
+
+def test_validation_docs_from_an_iterator_and_list_targets() -> None:
+    from harness.validation import _docs, _example
+
+    task = _PythonTask()
+    docs = _docs(task)
+    assert [d["q"] for d in docs] == ["x", "y"]
+    assert [_example(task, d) for d in docs] == [("x", "yes"), ("y", "no")]
+
+
+def test_unknown_validation_task_names_the_fix(tmp_path: Path) -> None:
+    from harness.validation import from_lm_eval
+
+    message = error_of(from_lm_eval, {"vt_mcc": 3}, task_folder(tmp_path))
+    assert message.startswith("data.validation_tasks: unknown lm-eval task 'vt_mcc'; did you mean 'vt_mc'")
