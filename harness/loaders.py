@@ -21,7 +21,16 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.hub import hub_offline, looks_like_hub_id, missing_local_data, offline_error, offline_mode, require_online
+from harness.hub import (
+    data_file_list,
+    hub_offline,
+    looks_like_hub_id,
+    missing_local_data,
+    offline_error,
+    offline_mode,
+    packaged_builder,
+    require_online,
+)
 from harness.pool import PUBLIC_COLUMNS, Pool
 
 DEFAULT_TEMPLATE = "{prompt}"
@@ -323,15 +332,7 @@ def _is_saved_dataset(path: Path) -> bool:
 
 def _remote_files(data_files: Any) -> list[str]:
     """The data_files entries that are URLs (and so need the network)."""
-    if data_files is None:
-        return []
-    if isinstance(data_files, (str, os.PathLike)):
-        items: list[Any] = [data_files]
-    elif isinstance(data_files, Mapping):
-        items = [f for v in data_files.values() for f in ([v] if isinstance(v, (str, os.PathLike)) else list(v))]
-    else:
-        items = list(data_files)
-    return [str(f) for f in items if str(f).startswith(_REMOTE_PREFIXES)]
+    return [f for f in data_file_list(data_files) if f.startswith(_REMOTE_PREFIXES)]
 
 
 def _builder_for_file(path: Path) -> str | None:
@@ -361,8 +362,6 @@ class _Source:
         self.saved_path = path if path.is_dir() and _is_saved_dataset(path) else None
         if self.saved_path is not None:
             return
-        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
-
         if path.is_file():
             builder = _builder_for_file(path)
             if builder is None:
@@ -371,7 +370,7 @@ class _Source:
                     f"or .txt file (optionally compressed)"
                 )
             self.name, self.data_files = builder, str(path)
-        elif name in _PACKAGED_DATASETS_MODULES:
+        elif packaged_builder(name):
             if isinstance(data_files, (str, os.PathLike)):
                 self.stem = _jsonl_stem(Path(data_files))
         elif path.is_dir():

@@ -14,7 +14,7 @@ from harness.errors import HarnessError
 from harness.loaders import load_hub_pool, load_jsonl_pool
 from harness.pool import PUBLIC_COLUMNS
 
-OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+OFFLINE_VARS = hub.OFFLINE_ENV_VARS
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 ALPACA = [
@@ -364,6 +364,20 @@ def test_hub_offline_probe_unreachable_is_fast_and_cached(
     assert time.monotonic() - start < 5
     monkeypatch.setattr(hub, "_reachable", lambda *a, **k: pytest.fail("the probe result is cached per process"))
     assert hub.hub_offline() is True
+
+
+def test_data_files_in_any_form(tmp_path: Path) -> None:
+    """One reading of datasets' data_files (a path, a list, a mapping such as a Hydra config) for both checks."""
+    from omegaconf import OmegaConf
+
+    local = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "p", "response": "r"}])
+    for files in (str(local), [str(local)], {"test": str(local)}, OmegaConf.create({"test": [str(local)]})):
+        assert hub.data_file_list(files) == [str(local)]
+        assert hub.missing_local_data("json", None, {"data_files": files}) is None
+    remote = OmegaConf.create({"train": [str(local), "https://example.org/x.jsonl"]})
+    assert "URL" in hub.missing_local_data("json", None, {"data_files": remote})
+    assert "data file 'https://example.org/x.jsonl'" in error_of(load_hub_pool, "json", data_files=remote)
+    assert hub.packaged_builder("json") and hub.packaged_builder("xml") and not hub.packaged_builder("org/json")
 
 
 def test_looks_like_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
