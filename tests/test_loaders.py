@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -239,14 +238,12 @@ def test_hub_pool_through_json_builder(tmp_path: Path) -> None:
     assert "cannot load dataset 'json' split 'train'" in message and "gone.jsonl" in message
 
 
-def test_hub_id_offline_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_id_offline_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
     for datasets_offline in (True, False):  # datasets' own offline flag: cache lookup only / not even that
         monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", datasets_offline)
-        start = time.monotonic()
         message = error_of(load_hub_pool, "someone/some-dataset")
-        assert time.monotonic() - start < 5
         assert message.startswith(
             "dataset 'someone/some-dataset' is not a local path and the Hugging Face hub is offline "
             "(HF_HUB_OFFLINE=1 / no network); "
@@ -355,13 +352,9 @@ def test_hub_offline_probe_reachable(monkeypatch: pytest.MonkeyPatch, no_offline
         assert not hub.offline_by_env() and hub.hub_offline() is False
 
 
-def test_hub_offline_probe_unreachable_is_fast_and_cached(
-    monkeypatch: pytest.MonkeyPatch, no_offline_env: None
-) -> None:
+def test_hub_offline_probe_unreachable_is_cached(monkeypatch: pytest.MonkeyPatch, no_offline_env: None) -> None:
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
-    start = time.monotonic()
     assert hub.hub_offline() is True
-    assert time.monotonic() - start < 5
     monkeypatch.setattr(hub, "_reachable", lambda *a, **k: pytest.fail("the probe result is cached per process"))
     assert hub.hub_offline() is True
 
