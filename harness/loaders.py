@@ -8,8 +8,10 @@ the row's fields) builds the prompt; missing ids are generated, a missing task f
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
+import lzma
 import math
 import os
 import string
@@ -255,8 +257,12 @@ def _jsonl_stem(path: Path) -> str:
     return name
 
 
+_OPENERS: dict[str, Callable[..., Any]] = {"": open, ".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+"""How the JSONL loader opens a file, by its compression suffix (Python reads these without extra packages)."""
+
+
 def _read_jsonl(path: Path, label: str, role: str, key: str) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, parsed value) for every non-blank line of a JSONL file (gzip when it ends in .gz)."""
+    """Yield (line number, parsed value) for every non-blank line of a JSONL file (.gz, .bz2, .xz: decompressed)."""
     if not path.exists():
         raise HarnessError(
             f"{role} file '{label}' not found (looked at {path.resolve()}); set {key} to an existing JSONL file"
@@ -266,7 +272,13 @@ def _read_jsonl(path: Path, label: str, role: str, key: str) -> Iterator[tuple[i
             f"{role} file '{label}' is a directory; set {key} to a JSONL file "
             f"(a datasets folder or data files folder loads through the hub loader instead)"
         )
-    opener = gzip.open if path.name.endswith(".gz") else open
+    suffix = next((x for x in _COMPRESSION_SUFFIXES if path.name.endswith(x)), "")
+    if suffix not in _OPENERS:
+        raise HarnessError(
+            f"{role} file '{label}' is {suffix} compressed, which the JSONL loader cannot read; decompress it, or "
+            f"load it through the hub loader (data=hub data.dataset={label})"
+        )
+    opener = _OPENERS[suffix]
     try:
         with opener(path, "rb") as handle:
             for lineno, raw in enumerate(handle, start=1):
@@ -283,7 +295,7 @@ def _read_jsonl(path: Path, label: str, role: str, key: str) -> Iterator[tuple[i
                         f"{label} line {lineno} is not valid JSON ({e.msg} at column {e.colno}); "
                         f"write one JSON object per line"
                     ) from None
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, lzma.LZMAError) as e:
         raise HarnessError(
             f"cannot read {role} file '{label}' ({_one_line(e)}); check the file and its permissions"
         ) from None

@@ -147,6 +147,26 @@ def test_empty_file(tmp_path: Path) -> None:
     assert "has no examples" in error_of(load_jsonl_pool, blank)
 
 
+def test_compressed_jsonl(tmp_path: Path) -> None:
+    import bz2
+    import gzip
+    import lzma
+
+    rows = [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]
+    text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    for suffix, compress in ((".gz", gzip.compress), (".bz2", bz2.compress), (".xz", lzma.compress)):
+        path = tmp_path / f"pool.jsonl{suffix}"
+        path.write_bytes(compress(text))
+        pool = load_jsonl_pool(path)
+        assert pool.examples[["prompt", "response"]].to_dict("records") == rows and pool.name == "pool"
+        path.write_bytes(compress(text)[:-8])  # cut short
+        assert f"cannot read pool file '{path}'" in error_of(load_jsonl_pool, path)
+    zst = tmp_path / "pool.jsonl.zst"
+    zst.write_bytes(b"\x28\xb5\x2f\xfd" + text)
+    message = error_of(load_jsonl_pool, zst)
+    assert "is .zst compressed, which the JSONL loader cannot read; decompress it" in message
+
+
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     message = error_of(load_jsonl_pool, tmp_path / "nope.jsonl")
     assert "nope.jsonl' not found" in message and "data.path" in message
