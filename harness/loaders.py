@@ -429,10 +429,13 @@ class _Source:
         except Exception as e:
             if self.cache_only and isinstance(e, ConnectionError):  # not in the HF cache either
                 raise offline_error("dataset", self.name, _OFFLINE_FIX) from e
-            raise HarnessError(
-                f"cannot load dataset '{self.label}' split '{split}' ({_describe(e)}); "
-                f"check the dataset name, subset, split and data_files"
-            ) from e
+            described = _describe(e)
+            fix = "check the dataset name, subset, split and data_files"
+            if "gated dataset" in described:  # the job needs a token, which a batch job does not get from a login
+                fix = (
+                    "log in with an account that has access (hf auth login), or pass HF_TOKEN to the job's environment"
+                )
+            raise HarnessError(f"cannot load dataset '{self.label}' split '{split}' ({described}); {fix}") from e
 
     def _saved_split(self, split: str) -> Any:
         import datasets

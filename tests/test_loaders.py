@@ -325,6 +325,24 @@ def test_cached_hub_dataset_loads_where_the_hub_does_not_answer(
     assert modes == [True]  # never tried
 
 
+def test_gated_hub_dataset_names_the_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    def gated(path, *args, **kwargs):
+        raise DatasetNotFoundError(f"Dataset '{path}' is a gated dataset on the Hub. You must be authenticated.")
+
+    monkeypatch.setattr("harness.loaders.hub_offline", lambda: False)
+    monkeypatch.setattr(datasets, "load_dataset", gated)
+    message = error_of(load_hub_pool, "org/gated")
+    assert (
+        "cannot load dataset 'org/gated' split 'train' (DatasetNotFoundError: Dataset 'org/gated' is a gated" in message
+    )
+    assert message.endswith(
+        "log in with an account that has access (hf auth login), or pass HF_TOKEN to the job's environment"
+    )
+
+
 def test_not_a_path_nor_hub_id(tmp_path: Path) -> None:
     message = error_of(load_hub_pool, str(tmp_path / "missing" / "folder"))
     assert "neither an existing local path nor a hub id" in message
