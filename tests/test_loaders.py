@@ -88,6 +88,32 @@ def test_ids_generated_when_absent(tmp_path: Path) -> None:
     assert list(load_jsonl_pool(path, default_task="chat").examples["task"]) == ["chat"] * 3
 
 
+def test_fingerprint_follows_what_is_trained_on(tmp_path: Path) -> None:
+    """Any change to the text, tasks, ids, order, validation, delimiter or chat template changes the fingerprint;
+    fields the mapping does not read, the pool's name and the file's folder do not."""
+    rows = [{"id": f"e{i}", "task": "t", "prompt": f"p{i}", "response": f"r{i}", "note": i} for i in range(3)]
+    val = write_jsonl(tmp_path / "val.jsonl", [{"task": "t", "prompt": "v", "response": "w"}])
+
+    def print_of(rows: list[dict], folder: str = "a", **kwargs) -> str:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        return load_jsonl_pool(write_jsonl(tmp_path / folder / "pool.jsonl", rows), **kwargs).fingerprint()
+
+    base = print_of(rows)
+    assert print_of([{**r, "note": -1} for r in rows], "b", name="other") == base
+    changed = [
+        print_of([{**rows[0], "response": "x"}, *rows[1:]]),
+        print_of([{**rows[0], "prompt": "x"}, *rows[1:]]),
+        print_of([{**rows[0], "task": "u"}, *rows[1:]]),
+        print_of([{**rows[0], "id": "x"}, *rows[1:]]),
+        print_of(rows[::-1]),
+        print_of(rows, template="Q: {prompt}"),
+        print_of(rows, validation_path=val),
+        print_of(rows, delimiter="\n"),
+        print_of(rows, chat_template=True),
+    ]
+    assert len({base, *changed}) == len(changed) + 1
+
+
 def test_missing_field_names_line_and_fix(tmp_path: Path) -> None:
     rows = [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}, {"prompt": "e"}]
     path = write_jsonl(tmp_path / "pool.jsonl", rows)
