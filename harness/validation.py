@@ -16,6 +16,7 @@ import pandas as pd
 
 from harness.errors import HarnessError, first_line
 from harness.hub import hub_offline, offline_mode
+from harness.pool import PUBLIC_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -130,4 +131,4 @@ def from_lm_eval(wanted: dict[str, int], include_path: Any = None, seed: int = 0
             for i in rng.permutation(len(docs))[:q]:
                 prompt, response = _example(task, docs[int(i)])
                 rows.append({"id": f"val-{name}-{len(rows)}", "task": name, "prompt": prompt, "response": response})
-    return pd.DataFrame(rows, columns=["id", "task", "prompt", "response"])
+    return pd.DataFrame(rows, columns=list(PUBLIC_COLUMNS))
