@@ -9,7 +9,7 @@ import re
 import socket
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -142,16 +142,21 @@ def disable_telemetry() -> None:
         sys.modules["huggingface_hub.constants"].HF_HUB_DISABLE_TELEMETRY = True
 
 
-_PACKAGED_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas", "imagefolder", "audiofolder", "webdataset")
+def packaged_builder(name: str) -> bool:
+    """True for a datasets generic builder (json, csv, parquet, ...): it reads data_files, not a hub repo."""
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    return name in _PACKAGED_DATASETS_MODULES
 
 
-def _data_file_list(data_files: object) -> list[str]:
+def data_file_list(data_files: object) -> list[str]:
+    """Every file a datasets data_files argument names: one path, a list, or a mapping split -> path(s)."""
     if data_files is None:
         return []
     if isinstance(data_files, (str, os.PathLike)):
         return [str(data_files)]
-    if isinstance(data_files, dict):
-        return [f for v in data_files.values() for f in _data_file_list(v)]
+    if isinstance(data_files, Mapping):
+        return [f for v in data_files.values() for f in data_file_list(v)]
     return [str(f) for f in data_files]  # type: ignore[attr-defined]
 
 
@@ -163,9 +168,9 @@ def missing_local_data(path: str, name: str | None = None, kwargs: dict | None =
     data_files on disk; a hub dataset needs a prepared copy in the HF datasets cache (or its hub snapshot).
     """
     kwargs = dict(kwargs or {})
-    files = _data_file_list(kwargs.get("data_files"))
+    files = data_file_list(kwargs.get("data_files"))
     local = Path(os.path.expanduser(path))
-    if path in _PACKAGED_BUILDERS or local.exists():
+    if packaged_builder(path) or local.exists():
         for f in files:
             if re.match(r"^[a-z][a-z0-9+]*://", f):
                 return f"data file {f} (a URL)"

@@ -8,8 +8,10 @@ the row's fields) builds the prompt; missing ids are generated, a missing task f
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
+import lzma
 import math
 import os
 import string
@@ -21,7 +23,16 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.hub import looks_like_hub_id, offline_error, require_online
+from harness.hub import (
+    data_file_list,
+    hub_offline,
+    looks_like_hub_id,
+    missing_local_data,
+    offline_error,
+    offline_mode,
+    packaged_builder,
+    require_online,
+)
 from harness.pool import PUBLIC_COLUMNS, Pool
 
 DEFAULT_TEMPLATE = "{prompt}"
@@ -218,6 +229,12 @@ class RowMapping:
             seen[rid] = loc
             task = self._text(here, row, "task") if need_task else str(self.default_task)
             response = self._text(here, row, "response")
+            if not response.strip():  # nothing to learn but the end token: a data error, not an example
+                key = self.columns["response"]
+                raise HarnessError(
+                    f"{here} has an empty response (field '{key}' is {response!r}); drop that row, give it a "
+                    f"response, or map another field with data.columns.response=<field>"
+                )
             prompt = self._prompt(here, row, {"id": rid, "task": task, "response": response})
             for col, value in zip(PUBLIC_COLUMNS, (rid, task, prompt, response)):
                 out[col].append(value)
@@ -240,8 +257,12 @@ def _jsonl_stem(path: Path) -> str:
     return name
 
 
+_OPENERS: dict[str, Callable[..., Any]] = {"": open, ".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+"""How the JSONL loader opens a file, by its compression suffix (Python reads these without extra packages)."""
+
+
 def _read_jsonl(path: Path, label: str, role: str, key: str) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, parsed value) for every non-blank line of a JSONL file (gzip when it ends in .gz)."""
+    """Yield (line number, parsed value) for every non-blank line of a JSONL file (.gz, .bz2, .xz: decompressed)."""
     if not path.exists():
         raise HarnessError(
             f"{role} file '{label}' not found (looked at {path.resolve()}); set {key} to an existing JSONL file"
@@ -251,7 +272,13 @@ def _read_jsonl(path: Path, label: str, role: str, key: str) -> Iterator[tuple[i
             f"{role} file '{label}' is a directory; set {key} to a JSONL file "
             f"(a datasets folder or data files folder loads through the hub loader instead)"
         )
-    opener = gzip.open if path.name.endswith(".gz") else open
+    suffix = next((x for x in _COMPRESSION_SUFFIXES if path.name.endswith(x)), "")
+    if suffix not in _OPENERS:
+        raise HarnessError(
+            f"{role} file '{label}' is {suffix} compressed, which the JSONL loader cannot read; decompress it, or "
+            f"load it through the hub loader (data=hub data.dataset={label})"
+        )
+    opener = _OPENERS[suffix]
     try:
         with opener(path, "rb") as handle:
             for lineno, raw in enumerate(handle, start=1):
@@ -268,7 +295,7 @@ def _read_jsonl(path: Path, label: str, role: str, key: str) -> Iterator[tuple[i
                         f"{label} line {lineno} is not valid JSON ({e.msg} at column {e.colno}); "
                         f"write one JSON object per line"
                     ) from None
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, lzma.LZMAError) as e:
         raise HarnessError(
             f"cannot read {role} file '{label}' ({_one_line(e)}); check the file and its permissions"
         ) from None
@@ -317,15 +344,7 @@ def _is_saved_dataset(path: Path) -> bool:
 
 def _remote_files(data_files: Any) -> list[str]:
     """The data_files entries that are URLs (and so need the network)."""
-    if data_files is None:
-        return []
-    if isinstance(data_files, (str, os.PathLike)):
-        items: list[Any] = [data_files]
-    elif isinstance(data_files, Mapping):
-        items = [f for v in data_files.values() for f in ([v] if isinstance(v, (str, os.PathLike)) else list(v))]
-    else:
-        items = list(data_files)
-    return [str(f) for f in items if str(f).startswith(_REMOTE_PREFIXES)]
+    return [f for f in data_file_list(data_files) if f.startswith(_REMOTE_PREFIXES)]
 
 
 def _builder_for_file(path: Path) -> str | None:
@@ -355,8 +374,6 @@ class _Source:
         self.saved_path = path if path.is_dir() and _is_saved_dataset(path) else None
         if self.saved_path is not None:
             return
-        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
-
         if path.is_file():
             builder = _builder_for_file(path)
             if builder is None:
@@ -365,7 +382,7 @@ class _Source:
                     f"or .txt file (optionally compressed)"
                 )
             self.name, self.data_files = builder, str(path)
-        elif name in _PACKAGED_DATASETS_MODULES:
+        elif packaged_builder(name):
             if isinstance(data_files, (str, os.PathLike)):
                 self.stem = _jsonl_stem(Path(data_files))
         elif path.is_dir():
@@ -382,15 +399,16 @@ class _Source:
             require_online("data file", remote[0], "copy the data files to a local path and pass those as data_files")
 
     def _check_online(self) -> None:
-        """Offline, go on only where datasets is in offline mode too: it then reads its cache, never the network."""
+        """Offline (by a variable, or a hub that does not answer, as on a cluster's compute nodes), read the HF
+        datasets cache alone: go on where datasets is in offline mode or the cache holds the dataset, else fail now."""
         from datasets import config
 
-        try:
-            require_online("dataset", self.name, _OFFLINE_FIX)
-        except HarnessError:
-            if not config.HF_HUB_OFFLINE:
-                raise
-            self.cache_only = True
+        if not hub_offline():
+            return
+        kwargs = {"cache_dir": self.cache_dir} if self.cache_dir else None
+        if not config.HF_HUB_OFFLINE and missing_local_data(self.name, self.subset, kwargs) is not None:
+            raise offline_error("dataset", self.name, _OFFLINE_FIX)
+        self.cache_only = True
 
     def split(self, split: str) -> Any:
         """One split as a datasets.Dataset; a saved Dataset without splits stands for every split."""
@@ -399,21 +417,25 @@ class _Source:
         if self.saved_path is not None:
             return self._saved_split(split)
         try:
-            return datasets.load_dataset(
-                self.name,
-                self.subset,
-                split=split,
-                revision=self.revision,
-                data_files=self.data_files,
-                cache_dir=self.cache_dir,
-            )
+            with offline_mode(self.cache_only):  # cache only: no request that could wait on an unreachable hub
+                return datasets.load_dataset(
+                    self.name,
+                    self.subset,
+                    split=split,
+                    revision=self.revision,
+                    data_files=self.data_files,
+                    cache_dir=self.cache_dir,
+                )
         except Exception as e:
             if self.cache_only and isinstance(e, ConnectionError):  # not in the HF cache either
                 raise offline_error("dataset", self.name, _OFFLINE_FIX) from e
-            raise HarnessError(
-                f"cannot load dataset '{self.label}' split '{split}' ({_describe(e)}); "
-                f"check the dataset name, subset, split and data_files"
-            ) from e
+            described = _describe(e)
+            fix = "check the dataset name, subset, split and data_files"
+            if "gated dataset" in described:  # the job needs a token, which a batch job does not get from a login
+                fix = (
+                    "log in with an account that has access (hf auth login), or pass HF_TOKEN to the job's environment"
+                )
+            raise HarnessError(f"cannot load dataset '{self.label}' split '{split}' ({described}); {fix}") from e
 
     def _saved_split(self, split: str) -> Any:
         import datasets
