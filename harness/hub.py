@@ -195,6 +195,17 @@ def missing_local_data(path: str, name: str | None = None, kwargs: dict | None =
     return f"dataset '{path}'" + (f" ({name})" if name else "") + f" in the HF datasets cache ({cache})"
 
 
+def cached_model(repo_id: str, revision: str | None = None) -> bool:
+    """Whether a hub model's config.json is in the local HF hub cache (at that revision): checked without network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except ValueError:  # not a valid repo id or revision
+        return False
+    return isinstance(found, str)
+
+
 def looks_like_hub_id(name: str) -> bool:
     """True when name reads as a hub repo id ("owner/name" or "name") and is not an existing local path."""
     if not isinstance(name, str) or not name or os.path.exists(os.path.expanduser(name)):

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from harness.errors import HarnessError, first_line
-from harness.hub import require_online
+from harness.hub import cached_model, hub_offline, offline_error, offline_mode
 from harness.pool import Pool
 from harness.storage import atomic_dir
 
@@ -71,25 +71,35 @@ def scratch_tokenizer(pool: Pool, model_cfg: DictConfig, cache_dir: Path) -> Pre
     return PreTrainedTokenizerFast.from_pretrained(path)
 
 
-def _check_pretrained(name_or_path: str) -> None:
-    if not Path(name_or_path).expanduser().exists():
-        require_online(
-            "model",
-            name_or_path,
-            "download it where there is network (huggingface-cli download) "
-            "or set model.name_or_path to a local directory",
-        )
+def _cache_only(model_cfg: DictConfig) -> bool:
+    """Whether a pretrained model loads from the local HF cache only: a hub id where the hub is offline (a cluster
+    compute node) and the model was downloaded before. One that was not fails here, before anything waits."""
+    name = str(model_cfg.name_or_path)
+    if Path(name).expanduser().exists() or not hub_offline():
+        return False
+    if cached_model(name, model_cfg.revision):
+        return True
+    raise offline_error(
+        "model",
+        name,
+        "download it once where there is network, with the same HF_HOME (hf download "
+        f"{name}), or set model.name_or_path to a local directory",
+    )
 
 
 def load_tokenizer(pool: Pool, model_cfg: DictConfig, cache_dir: Path) -> PreTrainedTokenizerBase:
     """The tokenizer for the configured model; a pad token is guaranteed."""
     if model_cfg.source == "scratch":
         return scratch_tokenizer(pool, model_cfg, cache_dir)
-    _check_pretrained(model_cfg.name_or_path)
+    cache_only = _cache_only(model_cfg)
     try:
-        tok = AutoTokenizer.from_pretrained(
-            model_cfg.name_or_path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
-        )
+        with offline_mode(cache_only):
+            tok = AutoTokenizer.from_pretrained(
+                model_cfg.name_or_path,
+                revision=model_cfg.revision,
+                trust_remote_code=model_cfg.trust_remote_code,
+                local_files_only=cache_only,
+            )
     except OSError as exc:
         raise HarnessError(
             f"cannot load a tokenizer from model '{model_cfg.name_or_path}': {first_line(exc)}; "
@@ -152,14 +162,16 @@ def build_model(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, init_
             model = LlamaForCausalLM(config)
         model.to(resolve_dtype(model_cfg.dtype))
     else:
-        _check_pretrained(model_cfg.name_or_path)
+        cache_only = _cache_only(model_cfg)
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                model_cfg.name_or_path,
-                revision=model_cfg.revision,
-                dtype=resolve_dtype(model_cfg.dtype),
-                trust_remote_code=model_cfg.trust_remote_code,
-            )
+            with offline_mode(cache_only):
+                model = AutoModelForCausalLM.from_pretrained(
+                    model_cfg.name_or_path,
+                    revision=model_cfg.revision,
+                    dtype=resolve_dtype(model_cfg.dtype),
+                    trust_remote_code=model_cfg.trust_remote_code,
+                    local_files_only=cache_only,
+                )
         except OSError as exc:
             raise HarnessError(
                 f"cannot load model '{model_cfg.name_or_path}': {first_line(exc)}; check model.name_or_path"
@@ -176,7 +188,7 @@ def meta_model(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase | None 
     config asks: counts parameters and names the trainable ones before anything is trained or downloaded."""
     from transformers import AutoConfig
 
-    from harness.hub import looks_like_hub_id, offline_by_env
+    from harness.hub import looks_like_hub_id
 
     if model_cfg.source == "scratch":
         config = scratch_config(model_cfg, tokenizer)
@@ -187,7 +199,7 @@ def meta_model(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase | None 
                 name,
                 revision=model_cfg.revision,
                 trust_remote_code=model_cfg.trust_remote_code,
-                local_files_only=offline_by_env() or not looks_like_hub_id(name),
+                local_files_only=hub_offline() or not looks_like_hub_id(name),
             )
         except (OSError, ValueError) as exc:
             raise HarnessError(

@@ -95,3 +95,28 @@ def test_end_to_end_with_a_local_model_directory_and_lora(harness_cli, tmp_path,
     manifest = json.loads(runs[0].read_text())
     assert manifest["status"] == "complete" and manifest["model"] == str(saved_model).strip("/").replace("/", "_")
     assert (runs[0].parent / "results.csv").is_file()
+
+
+def test_a_hub_model_in_the_local_cache_loads_where_the_hub_is_offline(pool, saved_model, tmp_path, monkeypatch):
+    """A cluster compute node: no network (HF_HUB_OFFLINE=1, as the tests set), the model downloaded before into the
+    shared HF cache. It loads from the cache, by hub id; a model not in the cache is one line naming the fix."""
+    import shutil
+
+    import huggingface_hub.constants as hub_constants
+
+    from harness.errors import HarnessError
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-llama"
+    shutil.copytree(saved_model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    cfg = hf_cfg("someone/tiny-llama", lora=False)
+    tok = load_tokenizer(pool, cfg, tmp_path)
+    model = build_model(cfg, tok, init_seed=0)
+    reference = LlamaForCausalLM.from_pretrained(saved_model)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    assert modeling.meta_model(cfg, tok).config.hidden_size == reference.config.hidden_size
+    with pytest.raises(HarnessError, match="someone/other-model' is not a local path .*hf download someone/other-model"):
+        load_tokenizer(pool, hf_cfg("someone/other-model", lora=False), tmp_path)
