@@ -17,6 +17,8 @@ from typing import Any
 _EXPORTS = {
     "EvalOutcome": "runner",
     "evaluate": "runner",
+    "check_chat_template": "runner",
+    "FEWSHOT_SEED": "settings",
     "EvalSchema": "settings",
     "evaluate_options": "settings",
     "check_tasks": "tasks",

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.evaluation.testbed_tasks import TESTBED_PREFIX, is_generative, testbed_task_configs
+from harness.evaluation.settings import cfg_get, chosen_shots, evaluate_options
+from harness.evaluation.testbed_tasks import (
+    TESTBED_PREFIX,
+    fewshot_source,
+    is_generative,
+    task_definition,
+    testbed_task_configs,
+)
 from harness.hub import missing_local_data, offline_reason
 from harness.pool import EVAL_COLUMNS, Pool
 
@@ -27,15 +34,6 @@ log = logging.getLogger(__name__)
 
 LookupFn = Callable[[str], "tuple[str, dict[str, Any], set[str]] | None"]
 """name -> (kind 'task' | 'group' | 'tag', config, tag members), or None when unknown."""
-
-
-def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-    """cfg[key] for a dict or DictConfig, attribute access otherwise; None counts as absent."""
-    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
-        value = cfg.get(key, default)
-    else:
-        value = getattr(cfg, key, default)
-    return default if value is None else value
 
 
 def include_paths(include_path: Any) -> tuple[str, ...]:
@@ -298,6 +296,7 @@ def _testbed_tasks(eval_cfg: Any, pool: Pool, cache: Path) -> list[dict]:
     else:  # by default the multiple-choice tasks; generative ones only when asked for
         wanted = [t for t in available if not is_generative(t)]
     check_fewshot_keys(cfg_get(eval_cfg, "fewshot", {}), {*wanted, *(TESTBED_PREFIX + w for w in wanted)})
+    _check_testbed_shots(wanted, eval_cfg, pool)
     items = items[items["task"].isin(wanted)]
     digest = hashlib.sha256(pool.delimiter.encode())
     for row in items[list(EVAL_COLUMNS)].itertuples(index=False):
@@ -308,6 +307,27 @@ def _testbed_tasks(eval_cfg: Any, pool: Pool, cache: Path) -> list[dict]:
         digest.update(json.dumps([str(v) for v in row]).encode())
     data_dir = Path(cache).expanduser().resolve() / "eval_data" / digest.hexdigest()[:16]
     return testbed_task_configs(items, pool.delimiter, data_dir, pool.validation)
+
+
+def _check_testbed_shots(wanted: list[str], eval_cfg: Any, pool: Pool) -> None:
+    """Few-shot examples of a testbed task come from the pool's validation examples of its skill: a one-line
+    HarnessError when there are none (lm-eval would draw them from the evaluation items) or too few."""
+    per_task = {str(k): v for k, v in cfg_get(eval_cfg, "fewshot", {}).items()}
+    num_fewshot = cfg_get(eval_cfg, "num_fewshot")
+    counts = pool.validation["task"].value_counts() if len(pool.validation) else {}
+    for task in wanted:
+        own = task_definition(task).get("num_fewshot")
+        shots = chosen_shots([TESTBED_PREFIX + task, task], per_task, num_fewshot, own, default_only=True)
+        shots = own if shots is None else shots
+        source = fewshot_source(task)
+        have = int(counts.get(source, 0))
+        if shots and have < shots:
+            what = "no validation examples" if not have else f"only {have} validation examples"
+            raise HarnessError(
+                f"testbed task '{task}' is to be evaluated {shots}-shot, but the pool has {what} of '{source}' "
+                f"(its few-shot examples, never evaluation items); lower eval.fewshot.{task} / eval.num_fewshot, "
+                f"or raise data.n_validation_per_task"
+            )
 
 
 def _offline_fix(pool: Pool) -> str:
@@ -321,6 +341,7 @@ def _offline_fix(pool: Pool) -> str:
 def resolve_tasks(eval_cfg: Any, pool: Pool, cache: Path) -> list[str | dict]:
     """The tasks an `eval` config names, checked before any training: testbed task dicts or lm-eval names."""
     suite = str(cfg_get(eval_cfg, "suite", "testbed"))
+    evaluate_options(eval_cfg, pool)  # values evaluation would only fail on after training
     if suite == "testbed":
         return _testbed_tasks(eval_cfg, pool, cache)
     if suite != "lm_eval":
