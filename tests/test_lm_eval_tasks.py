@@ -309,3 +309,25 @@ def test_items_of_a_task_with_one_context_per_choice_have_its_gold(tmp_path):
     assert (items["n_choices"] == 2).all()
     assert (items["correct"] == (items["pred"] == items["gold"])).all()
     assert (items["acc"] == items["correct"].astype(float)).all()
+
+
+def test_tasks_fingerprint_follows_the_users_task_files_and_data(tmp_path):
+    """The cell identity names tasks only: editing one's own task YAML or its data must show in the fingerprint a
+    record stores, or an old record would be reused for the edited task."""
+    from harness.evaluation import tasks_fingerprint
+
+    data = tmp_path / "items.jsonl"
+    data.write_text(json.dumps({"question": "q", "options": ["a", "b"], "label": 0}) + "\n")
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    _write_task(folder, "my_a", data)
+    first = tasks_fingerprint(["my_a"], str(folder))
+    assert first == tasks_fingerprint(["my_a"], str(folder))
+    data.write_text(json.dumps({"question": "q", "options": ["a", "b"], "label": 1}) + "\n")
+    second = tasks_fingerprint(["my_a"], str(folder))
+    _write_task(folder, "my_a", data, "num_fewshot: 0\n")
+    third = tasks_fingerprint(["my_a"], str(folder))
+    assert len({first, second, third}) == 3
+    testbed = {"task": "testbed_add", "dataset_kwargs": {"data_files": {"test": "/cache/eval_data/abc/add.jsonl"}}}
+    other = {**testbed, "target_delimiter": "\n"}
+    assert tasks_fingerprint([testbed]) != tasks_fingerprint([other]) != third

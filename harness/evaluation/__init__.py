@@ -23,6 +23,7 @@ _EXPORTS = {
     "evaluate_options": "settings",
     "check_tasks": "tasks",
     "resolve_tasks": "tasks",
+    "tasks_fingerprint": "tasks",
     "TESTBED_PREFIX": "testbed_tasks",
     "TESTBED_TASK_DIR": "testbed_tasks",
     "is_generative": "testbed_tasks",

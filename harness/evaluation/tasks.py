@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import glob
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -27,7 +29,7 @@ from harness.evaluation.testbed_tasks import (
     task_definition,
     testbed_task_configs,
 )
-from harness.hub import missing_local_data, offline_reason
+from harness.hub import _data_file_list, missing_local_data, offline_reason
 from harness.pool import EVAL_COLUMNS, Pool
 
 log = logging.getLogger(__name__)
@@ -371,3 +373,42 @@ def resolve_tasks(eval_cfg: Any, pool: Pool, cache: Path) -> list[str | dict]:
     if reason is not None and not scanned:
         check_task_data(names, full, reason, _offline_fix(pool))
     return names
+
+
+# --------------------------------------------------------------------------- what evaluation reads, as one hash
+
+
+def _file_digest(digest: Any, path: Path) -> None:
+    digest.update(str(path).encode() + b"\0")
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+
+
+def tasks_fingerprint(tasks: list[str | dict], include_path: Any = None) -> str:
+    """sha256 of what evaluation reads besides the model: lm-eval's version (its built-in tasks), the task dicts as
+    given (the testbed's name a content-addressed data folder), and the user's own task folders (their YAML and
+    Python files) with the local data files their named tasks read. Stored with a run record, it tells a record
+    made from since-edited tasks or data apart from a current one (the cell's identity holds only the names)."""
+    digest = hashlib.sha256(importlib.metadata.version("lm_eval").encode())
+    for task in tasks:
+        digest.update(json.dumps(task, sort_keys=True, default=str).encode() + b"\0")
+    include = include_paths(include_path)
+    for root in include:
+        for folder, dirs, files in os.walk(root):
+            dirs.sort()
+            for file in sorted(files):
+                if file.endswith((".yaml", ".yml", ".py", ".jinja")):
+                    _file_digest(digest, Path(folder) / file)
+    own = scan_lookup(include, builtin=False)
+    for name in (t for t in tasks if isinstance(t, str)):
+        try:
+            leaves = list(leaf_configs(name, own))
+        except KeyError:  # a built-in task: lm-eval's version covers it
+            continue
+        for cfg in leaves:
+            kwargs = cfg.get("dataset_kwargs") if isinstance(cfg.get("dataset_kwargs"), dict) else {}
+            for pattern in _data_file_list(kwargs.get("data_files")):
+                for file in sorted(glob.glob(os.path.expanduser(pattern))):
+                    _file_digest(digest, Path(file))
+    return digest.hexdigest()
