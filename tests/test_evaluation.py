@@ -509,6 +509,9 @@ def _pool_of(items: pd.DataFrame, validation: pd.DataFrame | None = None, chat_t
         ({"limit": 0}, "eval.limit must be a positive number"),
         ({"limit": -3}, "eval.limit must be a positive number"),
         ({"fewshot_as_multiturn": True}, "eval.apply_chat_template=true"),
+        ({"gen_kwargs": {"max_new_token": 3}}, "eval.gen_kwargs.max_new_token is not a generation setting"),
+        ({"gen_kwargs": {"max_gen_toks": -1}}, "eval.gen_kwargs.max_gen_toks must be a positive integer"),
+        ({"gen_kwargs": {"until": 5}}, "eval.gen_kwargs.until must be a stop string"),
     ],
 )
 def test_bad_eval_values_fail_before_training(tmp_path, items, values, fix):
@@ -520,9 +523,13 @@ def test_bad_eval_values_fail_before_training(tmp_path, items, values, fix):
         assert fix in str(err.value) and "\n" not in str(err.value)
 
 
-def test_a_bad_limit_is_one_line_in_evaluate_too(run, model, tokenizer):
+def test_bad_values_are_one_line_in_evaluate_too(run, model, tokenizer):
+    """Were lm-eval / transformers ValueError tracebacks."""
     with pytest.raises(HarnessError, match="eval.limit must be a positive number"):
         evaluate(model, tokenizer, run["configs"], limit=0)
+    with pytest.raises(HarnessError, match="did you mean 'max_new_tokens'"):
+        evaluate(model, tokenizer, run["configs"], gen_kwargs={"max_new_token": 3})
+    evaluate(model, tokenizer, run["configs"], limit=1, gen_kwargs={"max_new_tokens": 3, "until": ["\n"]})
 
 
 def test_testbed_shots_need_enough_validation_examples(tmp_path, items):

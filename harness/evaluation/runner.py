@@ -262,7 +262,7 @@ def evaluate(
     for task in tasks:
         if not isinstance(task, (str, dict)):
             raise TypeError(f"tasks must be lm-eval task names or task dicts, got {type(task).__name__}")
-    per_task = check_values(num_fewshot, fewshot or {}, limit, fewshot_as_multiturn, apply_chat_template)
+    per_task = check_values(num_fewshot, fewshot or {}, limit, fewshot_as_multiturn, apply_chat_template, gen_kwargs)
     check_chat_template(tokenizer, apply_chat_template)
     include = include_paths(include_path)
     names = [t for t in tasks if isinstance(t, str)]

@@ -3,6 +3,7 @@ both the pre-training check (`resolve_tasks`) and `evaluate` apply, written once
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -58,7 +59,12 @@ def check_shots(value: Any, key: str) -> int:
 
 
 def check_values(
-    num_fewshot: Any, fewshot: Mapping[Any, Any], limit: Any, fewshot_as_multiturn: bool, apply_chat_template: bool
+    num_fewshot: Any,
+    fewshot: Mapping[Any, Any],
+    limit: Any,
+    fewshot_as_multiturn: bool,
+    apply_chat_template: bool,
+    gen_kwargs: Mapping[Any, Any] | None = None,
 ) -> dict[str, int]:
     """One-line HarnessErrors for eval values lm-eval would only trip over after training; the checked per-task
     shots, keyed by name."""
@@ -76,7 +82,32 @@ def check_values(
         raise HarnessError(
             "eval.fewshot_as_multiturn=true needs the chat template; set eval.apply_chat_template=true or drop it"
         )
+    check_gen_kwargs(gen_kwargs or {})
     return per_task
+
+
+def check_gen_kwargs(gen_kwargs: Mapping[Any, Any]) -> None:
+    """One-line HarnessErrors for generation settings that model.generate would reject after training: a key that
+    is neither lm-eval's (until, max_gen_toks) nor a transformers GenerationConfig field, or a bad stop/length."""
+    from transformers import GenerationConfig
+
+    known = {"until", "max_gen_toks", *(k for k in GenerationConfig().to_dict() if not k.startswith("_"))}
+    for key in gen_kwargs:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise HarnessError(
+                f"eval.gen_kwargs.{key} is not a generation setting{hint} (lm-eval's until, max_gen_toks, or a "
+                "transformers GenerationConfig field)"
+            )
+    tokens = gen_kwargs.get("max_gen_toks")
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+        raise HarnessError(f"eval.gen_kwargs.max_gen_toks must be a positive integer, got {tokens!r}")
+    until = gen_kwargs.get("until")
+    if until is not None and not (
+        isinstance(until, str) or (isinstance(until, list) and all(isinstance(u, str) and u for u in until))
+    ):
+        raise HarnessError(f"eval.gen_kwargs.until must be a stop string or a list of them, got {until!r}")
 
 
 def chosen_shots(
@@ -100,7 +131,8 @@ def chosen_shots(
 def evaluate_options(eval_cfg: Any, pool: Pool) -> dict[str, Any]:
     """Keyword arguments of `evaluate` from an eval config: batch size, limit, shots, generation, chat, code, paths.
 
-    Raises a one-line HarnessError for a value evaluation would fail on (shots, limit, multi-turn few-shot)."""
+    Raises a one-line HarnessError for a value evaluation would fail on (shots, limit, multi-turn few-shot,
+    generation settings)."""
     chat = cfg_get(eval_cfg, "apply_chat_template")
     options = {
         "batch_size": int(cfg_get(eval_cfg, "batch_size", 64)),
@@ -120,5 +152,6 @@ def evaluate_options(eval_cfg: Any, pool: Pool) -> dict[str, Any]:
         options["limit"],
         options["fewshot_as_multiturn"],
         options["apply_chat_template"],
+        options["gen_kwargs"],
     )
     return options
