@@ -440,7 +440,7 @@ def test_generative_task_is_not_in_the_default_average(tmp_path, items):
 
 def test_fewshot_keys_must_name_evaluated_tasks(tmp_path, items):
     examples = pd.DataFrame({"id": ["a"], "task": ["add"], "prompt": ["p"], "response": ["r"]})
-    pool = Pool(name="tiny", examples=examples, validation=examples.iloc[:0], eval_items=items)
+    pool = Pool(name="tiny", examples=examples, validation=_validation(items), eval_items=items)
     assert len(resolve_tasks({"suite": "testbed", "fewshot": {"add": 2, "testbed_rev": 1}}, pool, tmp_path)) == 2
     with pytest.raises(HarnessError, match="eval.fewshot.rve names no evaluated task or group; did you mean 'rev'"):
         resolve_tasks({"suite": "testbed", "fewshot": {"rve": 1}}, pool, tmp_path)
@@ -493,3 +493,145 @@ def test_eval_presets_compose(preset, tasks, fewshot):
         cfg = validate(compose(config_name="config", overrides=[f"eval={preset}"]))
     assert list(cfg.eval.tasks) == tasks and dict(cfg.eval.fewshot) == fewshot
     assert cfg.eval.num_fewshot is None and cfg.eval.confirm_run_unsafe_code is False
+
+
+def _pool_of(items: pd.DataFrame, validation: pd.DataFrame | None = None, chat_template: bool = False) -> Pool:
+    examples = pd.DataFrame({"id": ["a"], "task": ["add"], "prompt": ["p"], "response": ["r"]})
+    validation = examples.iloc[:0] if validation is None else validation
+    return Pool(name="tiny", examples=examples, validation=validation, eval_items=items, chat_template=chat_template)
+
+
+@pytest.mark.parametrize(
+    ("values", "fix"),
+    [
+        ({"num_fewshot": -1}, "eval.num_fewshot must be a non-negative integer"),
+        ({"fewshot": {"add": -2}}, "eval.fewshot.add must be a non-negative integer"),
+        ({"limit": 0}, "eval.limit must be a positive number"),
+        ({"limit": -3}, "eval.limit must be a positive number"),
+        ({"fewshot_as_multiturn": True}, "eval.apply_chat_template=true"),
+        ({"gen_kwargs": {"max_new_token": 3}}, "eval.gen_kwargs.max_new_token is not a generation setting"),
+        ({"gen_kwargs": {"max_gen_toks": -1}}, "eval.gen_kwargs.max_gen_toks must be a positive integer"),
+        ({"gen_kwargs": {"until": 5}}, "eval.gen_kwargs.until must be a stop string"),
+    ],
+)
+def test_bad_eval_values_fail_before_training(tmp_path, items, values, fix):
+    """resolve_tasks runs before training: evaluation must not be the first to find these (it ran after training)."""
+    validation = _validation(items)
+    for suite in ({"suite": "testbed"}, {"suite": "lm_eval", "tasks": ["hellaswag"]}):
+        with pytest.raises(HarnessError) as err:
+            resolve_tasks({**suite, **values}, _pool_of(items, validation), tmp_path)
+        assert fix in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_values_are_one_line_in_evaluate_too(run, model, tokenizer):
+    """Were lm-eval / transformers ValueError tracebacks."""
+    with pytest.raises(HarnessError, match="eval.limit must be a positive number"):
+        evaluate(model, tokenizer, run["configs"], limit=0)
+    with pytest.raises(HarnessError, match="did you mean 'max_new_tokens'"):
+        evaluate(model, tokenizer, run["configs"], gen_kwargs={"max_new_token": 3})
+    evaluate(model, tokenizer, run["configs"], limit=1, gen_kwargs={"max_new_tokens": 3, "until": ["\n"]})
+
+
+def test_testbed_shots_need_enough_validation_examples(tmp_path, items):
+    """Few-shot examples of a testbed task come from validation; with none, lm-eval took other evaluation items."""
+    with pytest.raises(HarnessError) as err:
+        resolve_tasks({"suite": "testbed", "num_fewshot": 2}, _pool_of(items), tmp_path)
+    message = str(err.value)
+    assert "testbed task 'add' is to be evaluated 2-shot, but the pool has no validation examples of 'add'" in message
+    assert "data.n_validation_per_task" in message and "\n" not in message
+    validation = _validation(items)  # 6 add, 4 rev examples
+    with pytest.raises(HarnessError, match="'rev' is to be evaluated 5-shot, but the pool has only 4 validation"):
+        resolve_tasks({"suite": "testbed", "fewshot": {"rev": 5}}, _pool_of(items, validation), tmp_path)
+    assert len(resolve_tasks({"suite": "testbed", "num_fewshot": 4}, _pool_of(items, validation), tmp_path)) == 2
+    assert len(resolve_tasks({"suite": "testbed", "fewshot": {"rev": 0}}, _pool_of(items), tmp_path)) == 2
+
+
+def test_evaluate_never_takes_shots_from_evaluation_items(run, model, tokenizer):
+    """Task dicts without few-shot examples (a pool without validation): shots > 0 is an error, not test items."""
+    assert all("fewshot_split" not in c for c in run["configs"])
+    with pytest.raises(HarnessError, match="task 'testbed_add' has no few-shot examples"):
+        evaluate(model, tokenizer, run["configs"], limit=2, num_fewshot=1, add_bos_token=True)
+
+
+def _contexts(configs, model, tokenizer, **kwargs) -> tuple[list[str], dict]:
+    """The contexts lm-eval scored (first request of each item) and its config block."""
+    import lm_eval
+
+    from harness.evaluation import runner
+
+    seen: list[str] = []
+    config: dict = {}
+    real = lm_eval.simple_evaluate
+
+    def spy(*args, **kw):
+        results = real(*args, **kw)
+        seen.extend(str(s["arguments"][0][0]) for t in results["samples"].values() for s in t)
+        config.update(results["config"])
+        return results
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lm_eval, "simple_evaluate", spy)
+        runner.evaluate(model, tokenizer, configs, add_bos_token=True, **kwargs)
+    return seen, config
+
+
+def test_fewshot_examples_are_lm_evals_for_every_run_seed(tmp_path, items, model, tokenizer):
+    """The few-shot examples are part of the evaluation set: lm-eval's sampler seed, not the run's seed."""
+    import inspect
+
+    import lm_eval
+
+    configs = testbed_task_configs(items, DELIMITER, tmp_path / "data", _validation(items))
+    first, config = _contexts(configs, model, tokenizer, limit=3, fewshot={"add": 3}, seed=0)
+    second, _ = _contexts(configs, model, tokenizer, limit=3, fewshot={"add": 3}, seed=1)
+    assert first == second and any(c.count("add ") == 4 for c in first)
+    default = inspect.signature(lm_eval.simple_evaluate).parameters["fewshot_random_seed"].default
+    assert config["fewshot_seed"] == default and config["random_seed"] == 0
+
+
+def test_chat_template_without_one_is_one_line(run, model, tokenizer):
+    """Was a ValueError traceback from transformers once lm-eval built its requests."""
+    assert tokenizer.chat_template is None
+    with pytest.raises(HarnessError) as err:
+        evaluate(model, tokenizer, run["configs"], limit=2, apply_chat_template=True)
+    assert "has none; set eval.apply_chat_template=false" in str(err.value) and "\n" not in str(err.value)
+    from harness.evaluation import check_chat_template  # the same check, for the run to call before training
+
+    check_chat_template(tokenizer, False)
+
+
+def test_evaluate_options_read_attribute_configs_alike():
+    """An attribute-style config (the schema object) gives the same options as a mapping (chat was ignored)."""
+    from dataclasses import asdict
+
+    from harness.evaluation import EvalSchema, evaluate_options
+
+    pool = _pool_of(_eval_items(), chat_template=True)
+    schema = EvalSchema(apply_chat_template=False, num_fewshot=2, fewshot={"add": 1})
+    assert evaluate_options(schema, pool) == evaluate_options(asdict(schema), pool)
+    assert evaluate_options(schema, pool)["apply_chat_template"] is False
+
+
+def test_items_keep_every_filter_under_the_results_metric_names():
+    """A task with several filters (gsm8k's strict-match, flexible-extract): one row per item, one column per metric
+    and filter, named as in the results table (the first filter's values were filed under a bare 'exact_match')."""
+    from harness.evaluation.tidy import items_frame
+
+    def sample(doc_id: int, filter_name: str, em: float) -> dict:
+        return {"doc_id": doc_id, "filter": filter_name, "metrics": ["exact_match"], "exact_match": em}
+
+    results = {
+        "configs": {"gen": {"output_type": "generate_until"}},
+        "samples": {"gen": [sample(0, "strict", 0.0), sample(1, "strict", 1.0), sample(0, "loose", 1.0)]},
+        "results": {"gen": {"exact_match,strict": 0.5, "exact_match,loose": 1.0}},
+        "n-samples": {"gen": {"effective": 2}},
+    }
+    results["samples"]["gen"].append(sample(1, "loose", 1.0))
+    frame = items_frame(results, set())
+    assert list(frame.columns) == [*ITEM_COLUMNS, "exact_match,loose", "exact_match,strict"]
+    assert frame["doc_id"].tolist() == [0, 1]
+    assert frame["exact_match,strict"].tolist() == [0.0, 1.0] and frame["exact_match,loose"].tolist() == [1.0, 1.0]
+    assert frame["correct"].tolist() == [False, True]  # the first filter's first metric
+    table = metrics_frame(results, frame)
+    named = set(table.loc[table["task"] == "gen", "metric"])
+    assert named == {"exact_match,strict", "exact_match,loose"} <= set(frame.columns)

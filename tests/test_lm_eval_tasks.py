@@ -279,3 +279,55 @@ def test_offline_mode_switches_the_libraries_and_restores_them(monkeypatch):
     assert "HF_HUB_OFFLINE" not in os.environ
     with hub.offline_mode(False):
         assert not datasets.config.HF_HUB_OFFLINE
+
+
+def test_items_of_a_task_with_one_context_per_choice_have_its_gold(tmp_path):
+    """winogrande-style tasks (doc_to_text gives the gold index, the choices are contexts, one shared continuation):
+    the per-item gold is lm-eval's, not the index of the continuation among identical continuations (always 0)."""
+    from conftest import tiny_llama
+    from test_evaluation import _make_tokenizer
+
+    from harness.evaluation import evaluate
+
+    rows = [
+        {"options": [f"{a} plus {a} is {2 * a}", f"{a} plus {a} is {2 * a + 1}"], "label": a % 2, "rest": " yes"}
+        for a in range(8)
+    ]
+    data = tmp_path / "items.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "my_wino.yaml").write_text(
+        f"task: my_wino\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        "output_type: multiple_choice\ndoc_to_text: label\ndoc_to_choice: options\ndoc_to_target: rest\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    tokenizer = _make_tokenizer([o + r["rest"] for r in rows for o in r["options"]] * 3)
+    outcome = evaluate(tiny_llama(tokenizer), tokenizer, ["my_wino"], batch_size=8, include_path=str(folder))
+    items = outcome.items.set_index("doc_id").sort_index()
+    assert items["gold"].tolist() == [r["label"] for r in rows]
+    assert (items["n_choices"] == 2).all()
+    assert (items["correct"] == (items["pred"] == items["gold"])).all()
+    assert (items["acc"] == items["correct"].astype(float)).all()
+
+
+def test_tasks_fingerprint_follows_the_users_task_files_and_data(tmp_path):
+    """The cell identity names tasks only: editing one's own task YAML or its data must show in the fingerprint a
+    record stores, or an old record would be reused for the edited task."""
+    from harness.evaluation import tasks_fingerprint
+
+    data = tmp_path / "items.jsonl"
+    data.write_text(json.dumps({"question": "q", "options": ["a", "b"], "label": 0}) + "\n")
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    _write_task(folder, "my_a", data)
+    first = tasks_fingerprint(["my_a"], str(folder))
+    assert first == tasks_fingerprint(["my_a"], str(folder))
+    data.write_text(json.dumps({"question": "q", "options": ["a", "b"], "label": 1}) + "\n")
+    second = tasks_fingerprint(["my_a"], str(folder))
+    _write_task(folder, "my_a", data, "num_fewshot: 0\n")
+    third = tasks_fingerprint(["my_a"], str(folder))
+    assert len({first, second, third}) == 3
+    testbed = {"task": "testbed_add", "dataset_kwargs": {"data_files": {"test": "/cache/eval_data/abc/add.jsonl"}}}
+    other = {**testbed, "target_delimiter": "\n"}
+    assert tasks_fingerprint([testbed]) != tasks_fingerprint([other]) != third

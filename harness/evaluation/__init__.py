@@ -17,10 +17,13 @@ from typing import Any
 _EXPORTS = {
     "EvalOutcome": "runner",
     "evaluate": "runner",
+    "check_chat_template": "runner",
+    "FEWSHOT_SEED": "settings",
     "EvalSchema": "settings",
     "evaluate_options": "settings",
     "check_tasks": "tasks",
     "resolve_tasks": "tasks",
+    "tasks_fingerprint": "tasks",
     "TESTBED_PREFIX": "testbed_tasks",
     "TESTBED_TASK_DIR": "testbed_tasks",
     "is_generative": "testbed_tasks",

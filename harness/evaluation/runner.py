@@ -17,6 +17,7 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.evaluation import tidy
+from harness.evaluation.settings import FEWSHOT_SEED, check_values, chosen_shots
 from harness.evaluation.tasks import check_tasks, include_paths, needs_builtin_tasks, task_manager
 from harness.evaluation.testbed_tasks import TESTBED_PREFIX
 from harness.hub import hub_offline, offline_mode
@@ -155,12 +156,6 @@ def _with_pad_token(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def _check_shots(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise HarnessError(f"{key} must be a non-negative integer, got {value!r}; e.g. {key}=5")
-    return value
-
-
 class _ShotsTaskManager:
     """Wraps lm-eval's TaskManager: after loading, sets each leaf task's shots (per task, then global, else its own)."""
 
@@ -168,6 +163,7 @@ class _ShotsTaskManager:
         self, inner: Any, num_fewshot: int | None, fewshot: Mapping[str, int], harness_tasks: set[str]
     ) -> None:
         self._inner, self._global, self._per_task, self._harness = inner, num_fewshot, dict(fewshot), harness_tasks
+        self.loaded_tasks: dict[str, Any] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -190,13 +186,19 @@ class _ShotsTaskManager:
             for child in children:
                 parents.setdefault(child, []).append(group)
         for name, task in loaded["tasks"].items():
-            shots = next((self._per_task[n] for n in self._names(name, parents) if n in self._per_task), None)
-            if shots is None and self._global is not None:
-                # lm-eval's rule: a task whose own YAML pins 0 shots keeps 0; the testbed's 0 is only a default.
-                if task.get_config("num_fewshot") != 0 or name in self._harness:
-                    shots = self._global
+            own = task.get_config("num_fewshot")
+            shots = chosen_shots(self._names(name, parents), self._per_task, self._global, own, name in self._harness)
             if shots is not None:
                 task.set_config(key="num_fewshot", value=shots)
+            splits = ("fewshot_split", "training_split", "validation_split")
+            if name in self._harness and (own if shots is None else shots) and not any(map(task.get_config, splits)):
+                # lm-eval would fall back to the task's test split: other evaluation items as examples
+                raise HarnessError(
+                    f"task '{name}' has no few-shot examples (a testbed task's are the pool's validation examples of "
+                    f"its skill); set eval.fewshot.{name.removeprefix(TESTBED_PREFIX)}=0 or give the pool validation "
+                    "examples (data.n_validation_per_task)"
+                )
+        self.loaded_tasks = dict(loaded["tasks"])
         return loaded
 
 
@@ -214,6 +216,17 @@ def _quiet_git_hash() -> Iterator[None]:
         yield
     finally:
         evaluator.get_git_commit_hash = original
+
+
+def check_chat_template(tokenizer: Any, apply_chat_template: bool) -> None:
+    """A one-line HarnessError when evaluation is to use the chat template and the tokenizer has none
+    (lm-eval would fail with a traceback once the model is trained); call it as soon as the tokenizer is loaded."""
+    if apply_chat_template and not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise HarnessError(
+            f"evaluation is to apply the chat template (eval.apply_chat_template, or data.chat_template when it is "
+            f"null) but the tokenizer '{name}' has none; set eval.apply_chat_template=false or use a chat model"
+        )
 
 
 def evaluate(
@@ -234,11 +247,14 @@ def evaluate(
     confirm_run_unsafe_code: bool = False,
     include_path: str | list[str] | None = None,
     system_instruction: str | None = None,
+    fewshot_seed: int = FEWSHOT_SEED,
 ) -> EvalOutcome:
     """Run lm-eval on an in-memory causal LM and return tidy metrics, per-item results, shots and metadata.
 
     num_fewshot: shots for every task (None: each task's own default); fewshot: per task or group name,
-    winning over num_fewshot; gen_kwargs update generate_until tasks' generation settings."""
+    winning over num_fewshot; gen_kwargs update generate_until tasks' generation settings. `seed` seeds python,
+    numpy and torch (sampled generation); the few-shot examples come from `fewshot_seed` (lm-eval's default), so
+    they are the same for every run seed."""
     import lm_eval
 
     if not tasks:
@@ -246,13 +262,8 @@ def evaluate(
     for task in tasks:
         if not isinstance(task, (str, dict)):
             raise TypeError(f"tasks must be lm-eval task names or task dicts, got {type(task).__name__}")
-    if num_fewshot is not None:
-        _check_shots(num_fewshot, "eval.num_fewshot")
-    per_task = {str(k): _check_shots(v, f"eval.fewshot.{k}") for k, v in dict(fewshot or {}).items()}
-    if fewshot_as_multiturn and not apply_chat_template:
-        raise HarnessError(
-            "eval.fewshot_as_multiturn=true needs the chat template; set eval.apply_chat_template=true or drop it"
-        )
+    per_task = check_values(num_fewshot, fewshot or {}, limit, fewshot_as_multiturn, apply_chat_template, gen_kwargs)
+    check_chat_template(tokenizer, apply_chat_template)
     include = include_paths(include_path)
     names = [t for t in tasks if isinstance(t, str)]
     if names:
@@ -292,7 +303,7 @@ def evaluate(
                 random_seed=seed,
                 numpy_random_seed=seed,
                 torch_random_seed=seed,
-                fewshot_random_seed=seed,
+                fewshot_random_seed=fewshot_seed,
                 confirm_run_unsafe_code=confirm_run_unsafe_code,
                 system_instruction=system_instruction,
             )
@@ -300,7 +311,8 @@ def evaluate(
         model.train(was_training)
     if results is None:
         raise RuntimeError("lm-eval returned no results (not on rank 0)")
-    items = tidy.items_frame(results, dict_tasks)
+    gold_of = {n: t.doc_to_text for n, t in manager.loaded_tasks.items() if getattr(t, "multiple_input", 0)}
+    items = tidy.items_frame(results, dict_tasks, gold_of)
     metrics = tidy.metrics_frame(results, items)
     raw = {k: v for k, v in results.items() if k != "samples"}
     return EvalOutcome(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import glob
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -19,23 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.evaluation.testbed_tasks import TESTBED_PREFIX, is_generative, testbed_task_configs
-from harness.hub import missing_local_data, offline_reason
+from harness.evaluation.settings import cfg_get, chosen_shots, evaluate_options
+from harness.evaluation.testbed_tasks import (
+    TESTBED_PREFIX,
+    fewshot_source,
+    is_generative,
+    task_definition,
+    testbed_task_configs,
+)
+from harness.hub import _data_file_list, missing_local_data, offline_reason
 from harness.pool import EVAL_COLUMNS, Pool
 
 log = logging.getLogger(__name__)
 
 LookupFn = Callable[[str], "tuple[str, dict[str, Any], set[str]] | None"]
 """name -> (kind 'task' | 'group' | 'tag', config, tag members), or None when unknown."""
-
-
-def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-    """cfg[key] for a dict or DictConfig, attribute access otherwise; None counts as absent."""
-    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
-        value = cfg.get(key, default)
-    else:
-        value = getattr(cfg, key, default)
-    return default if value is None else value
 
 
 def include_paths(include_path: Any) -> tuple[str, ...]:
@@ -298,6 +298,7 @@ def _testbed_tasks(eval_cfg: Any, pool: Pool, cache: Path) -> list[dict]:
     else:  # by default the multiple-choice tasks; generative ones only when asked for
         wanted = [t for t in available if not is_generative(t)]
     check_fewshot_keys(cfg_get(eval_cfg, "fewshot", {}), {*wanted, *(TESTBED_PREFIX + w for w in wanted)})
+    _check_testbed_shots(wanted, eval_cfg, pool)
     items = items[items["task"].isin(wanted)]
     digest = hashlib.sha256(pool.delimiter.encode())
     for row in items[list(EVAL_COLUMNS)].itertuples(index=False):
@@ -308,6 +309,27 @@ def _testbed_tasks(eval_cfg: Any, pool: Pool, cache: Path) -> list[dict]:
         digest.update(json.dumps([str(v) for v in row]).encode())
     data_dir = Path(cache).expanduser().resolve() / "eval_data" / digest.hexdigest()[:16]
     return testbed_task_configs(items, pool.delimiter, data_dir, pool.validation)
+
+
+def _check_testbed_shots(wanted: list[str], eval_cfg: Any, pool: Pool) -> None:
+    """Few-shot examples of a testbed task come from the pool's validation examples of its skill: a one-line
+    HarnessError when there are none (lm-eval would draw them from the evaluation items) or too few."""
+    per_task = {str(k): v for k, v in cfg_get(eval_cfg, "fewshot", {}).items()}
+    num_fewshot = cfg_get(eval_cfg, "num_fewshot")
+    counts = pool.validation["task"].value_counts() if len(pool.validation) else {}
+    for task in wanted:
+        own = task_definition(task).get("num_fewshot")
+        shots = chosen_shots([TESTBED_PREFIX + task, task], per_task, num_fewshot, own, default_only=True)
+        shots = own if shots is None else shots
+        source = fewshot_source(task)
+        have = int(counts.get(source, 0))
+        if shots and have < shots:
+            what = "no validation examples" if not have else f"only {have} validation examples"
+            raise HarnessError(
+                f"testbed task '{task}' is to be evaluated {shots}-shot, but the pool has {what} of '{source}' "
+                f"(its few-shot examples, never evaluation items); lower eval.fewshot.{task} / eval.num_fewshot, "
+                f"or raise data.n_validation_per_task"
+            )
 
 
 def _offline_fix(pool: Pool) -> str:
@@ -321,6 +343,7 @@ def _offline_fix(pool: Pool) -> str:
 def resolve_tasks(eval_cfg: Any, pool: Pool, cache: Path) -> list[str | dict]:
     """The tasks an `eval` config names, checked before any training: testbed task dicts or lm-eval names."""
     suite = str(cfg_get(eval_cfg, "suite", "testbed"))
+    evaluate_options(eval_cfg, pool)  # values evaluation would only fail on after training
     if suite == "testbed":
         return _testbed_tasks(eval_cfg, pool, cache)
     if suite != "lm_eval":
@@ -350,3 +373,42 @@ def resolve_tasks(eval_cfg: Any, pool: Pool, cache: Path) -> list[str | dict]:
     if reason is not None and not scanned:
         check_task_data(names, full, reason, _offline_fix(pool))
     return names
+
+
+# --------------------------------------------------------------------------- what evaluation reads, as one hash
+
+
+def _file_digest(digest: Any, path: Path) -> None:
+    digest.update(str(path).encode() + b"\0")
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+
+
+def tasks_fingerprint(tasks: list[str | dict], include_path: Any = None) -> str:
+    """sha256 of what evaluation reads besides the model: lm-eval's version (its built-in tasks), the task dicts as
+    given (the testbed's name a content-addressed data folder), and the user's own task folders (their YAML and
+    Python files) with the local data files their named tasks read. Stored with a run record, it tells a record
+    made from since-edited tasks or data apart from a current one (the cell's identity holds only the names)."""
+    digest = hashlib.sha256(importlib.metadata.version("lm_eval").encode())
+    for task in tasks:
+        digest.update(json.dumps(task, sort_keys=True, default=str).encode() + b"\0")
+    include = include_paths(include_path)
+    for root in include:
+        for folder, dirs, files in os.walk(root):
+            dirs.sort()
+            for file in sorted(files):
+                if file.endswith((".yaml", ".yml", ".py", ".jinja")):
+                    _file_digest(digest, Path(folder) / file)
+    own = scan_lookup(include, builtin=False)
+    for name in (t for t in tasks if isinstance(t, str)):
+        try:
+            leaves = list(leaf_configs(name, own))
+        except KeyError:  # a built-in task: lm-eval's version covers it
+            continue
+        for cfg in leaves:
+            kwargs = cfg.get("dataset_kwargs") if isinstance(cfg.get("dataset_kwargs"), dict) else {}
+            for pattern in _data_file_list(kwargs.get("data_files")):
+                for file in sorted(glob.glob(os.path.expanduser(pattern))):
+                    _file_digest(digest, Path(file))
+    return digest.hexdigest()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -49,12 +50,25 @@ def _gold_index(target: Any, continuations: list[str], lls: np.ndarray) -> int |
     return None
 
 
-def _sample_metrics(sample: dict) -> dict[str, float]:
-    """Every per-sample metric lm-eval logged for this sample, as floats."""
-    return {str(m): _as_float(sample.get(m)) for m in sample.get("metrics", []) if m in sample}
+def metric_name(metric: str, filter_name: str) -> str:
+    """A metric's name in the results table and the per-item columns: `acc` for lm-eval's "none" filter, else
+    `exact_match,strict-match` (metric,filter), as lm-eval keys its results."""
+    return metric if filter_name == "none" else f"{metric},{filter_name}"
 
 
-def _item_row(task: str, sample: dict, output_type: str | None, doc_id_from_doc: bool) -> dict:
+def _sample_metrics(sample: dict, filter_name: str = "none") -> dict[str, float]:
+    """Every per-sample metric lm-eval logged for this sample, as floats, named as in the results table."""
+    names = [m for m in sample.get("metrics", []) if m in sample]
+    return {metric_name(str(m), filter_name): _as_float(sample[m]) for m in names}
+
+
+def _item_row(
+    task: str,
+    sample: dict,
+    output_type: str | None,
+    doc_id_from_doc: bool,
+    gold_of: Callable[[Any], Any] | None = None,
+) -> dict:
     doc = sample.get("doc")
     if doc_id_from_doc and isinstance(doc, dict) and _is_number(doc.get("doc_id")):
         doc_id = int(doc["doc_id"])
@@ -62,14 +76,16 @@ def _item_row(task: str, sample: dict, output_type: str | None, doc_id_from_doc:
         doc_id = int(sample["doc_id"])
     row: dict[str, Any] = {"task": task, "doc_id": doc_id, "correct": False, "gold_loglik": math.nan}
     row.update(gold_prob=math.nan, pred=-1, gold=-1, n_choices=0)
-    metrics = _sample_metrics(sample)
+    metrics = _sample_metrics(sample, sample.get("filter", "none"))
     resps = sample.get("filtered_resps") or []
     if output_type == "multiple_choice" and resps:
         lls = np.array([float(r[0]) for r in resps])
         continuations = [str(a[1]) for a in sample.get("arguments", [])]
         if "acc_mutual_info" in sample:  # the second half are the unconditional log-likelihoods
             lls, continuations = lls[: len(lls) // 2], continuations[: len(lls) // 2]
-        gold = _gold_index(sample.get("target"), continuations, lls)
+        # A task with one context per choice (winogrande) scores one continuation: its gold is doc_to_text's index.
+        target = gold_of(doc) if gold_of is not None else sample.get("target")
+        gold = _gold_index(target, continuations, lls)
         pred = int(np.argmax(lls))
         row.update(pred=pred, n_choices=len(lls))
         if gold is not None:
@@ -86,21 +102,29 @@ def _item_row(task: str, sample: dict, output_type: str | None, doc_id_from_doc:
     return {**row, **{k: v for k, v in metrics.items() if k not in ITEM_COLUMNS}}
 
 
-def items_frame(results: dict, dict_tasks: set[str]) -> pd.DataFrame:
-    """One row per evaluated item (for tasks with several filters, the 'none' filter or else the first).
+def items_frame(
+    results: dict, dict_tasks: set[str], gold_of: Mapping[str, Callable[[Any], Any]] | None = None
+) -> pd.DataFrame:
+    """One row per evaluated item: the fixed columns from the 'none' filter (else the first), then one float column
+    per per-sample metric of every filter, named as in the results table (sorted; NaN where a task lacks it).
 
-    Columns ITEM_COLUMNS, then one float column per per-sample metric (sorted; NaN where a task lacks it)."""
+    gold_of: task -> doc -> gold, for tasks whose logged target is not the gold choice (one context per choice)."""
     rows = []
     configs = results.get("configs", {})
     for task, samples in results.get("samples", {}).items():
         if not samples:
             continue
-        filters = [s.get("filter", "none") for s in samples]
-        chosen = "none" if "none" in filters else filters[0]
+        filters = list(dict.fromkeys(s.get("filter", "none") for s in samples))
+        base = "none" if "none" in filters else filters[0]
         output_type = (configs.get(task) or {}).get("output_type")
-        rows.extend(
-            _item_row(task, s, output_type, task in dict_tasks) for s, f in zip(samples, filters) if f == chosen
-        )
+        by_doc: dict[Any, dict] = {}
+        for s in samples:
+            if s.get("filter", "none") == base:
+                by_doc[s["doc_id"]] = _item_row(task, s, output_type, task in dict_tasks, (gold_of or {}).get(task))
+        for s in samples:
+            if s.get("filter", "none") != base:
+                by_doc[s["doc_id"]].update(_sample_metrics(s, s.get("filter", "none")))
+        rows.extend(by_doc.values())
     extra = sorted({k for r in rows for k in r} - set(ITEM_COLUMNS))
     frame = pd.DataFrame(rows, columns=[*ITEM_COLUMNS, *extra])
     dtypes = {"task": str, "doc_id": np.int64, "correct": bool, "gold_loglik": float, "gold_prob": float}
@@ -128,7 +152,7 @@ def metrics_frame(results: dict, items: pd.DataFrame) -> pd.DataFrame:
             if "," not in key or "_stderr," in key or not _is_number(value):
                 continue
             metric, filter_name = key.split(",", 1)
-            rows.append((name, metric if filter_name == "none" else key, float(value), n_items(name)))
+            rows.append((name, metric_name(metric, filter_name), float(value), n_items(name)))
         covered = items[items["task"].isin(leaves(name))]
         for metric in CONTINUOUS_METRICS:
             values = covered[metric].dropna()
