@@ -29,7 +29,7 @@ from harness.evaluation.testbed_tasks import (
     task_definition,
     testbed_task_configs,
 )
-from harness.hub import _data_file_list, missing_local_data, offline_reason
+from harness.hub import data_file_list, missing_local_data, offline_reason
 from harness.pool import EVAL_COLUMNS, Pool
 
 log = logging.getLogger(__name__)
@@ -408,7 +408,7 @@ def tasks_fingerprint(tasks: list[str | dict], include_path: Any = None) -> str:
             continue
         for cfg in leaves:
             kwargs = cfg.get("dataset_kwargs") if isinstance(cfg.get("dataset_kwargs"), dict) else {}
-            for pattern in _data_file_list(kwargs.get("data_files")):
+            for pattern in data_file_list(kwargs.get("data_files")):
                 for file in sorted(glob.glob(os.path.expanduser(pattern))):
                     _file_digest(digest, Path(file))
     return digest.hexdigest()
