@@ -274,6 +274,35 @@ def check_recipe(train: Any, where: str = "train") -> None:
         )
 
 
+def check_eval(eval_cfg: Any, data: Any) -> None:
+    """A one-line error for an evaluation setting lm-eval would reject only after training (a negative shot count,
+    a limit below 1, multi-turn shots without the chat template)."""
+    if eval_cfg.batch_size < 1:
+        raise HarnessError(f"eval.batch_size must be at least 1, got {eval_cfg.batch_size}")
+    if eval_cfg.limit is not None and eval_cfg.limit < 1:
+        raise HarnessError(f"eval.limit must be at least 1 (items per task) or null for all, got {eval_cfg.limit}")
+    shots = {"eval.num_fewshot": eval_cfg.num_fewshot, **{f"eval.fewshot.{k}": v for k, v in eval_cfg.fewshot.items()}}
+    for key, value in shots.items():
+        if value is not None and value < 0:
+            raise HarnessError(f"{key} must be a non-negative integer, got {value!r}; e.g. {key}=5")
+    chat = eval_cfg.apply_chat_template
+    if chat is None:
+        chat = bool(data.get("chat_template", False))
+    if eval_cfg.fewshot_as_multiturn and not chat:
+        raise HarnessError(
+            "eval.fewshot_as_multiturn=true needs the chat template; set eval.apply_chat_template=true or drop it"
+        )
+
+
+def check_plugins(plugins: Any) -> None:
+    """`plugins` must be a list of folders (a bare string would be read letter by letter)."""
+    if not (OmegaConf.is_list(plugins) or isinstance(plugins, (list, tuple))):
+        raise HarnessError(f"plugins must be a list of folders, got {plugins!r}; pass e.g. plugins=[my_selectors]")
+    bad = next((p for p in plugins if not isinstance(p, str) or not p), None)
+    if bad is not None:
+        raise HarnessError(f"plugins must name folders, got {bad!r}; pass e.g. plugins=[my_selectors]")
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Resolve and type-check the composed config; raises HarnessError with one line on any problem."""
     if cfg.model.get("source") == "pretrained" and OmegaConf.is_missing(cfg.model, "name_or_path"):
@@ -311,8 +340,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     check_recipe(out.train)
     if out.model.dtype == "float16" and not out.model.lora.enabled:
         raise HarnessError(FLOAT16_TRAINING)
-    if out.eval.batch_size < 1:
-        raise HarnessError(f"eval.batch_size must be at least 1, got {out.eval.batch_size}")
+    check_eval(out.eval, out.data)
+    check_plugins(cfg.plugins)
     timeout = cfg.get("dist_timeout_minutes", 360)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise HarnessError(f"dist_timeout_minutes must be a positive number of minutes, got {timeout!r}")

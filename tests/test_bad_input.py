@@ -35,6 +35,15 @@ def assert_one_line_error(code: int, err: str, tmp_path, *fragments: str) -> Non
         ("data.facts_validation=some", ["facts_validation", "untaught", "taught"]),
         ("data.noise_rate=2", ["noise_rate", "[0, 1]"]),
         ("model.dtype=float16", ["model.dtype=float16", "loss scaling", "model.dtype=bfloat16"]),
+        # evaluation settings lm-eval refuses only after training: refused before anything is written
+        ("eval.limit=0", ["eval.limit must be at least 1"]),
+        ("eval.limit=-3", ["eval.limit must be at least 1"]),
+        ("eval.num_fewshot=-1", ["eval.num_fewshot must be a non-negative integer"]),
+        ("+eval.fewshot={addition: -2}", ["eval.fewshot.addition must be a non-negative integer"]),
+        ("eval.fewshot_as_multiturn=true", ["needs the chat template", "eval.apply_chat_template=true"]),
+        # a bare string would be read letter by letter ("plugin folder 'n' does not exist")
+        ("plugins=my_selectors", ["plugins must be a list of folders", "plugins=[my_selectors]"]),
+        ("plugins=null", ["plugins must be a list of folders"]),
     ],
 )
 def test_bad_overrides(harness_cli, tmp_path, override, fragments):
