@@ -98,6 +98,9 @@ def explain(exc: BaseException) -> str:
     if missing:
         key = missing.group(1)
         return f"{key} is required here; pass {key}=... (see conf/ for what it takes)"
+    added = new_mapping_keys(exc)
+    if added:
+        return added
     first = first_line(exc)
     cause = exc.__cause__
     if cause is not None and str(cause).strip():
@@ -105,8 +108,27 @@ def explain(exc: BaseException) -> str:
         if detail not in first:
             first = f"{first}: {detail}"
     if "Could not override" in first or "not in struct" in first:
-        first += " (check the key's spelling; `python -m harness --cfg job` prints every key)"
+        first += (
+            " (check the key's spelling; `python -m harness --cfg job` prints every key; "
+            "a key the config does not have yet takes a leading +)"
+        )
     return first
+
+
+def new_mapping_keys(exc: BaseException) -> str | None:
+    """`eval.fewshot='{facts: 2}'` adds keys to an existing mapping, which Hydra refuses without a leading `+`: the
+    one line says so and gives Hydra's own `+` form (None for any other error)."""
+    text = str(exc)
+    override = re.match(r"Could not override '([^']+)'", text)
+    append = re.search(r"^To append to your config use (.+)$", text, re.MULTILINE)
+    full_key = str(getattr(exc.__cause__, "full_key", "") or "")
+    if not (override and append and full_key.startswith(override.group(1) + ".")):
+        return None
+    key = override.group(1)
+    return (
+        f"{key} has no key '{full_key[len(key) + 1 :]}' (a plain override only changes keys it has); "
+        f"to add it, use a leading +: '{append.group(1).strip()}'"
+    )
 
 
 def main() -> None:

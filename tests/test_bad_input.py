@@ -182,3 +182,28 @@ def test_a_rejected_run_keeps_the_users_own_empty_folders(tmp_path):
     code, _, err = run_harness([*MICRO, "selector=rs2", "selector.replacement=no"], mine)
     assert code == 2 and "replacement must be true or false" in err
     assert mine.is_dir() and not (mine / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "override,fixed",
+    [
+        ("eval.fewshot={addition: 2}", "+eval.fewshot={addition: 2}"),
+        ("eval.gen_kwargs={max_gen_toks: 8}", "+eval.gen_kwargs={max_gen_toks: 8}"),
+    ],
+)
+def test_new_keys_of_a_mapping_are_told_the_plus_form(harness_cli, tmp_path, override, fixed):
+    """Per-task shots or generation settings add keys to an empty mapping: the line gives the form that works
+    (it said 'check the key's spelling', and dropped Hydra's own hint)."""
+    from hydra import compose, initialize_config_dir
+
+    from harness import REPO_ROOT
+    from harness.config import register_resolvers, validate
+
+    code, _, err = harness_cli([*MICRO, override])
+    assert_one_line_error(code, err, tmp_path, f"to add it, use a leading +: '{fixed}'")
+    assert "spelling" not in err
+    register_resolvers()
+    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = validate(compose("config", overrides=[fixed]))
+    key, _, _ = fixed.lstrip("+").partition("=")
+    assert len(cfg[key.split(".")[0]][key.split(".")[1]]) == 1
