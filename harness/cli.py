@@ -47,7 +47,7 @@ def _hydra_main(cfg: DictConfig) -> object:
             raise  # Hydra marks this cell failed and runs the others; the sweep exits 2 at the end
         sys.exit(exc.exit_code)
     except Interrupted as exc:
-        print(interrupted_line(exc), file=sys.stderr)
+        print(interrupted_line(exc, rerun=cfg.get("rerun") is True), file=sys.stderr)
         if made_now and only_log(run_dir, empty=False):
             remove_with_empty_parents(run_dir, results_root)
         if exc.then is not None:  # submitit's time-limit signal, now that training has its checkpoint:
@@ -55,9 +55,12 @@ def _hydra_main(cfg: DictConfig) -> object:
         sys.exit(exc.exit_code)
 
 
-def interrupted_line(exc: Interrupted) -> str:
-    """One line instead of a traceback: where the run stopped and how to go on."""
+def interrupted_line(exc: Interrupted, rerun: bool = False) -> str:
+    """One line instead of a traceback: where the run stopped and how to go on (with rerun=true the same command
+    would archive the attempt and start over, so the line says to drop it)."""
     what = "interrupted" if exc.signame == "SIGINT" else f"stopped by {exc.signame}"
+    if exc.step and rerun:
+        return f"{what}; run the same command without rerun=true to resume from step {exc.step}"
     if exc.step:
         return f"{what}; run the same command again to resume from step {exc.step}"
     return f"{what} before training had a checkpoint; run the same command again to start the cell"

@@ -689,3 +689,27 @@ def test_a_run_that_lost_its_lock_does_not_commit_results(harness_cli, tmp_path,
     code, _, err = harness_cli([*SHORT, f"hydra.run.dir={cell}"])
     assert code != 0 and "lost the lock" in err, err
     assert not (cell / "results.csv").exists()
+
+
+def test_a_stopped_rerun_says_how_to_resume(harness_cli, tmp_path, monkeypatch):
+    """rerun=true stopped mid-training: the same command again would archive the attempt and start over, so the line
+    says to drop rerun=true, and doing that resumes (it said 'run the same command again to resume')."""
+    import harness.pipeline as pipeline
+
+    cell = tmp_path / "cell"
+    args = [*MICRO, "train.epochs=3", f"hydra.run.dir={cell}"]
+    real_train = pipeline.train
+
+    def stopped_after_first_step(*a, stop, **kw):
+        stop.signame = "SIGINT"  # as if Ctrl-C came while training: the loop checkpoints the step and stops
+        return real_train(*a, stop=stop, **kw)
+
+    monkeypatch.setattr(pipeline, "train", stopped_after_first_step)
+    code, _, err = harness_cli([*args, "rerun=true"])
+    (line,) = [x for x in message_lines(err) if "train:" not in x]
+    assert code == 128 + signal.SIGINT, err
+    assert line == "interrupted; run the same command without rerun=true to resume from step 1"
+    monkeypatch.setattr(pipeline, "train", real_train)
+    code, _, err = harness_cli(args)  # what the line says
+    assert code == 0, err
+    assert manifest_of(cell)["training"]["resumed_from_step"] == 1 and not (cell / "archive").exists()
