@@ -158,8 +158,8 @@ def check_record(
 ) -> str:
     """What the run folder holds for this cell: 'complete' (reuse its record), 'resume' (an unfinished attempt of
     this cell), 'archive' (rerun=true: move it aside after every input check) or 'fresh'. A record of another
-    config, or of this config made from other inputs (`current`: selector file, pool, precision), is a one-line
-    error."""
+    config, or of this config made from other inputs (`current`: selector file, pool, precision), or files that
+    are no record at all, are a one-line error."""
     stored = rec.manifest()
     complete = rec.is_complete()
     same = stored is not None and stored.get("run_id") == run_id
@@ -171,6 +171,11 @@ def check_record(
                 return "resume"
         return "archive"
     if stored is None and not complete:
+        if rec.has_content():  # the user's own files (hydra.run.dir=.): a run would overwrite or delete them
+            raise HarnessError(
+                f"{rec.dir} holds files that are no run record (no {record.MANIFEST}); run the cell in a new or "
+                "empty folder (hydra.run.dir=...), or pass rerun=true to move them into its archive/ first"
+            )
         return "fresh"
     if not same:
         diff = describe_differences((stored or {}).get("identity") or {}, ident) or "identity unknown"
