@@ -154,3 +154,24 @@ def main() -> None:
     ) as exc:
         print(f"error: {explain(exc)}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:
+        if raised_in_job(exc):  # the run's own I/O: not a question of where the user pointed it
+            raise
+        # Hydra making the run folder or its log (paths.results or hydra.run.dir is a file, or not writable)
+        print(
+            f"error: cannot make the run folder or its log ({exc.strerror or exc}: {exc.filename}); "
+            "point paths.results (or hydra.run.dir) at a folder you can write",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def raised_in_job(exc: BaseException) -> bool:
+    """Whether the error came from inside the job (a frame of `_hydra_main`), not from Hydra's set-up around it."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "_hydra_main" and code.co_filename == __file__:
+            return True
+        tb = tb.tb_next
+    return False

@@ -207,3 +207,26 @@ def test_new_keys_of_a_mapping_are_told_the_plus_form(harness_cli, tmp_path, ove
         cfg = validate(compose("config", overrides=[fixed]))
     key, _, _ = fixed.lstrip("+").partition("=")
     assert len(cfg[key.split(".")[0]][key.split(".")[1]]) == 1
+
+
+@pytest.mark.parametrize("below", ["", "/cell"])
+def test_a_run_folder_that_cannot_be_made_is_one_line(harness_cli, tmp_path, below):
+    """A file where the run folder (or a folder above it) would go: one line, not Hydra's traceback."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, _, err = harness_cli([*MICRO, f"hydra.run.dir={blocker}{below}"])
+    lines = message_lines(err)
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: cannot make the run folder") and str(blocker) in lines[0]
+
+
+def test_an_os_error_inside_the_run_keeps_its_traceback(harness_cli, monkeypatch):
+    """Only Hydra's own set-up (making the folder and its log) is the user's path; the run's I/O errors propagate."""
+    import harness.pipeline as pipeline
+
+    def disk_full(cfg, run_dir):
+        raise OSError(28, "No space left on device", str(run_dir))
+
+    monkeypatch.setattr(pipeline, "run", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        harness_cli([*MICRO])
