@@ -125,6 +125,21 @@ class HubDataSchema(_TextPoolSchema):
 
 
 @dataclass
+class SeedsSchema:
+    """Stage seeds (null: a stream derived from `seed`); harness.seeding.STAGES names them."""
+
+    selection: int | None = None
+    init: int | None = None
+    order: int | None = None
+
+
+@dataclass
+class PathsSchema:
+    results: str = "results"
+    cache: str = "results/cache"
+
+
+@dataclass
 class WandbSchema:
     name: str = "wandb"
     project: str = "data-selection-harness"
@@ -217,13 +232,13 @@ def _one_line(exc: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key and key not in msg else msg
 
 
-def _typed(group: str, node: Any, schema: type) -> DictConfig:
-    """Merge one group onto its schema so wrong types and unknown keys fail."""
+def _typed(group: str, node: Any, schema: type, where: str = "") -> DictConfig:
+    """Merge one group onto its schema so wrong types and unknown keys fail (`where`: the file that sets it)."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
     except OmegaConfBaseException as exc:
         raise HarnessError(
-            f"bad config in '{group}': {_one_line(exc)}; fix the override or conf/{group}/*.yaml"
+            f"bad config in '{group}': {_one_line(exc)}; fix the override or {where or f'conf/{group}/*.yaml'}"
         ) from None
     return merged
 
@@ -325,12 +340,16 @@ def validate(cfg: DictConfig) -> DictConfig:
     if out.logger.name == "wandb" and importlib.util.find_spec("wandb") is None:
         raise HarnessError("logger=wandb needs the wandb package; pip install -e '.[wandb]'")
     out.budget = parse_budget(cfg.budget)
-    for key in ("seed", "seeds.selection", "seeds.init", "seeds.order"):
+    if not isinstance(cfg.seeds, DictConfig):
+        raise HarnessError(f"seeds must be a mapping of stage seeds, got {cfg.seeds!r}; pass e.g. seeds.order=0")
+    for key in ("seed", *(f"seeds.{stage}" for stage in cfg.seeds)):
         value = OmegaConf.select(cfg, key)
         if value is None and key != "seed":
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise HarnessError(f"{key} must be a non-negative integer, got {value!r}; pass e.g. {key}=0")
+    out.seeds = _typed("seeds", cfg.seeds, SeedsSchema, "conf/config.yaml")  # seeds.warmup would go unused
+    out.paths = _typed("paths", cfg.paths, PathsSchema, "conf/config.yaml")
     if not isinstance(cfg.rerun, bool):
         raise HarnessError(f"rerun must be true or false, got {cfg.rerun!r}")
     for key, allowed in CHOICES.items():

@@ -44,6 +44,9 @@ def assert_one_line_error(code: int, err: str, tmp_path, *fragments: str) -> Non
         # a bare string would be read letter by letter ("plugin folder 'n' does not exist")
         ("plugins=my_selectors", ["plugins must be a list of folders", "plugins=[my_selectors]"]),
         ("plugins=null", ["plugins must be a list of folders"]),
+        # stage seeds: a plain number was a traceback after the folder was made; an unknown stage went unused
+        ("seeds=5", ["seeds must be a mapping", "seeds.order=0"]),
+        ("+seeds.warmup=3", ["seeds", "warmup", "conf/config.yaml"]),
     ],
 )
 def test_bad_overrides(harness_cli, tmp_path, override, fragments):
