@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import HarnessError, first_line
 from harness.evaluation.settings import EvalSchema
-from harness.identity import run_name
+from harness.identity import run_name, task_overrides
 
 
 @dataclass
@@ -192,12 +192,7 @@ def _slug(text: str) -> str:
 def cell_name(data: str, model: str, selector: str, budget: Any, seed: Any, *, _root_: Any = None) -> str:
     """Readable run-directory name of one cell: data/model/selector/b<budget>_s<seed>[,overrides that change
     the result] (the command line's overrides come from Hydra; see harness.identity.run_name)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task)
-    except (ValueError, ImportError):  # outside a Hydra run
-        overrides = []
+    overrides = task_overrides() or []  # none outside a Hydra run
     return f"{data}/{model}/{selector}/{run_name(selector, budget, seed, overrides, root=_root_)}"
 
 

@@ -23,7 +23,7 @@ from harness.config import validate
 from harness.data import load_pool, load_truth
 from harness.diagnostics import selection_diagnostics
 from harness.errors import HarnessError
-from harness.identity import describe_differences, identity, identity_hash
+from harness.identity import describe_differences, identity, identity_hash, override_keys, task_overrides
 from harness.interrupt import Interrupted, StopFlag, graceful_stop
 from harness.launch import export_distributed_env
 from harness.locking import LockHeld, describe_owner
@@ -396,14 +396,9 @@ def variant_label(spec: SelectorSpec, params: dict[str, Any]) -> str:
     distinguishes this variant from the selector as configured (the paper's defaults and, on the testbed, its
     adaptations in conf/selector_on/, which every run there shares). Outside Hydra: the parameters that differ
     from the selector's own defaults."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:
-        overrides = None
+    overrides = task_overrides()
     if overrides is not None:
-        keys = {o.lstrip("+").split("=", 1)[0] for o in overrides if "=" in o and not o.startswith("~")}
+        keys = override_keys(overrides)
         changed = {k: params[k] for k in sorted(params) if f"selector.{k}" in keys}
     else:
 
