@@ -233,3 +233,18 @@ def test_an_os_error_inside_the_run_keeps_its_traceback(harness_cli, monkeypatch
     monkeypatch.setattr(pipeline, "run", disk_full)
     with pytest.raises(OSError, match="No space left"):
         harness_cli([*MICRO])
+
+
+@pytest.mark.parametrize("n", [300, 500, 4000, 2000])
+def test_the_smallest_budget_named_keeps_an_example(n):
+    """The error for a budget that keeps nothing names one that keeps at least one (it named 0.5/n, which round()
+    takes to 0 when that is exact: budget=0.001 of 500)."""
+    import re
+
+    from harness.errors import HarnessError
+    from harness.selection import budget_to_k
+
+    with pytest.raises(HarnessError) as info:
+        budget_to_k(0.1 / n, n)
+    suggested = float(re.search(r"use budget >= ([0-9.e-]+)", str(info.value)).group(1))
+    assert budget_to_k(suggested, n) >= 1
