@@ -343,6 +343,8 @@ def validate(cfg: DictConfig) -> DictConfig:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise HarnessError(f"{key} must be a non-negative integer, got {value!r}; pass e.g. {key}=0")
+    if cfg.seed >= 2**32:  # lm-eval seeds numpy's legacy generator with it, after training
+        raise HarnessError(f"seed must be below 2**32 = {2**32} (evaluation seeds numpy with it), got {cfg.seed}")
     out.seeds = _typed("seeds", cfg.seeds, SeedsSchema, "conf/config.yaml")  # seeds.warmup would go unused
     out.paths = _typed("paths", cfg.paths, PathsSchema, "conf/config.yaml")
     if not isinstance(cfg.rerun, bool):

@@ -47,6 +47,7 @@ def assert_one_line_error(code: int, err: str, tmp_path, *fragments: str) -> Non
         # stage seeds: a plain number was a traceback after the folder was made; an unknown stage went unused
         ("seeds=5", ["seeds must be a mapping", "seeds.order=0"]),
         ("+seeds.warmup=3", ["seeds", "warmup", "conf/config.yaml"]),
+        ("seed=4294967296", ["seed must be below 2**32"]),  # trained, then numpy refused it at evaluation
     ],
 )
 def test_bad_overrides(harness_cli, tmp_path, override, fragments):
