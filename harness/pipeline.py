@@ -131,6 +131,17 @@ def target_tasks(tasks: list[Any], pool: Pool) -> list[str]:
     return have
 
 
+def check_chat_template(tokenizer: Any, model: str, train_chat: bool, eval_chat: bool) -> None:
+    """A one-line error when the pool (training) or the evaluation asks for the chat template and the tokenizer has
+    none (tokenizing the pool, or lm-eval after training, would stop with a traceback)."""
+    if (train_chat or eval_chat) and not getattr(tokenizer, "chat_template", None):
+        which = "data.chat_template=true" if train_chat else "eval.apply_chat_template=true"
+        raise HarnessError(
+            f"{which} needs a tokenizer with a chat template, and model '{model}' has none; drop it, or choose a "
+            "model whose tokenizer has one (model.name_or_path=<an instruct or chat model>)"
+        )
+
+
 class _PlanFor:
     """k -> the recipe's compute plan (callable), carrying the global batch size for the selection context."""
 
@@ -276,7 +287,9 @@ def _run_locked(
             print(f"already complete: {run_dir} (pass rerun=true to run it again; the old record is archived)")
         return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="complete")
     tasks = evaluation.resolve_tasks(cfg.eval, pool, cache)
+    eval_options = evaluation.evaluate_options(cfg.eval, pool)
     tokenizer = load_tokenizer(pool, cfg.model, cache)
+    check_chat_template(tokenizer, cfg.model.name, pool.chat_template, eval_options["apply_chat_template"])
     tokens = tokenize_pool(pool, tokenizer, cfg.model.max_length, cfg.model.add_bos_token, cache)
     timings["pool_seconds"] = time.perf_counter() - clock
     model_id = pool.fingerprint() + str(model_description(cfg.model))
@@ -361,7 +374,7 @@ def _run_locked(
             device=str(accelerator.device),
             seed=cfg.seed,
             add_bos_token=cfg.model.add_bos_token,
-            **evaluation.evaluate_options(cfg.eval, pool),
+            **eval_options,
         )
         timings["eval_seconds"] = time.perf_counter() - start
 

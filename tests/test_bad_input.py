@@ -249,3 +249,21 @@ def test_the_smallest_budget_named_keeps_an_example(n):
         budget_to_k(0.1 / n, n)
     suggested = float(re.search(r"use budget >= ([0-9.e-]+)", str(info.value)).group(1))
     assert budget_to_k(suggested, n) >= 1
+
+
+def test_a_chat_template_the_tokenizer_lacks_fails_before_training(harness_cli, tmp_path):
+    """Asking for the chat template with a tokenizer that has none: one line before anything is written (it was
+    lm-eval's traceback after training, or the tokenizer's while tokenizing the pool)."""
+    from conftest import user_lm_eval_task
+
+    code, _, err = harness_cli([*MICRO, "eval.apply_chat_template=true"])
+    assert_one_line_error(code, err, tmp_path, "eval.apply_chat_template=true needs a tokenizer with a chat template")
+    rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(40)]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = tmp_path / "items.jsonl"
+    data.write_text(json.dumps({"question": "q1", "options": ["a1", "a2"], "label": 0}) + "\n")
+    user_lm_eval_task(tmp_path / "tasks", data)
+    args = [*MICRO_RECIPE, "data=jsonl", f"data.path={pool}", "data.chat_template=true", "eval=lm_eval"]
+    code, _, err = harness_cli([*args, "eval.tasks=[my_task]", f"eval.include_path={tmp_path / 'tasks'}"])
+    assert_one_line_error(code, err, tmp_path, "data.chat_template=true needs a tokenizer with a chat template")
