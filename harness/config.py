@@ -286,7 +286,7 @@ def check_recipe(train: Any, where: str = "train") -> None:
 
 def check_eval(eval_cfg: Any, data: Any) -> None:
     """A one-line error for an evaluation setting lm-eval would reject only after training (a negative shot count,
-    a limit below 1, multi-turn shots without the chat template)."""
+    a limit below 1, no tokens to generate, multi-turn shots without the chat template)."""
     if eval_cfg.batch_size < 1:
         raise HarnessError(f"eval.batch_size must be at least 1, got {eval_cfg.batch_size}")
     if eval_cfg.limit is not None and eval_cfg.limit < 1:
@@ -295,6 +295,9 @@ def check_eval(eval_cfg: Any, data: Any) -> None:
     for key, value in shots.items():
         if value is not None and value < 0:
             raise HarnessError(f"{key} must be a non-negative integer, got {value!r}; e.g. {key}=5")
+    max_gen = eval_cfg.gen_kwargs.get("max_gen_toks")
+    if max_gen is not None and (isinstance(max_gen, bool) or not isinstance(max_gen, int) or max_gen < 1):
+        raise HarnessError(f"eval.gen_kwargs.max_gen_toks must be a positive integer, got {max_gen!r}")
     chat = eval_cfg.apply_chat_template
     if chat is None:
         chat = bool(data.get("chat_template", False))

@@ -267,3 +267,9 @@ def test_a_chat_template_the_tokenizer_lacks_fails_before_training(harness_cli, 
     args = [*MICRO_RECIPE, "data=jsonl", f"data.path={pool}", "data.chat_template=true", "eval=lm_eval"]
     code, _, err = harness_cli([*args, "eval.tasks=[my_task]", f"eval.include_path={tmp_path / 'tasks'}"])
     assert_one_line_error(code, err, tmp_path, "data.chat_template=true needs a tokenizer with a chat template")
+
+
+def test_no_tokens_to_generate_fails_before_training(harness_cli, tmp_path):
+    """A generative task with max_gen_toks < 1 was a transformers traceback after training."""
+    code, _, err = harness_cli([*MICRO, "eval.tasks=[addition_gen]", "+eval.gen_kwargs={max_gen_toks: -1}"])
+    assert_one_line_error(code, err, tmp_path, "eval.gen_kwargs.max_gen_toks must be a positive integer, got -1")
