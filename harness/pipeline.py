@@ -165,12 +165,19 @@ def attempt_token() -> str | None:
 
 
 def check_record(
-    rec: RunRecord, run_id: str, ident: dict[str, Any], current: dict[str, Any], rerun: bool, token: str | None
+    rec: RunRecord,
+    run_id: str,
+    ident: dict[str, Any],
+    current: dict[str, Any],
+    rerun: bool,
+    token: str | None,
+    locked: bool = True,
 ) -> str:
     """What the run folder holds for this cell: 'complete' (reuse its record), 'resume' (an unfinished attempt of
     this cell), 'archive' (rerun=true: move it aside after every input check) or 'fresh'. A record of another
     config, or of this config made from other inputs (`current`: selector file, pool, precision), or files that
-    are no record at all, are a one-line error."""
+    are no record at all, are a one-line error. Files without a manifest are judged only under the folder's lock
+    (`locked`): without it they may be another process's attempt between two writes."""
     stored = rec.manifest()
     complete = rec.is_complete()
     same = stored is not None and stored.get("run_id") == run_id
@@ -182,7 +189,7 @@ def check_record(
                 return "resume"
         return "archive"
     if stored is None and not complete:
-        if rec.has_content():  # the user's own files (hydra.run.dir=.): a run would overwrite or delete them
+        if locked and rec.has_content():  # the user's own files (hydra.run.dir=.): a run would overwrite or delete them
             raise HarnessError(
                 f"{rec.dir} holds files that are no run record (no {record.MANIFEST}); run the cell in a new or "
                 "empty folder (hydra.run.dir=...), or pass rerun=true to move them into its archive/ first"
@@ -220,7 +227,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     rec = RunRecord(run_dir)
     token = attempt_token()
     # the checks that need neither the pool nor the accelerator, before either: another config, another selector file
-    check_record(rec, run_id, ident, {"selector_file_sha256": source_sha256(spec)}, cfg.rerun, token)
+    check_record(rec, run_id, ident, {"selector_file_sha256": source_sha256(spec)}, cfg.rerun, token, locked=False)
     export_distributed_env()  # before anything asks for the rank
     main = runtime.is_main_process_env()
     lock = rec.lock()
