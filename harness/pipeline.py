@@ -340,9 +340,9 @@ def _run_locked(
     manifest.update(
         status="training", runtime=runtime.describe(accelerator, threads), precision=precision, attempt_token=token
     )
-    if accelerator.is_main_process:
-        rec.write_config(OmegaConf.to_yaml(cfg))
+    if accelerator.is_main_process:  # the manifest first: a folder with files of a run always has it
         rec.write_manifest(manifest)
+        rec.write_config(OmegaConf.to_yaml(cfg))
         if selection.scores is not None:
             rec.write_scores(selection.scores)
     accelerator.wait_for_everyone()
