@@ -47,7 +47,7 @@ def _hydra_main(cfg: DictConfig) -> object:
             raise  # Hydra marks this cell failed and runs the others; the sweep exits 2 at the end
         sys.exit(exc.exit_code)
     except Interrupted as exc:
-        print(interrupted_line(exc), file=sys.stderr)
+        print(interrupted_line(exc, rerun=cfg.get("rerun") is True), file=sys.stderr)
         if made_now and only_log(run_dir, empty=False):
             remove_with_empty_parents(run_dir, results_root)
         if exc.then is not None:  # submitit's time-limit signal, now that training has its checkpoint:
@@ -55,9 +55,12 @@ def _hydra_main(cfg: DictConfig) -> object:
         sys.exit(exc.exit_code)
 
 
-def interrupted_line(exc: Interrupted) -> str:
-    """One line instead of a traceback: where the run stopped and how to go on."""
+def interrupted_line(exc: Interrupted, rerun: bool = False) -> str:
+    """One line instead of a traceback: where the run stopped and how to go on (with rerun=true the same command
+    would archive the attempt and start over, so the line says to drop it)."""
     what = "interrupted" if exc.signame == "SIGINT" else f"stopped by {exc.signame}"
+    if exc.step and rerun:
+        return f"{what}; run the same command without rerun=true to resume from step {exc.step}"
     if exc.step:
         return f"{what}; run the same command again to resume from step {exc.step}"
     return f"{what} before training had a checkpoint; run the same command again to start the cell"
@@ -98,6 +101,9 @@ def explain(exc: BaseException) -> str:
     if missing:
         key = missing.group(1)
         return f"{key} is required here; pass {key}=... (see conf/ for what it takes)"
+    added = new_mapping_keys(exc)
+    if added:
+        return added
     first = first_line(exc)
     cause = exc.__cause__
     if cause is not None and str(cause).strip():
@@ -105,8 +111,27 @@ def explain(exc: BaseException) -> str:
         if detail not in first:
             first = f"{first}: {detail}"
     if "Could not override" in first or "not in struct" in first:
-        first += " (check the key's spelling; `python -m harness --cfg job` prints every key)"
+        first += (
+            " (check the key's spelling; `python -m harness --cfg job` prints every key; "
+            "a key the config does not have yet takes a leading +)"
+        )
     return first
+
+
+def new_mapping_keys(exc: BaseException) -> str | None:
+    """`eval.fewshot='{facts: 2}'` adds keys to an existing mapping, which Hydra refuses without a leading `+`: the
+    one line says so and gives Hydra's own `+` form (None for any other error)."""
+    text = str(exc)
+    override = re.match(r"Could not override '([^']+)'", text)
+    append = re.search(r"^To append to your config use (.+)$", text, re.MULTILINE)
+    full_key = str(getattr(exc.__cause__, "full_key", "") or "")
+    if not (override and append and full_key.startswith(override.group(1) + ".")):
+        return None
+    key = override.group(1)
+    return (
+        f"{key} has no key '{full_key[len(key) + 1 :]}' (a plain override only changes keys it has); "
+        f"to add it, use a leading +: '{append.group(1).strip()}'"
+    )
 
 
 def main() -> None:
@@ -129,3 +154,24 @@ def main() -> None:
     ) as exc:
         print(f"error: {explain(exc)}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:
+        if raised_in_job(exc):  # the run's own I/O: not a question of where the user pointed it
+            raise
+        # Hydra making the run folder or its log (paths.results or hydra.run.dir is a file, or not writable)
+        print(
+            f"error: cannot make the run folder or its log ({exc.strerror or exc}: {exc.filename}); "
+            "point paths.results (or hydra.run.dir) at a folder you can write",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def raised_in_job(exc: BaseException) -> bool:
+    """Whether the error came from inside the job (a frame of `_hydra_main`), not from Hydra's set-up around it."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "_hydra_main" and code.co_filename == __file__:
+            return True
+        tb = tb.tb_next
+    return False

@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import HarnessError, first_line
 from harness.evaluation.settings import EvalSchema
-from harness.identity import run_name
+from harness.identity import run_name, task_overrides
 
 
 @dataclass
@@ -125,6 +125,21 @@ class HubDataSchema(_TextPoolSchema):
 
 
 @dataclass
+class SeedsSchema:
+    """Stage seeds (null: a stream derived from `seed`); harness.seeding.STAGES names them."""
+
+    selection: int | None = None
+    init: int | None = None
+    order: int | None = None
+
+
+@dataclass
+class PathsSchema:
+    results: str = "results"
+    cache: str = "results/cache"
+
+
+@dataclass
 class WandbSchema:
     name: str = "wandb"
     project: str = "data-selection-harness"
@@ -177,12 +192,7 @@ def _slug(text: str) -> str:
 def cell_name(data: str, model: str, selector: str, budget: Any, seed: Any, *, _root_: Any = None) -> str:
     """Readable run-directory name of one cell: data/model/selector/b<budget>_s<seed>[,overrides that change
     the result] (the command line's overrides come from Hydra; see harness.identity.run_name)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task)
-    except (ValueError, ImportError):  # outside a Hydra run
-        overrides = []
+    overrides = task_overrides() or []  # none outside a Hydra run
     return f"{data}/{model}/{selector}/{run_name(selector, budget, seed, overrides, root=_root_)}"
 
 
@@ -217,13 +227,13 @@ def _one_line(exc: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key and key not in msg else msg
 
 
-def _typed(group: str, node: Any, schema: type) -> DictConfig:
-    """Merge one group onto its schema so wrong types and unknown keys fail."""
+def _typed(group: str, node: Any, schema: type, where: str = "") -> DictConfig:
+    """Merge one group onto its schema so wrong types and unknown keys fail (`where`: the file that sets it)."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
     except OmegaConfBaseException as exc:
         raise HarnessError(
-            f"bad config in '{group}': {_one_line(exc)}; fix the override or conf/{group}/*.yaml"
+            f"bad config in '{group}': {_one_line(exc)}; fix the override or {where or f'conf/{group}/*.yaml'}"
         ) from None
     return merged
 
@@ -274,6 +284,38 @@ def check_recipe(train: Any, where: str = "train") -> None:
         )
 
 
+def check_eval(eval_cfg: Any, data: Any) -> None:
+    """A one-line error for an evaluation setting lm-eval would reject only after training (a negative shot count,
+    a limit below 1, no tokens to generate, multi-turn shots without the chat template)."""
+    if eval_cfg.batch_size < 1:
+        raise HarnessError(f"eval.batch_size must be at least 1, got {eval_cfg.batch_size}")
+    if eval_cfg.limit is not None and eval_cfg.limit < 1:
+        raise HarnessError(f"eval.limit must be at least 1 (items per task) or null for all, got {eval_cfg.limit}")
+    shots = {"eval.num_fewshot": eval_cfg.num_fewshot, **{f"eval.fewshot.{k}": v for k, v in eval_cfg.fewshot.items()}}
+    for key, value in shots.items():
+        if value is not None and value < 0:
+            raise HarnessError(f"{key} must be a non-negative integer, got {value!r}; e.g. {key}=5")
+    max_gen = eval_cfg.gen_kwargs.get("max_gen_toks")
+    if max_gen is not None and (isinstance(max_gen, bool) or not isinstance(max_gen, int) or max_gen < 1):
+        raise HarnessError(f"eval.gen_kwargs.max_gen_toks must be a positive integer, got {max_gen!r}")
+    chat = eval_cfg.apply_chat_template
+    if chat is None:
+        chat = bool(data.get("chat_template", False))
+    if eval_cfg.fewshot_as_multiturn and not chat:
+        raise HarnessError(
+            "eval.fewshot_as_multiturn=true needs the chat template; set eval.apply_chat_template=true or drop it"
+        )
+
+
+def check_plugins(plugins: Any) -> None:
+    """`plugins` must be a list of folders (a bare string would be read letter by letter)."""
+    if not (OmegaConf.is_list(plugins) or isinstance(plugins, (list, tuple))):
+        raise HarnessError(f"plugins must be a list of folders, got {plugins!r}; pass e.g. plugins=[my_selectors]")
+    bad = next((p for p in plugins if not isinstance(p, str) or not p), None)
+    if bad is not None:
+        raise HarnessError(f"plugins must name folders, got {bad!r}; pass e.g. plugins=[my_selectors]")
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Resolve and type-check the composed config; raises HarnessError with one line on any problem."""
     if cfg.model.get("source") == "pretrained" and OmegaConf.is_missing(cfg.model, "name_or_path"):
@@ -296,12 +338,18 @@ def validate(cfg: DictConfig) -> DictConfig:
     if out.logger.name == "wandb" and importlib.util.find_spec("wandb") is None:
         raise HarnessError("logger=wandb needs the wandb package; pip install -e '.[wandb]'")
     out.budget = parse_budget(cfg.budget)
-    for key in ("seed", "seeds.selection", "seeds.init", "seeds.order"):
+    if not isinstance(cfg.seeds, DictConfig):
+        raise HarnessError(f"seeds must be a mapping of stage seeds, got {cfg.seeds!r}; pass e.g. seeds.order=0")
+    for key in ("seed", *(f"seeds.{stage}" for stage in cfg.seeds)):
         value = OmegaConf.select(cfg, key)
         if value is None and key != "seed":
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise HarnessError(f"{key} must be a non-negative integer, got {value!r}; pass e.g. {key}=0")
+    if cfg.seed >= 2**32:  # lm-eval seeds numpy's legacy generator with it, after training
+        raise HarnessError(f"seed must be below 2**32 = {2**32} (evaluation seeds numpy with it), got {cfg.seed}")
+    out.seeds = _typed("seeds", cfg.seeds, SeedsSchema, "conf/config.yaml")  # seeds.warmup would go unused
+    out.paths = _typed("paths", cfg.paths, PathsSchema, "conf/config.yaml")
     if not isinstance(cfg.rerun, bool):
         raise HarnessError(f"rerun must be true or false, got {cfg.rerun!r}")
     for key, allowed in CHOICES.items():
@@ -311,8 +359,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     check_recipe(out.train)
     if out.model.dtype == "float16" and not out.model.lora.enabled:
         raise HarnessError(FLOAT16_TRAINING)
-    if out.eval.batch_size < 1:
-        raise HarnessError(f"eval.batch_size must be at least 1, got {out.eval.batch_size}")
+    check_eval(out.eval, out.data)
+    check_plugins(cfg.plugins)
     timeout = cfg.get("dist_timeout_minutes", 360)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise HarnessError(f"dist_timeout_minutes must be a positive number of minutes, got {timeout!r}")

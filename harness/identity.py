@@ -96,6 +96,21 @@ def _override_key(override: str) -> tuple[str, str] | None:
     return key.strip(), value.strip()
 
 
+def task_overrides() -> list[str] | None:
+    """The command line's overrides of the running Hydra job (one cell's, in a multirun); None outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except (ValueError, ImportError):
+        return None
+
+
+def override_keys(overrides: list[str]) -> set[str]:
+    """The dotted keys that overrides set ('+train.lr=1' -> 'train.lr'); deletions set nothing."""
+    return {parsed[0] for parsed in map(_override_key, overrides) if parsed is not None}
+
+
 def _in(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") or key.startswith(p + "/") for p in prefixes)
 

@@ -23,7 +23,7 @@ from harness.config import validate
 from harness.data import load_pool, load_truth
 from harness.diagnostics import selection_diagnostics
 from harness.errors import HarnessError
-from harness.identity import describe_differences, identity, identity_hash
+from harness.identity import describe_differences, identity, identity_hash, override_keys, task_overrides
 from harness.interrupt import Interrupted, StopFlag, graceful_stop
 from harness.launch import export_distributed_env
 from harness.locking import LockHeld, describe_owner
@@ -131,6 +131,17 @@ def target_tasks(tasks: list[Any], pool: Pool) -> list[str]:
     return have
 
 
+def check_chat_template(tokenizer: Any, model: str, train_chat: bool, eval_chat: bool) -> None:
+    """A one-line error when the pool (training) or the evaluation asks for the chat template and the tokenizer has
+    none (tokenizing the pool, or lm-eval after training, would stop with a traceback)."""
+    if (train_chat or eval_chat) and not getattr(tokenizer, "chat_template", None):
+        which = "data.chat_template=true" if train_chat else "eval.apply_chat_template=true"
+        raise HarnessError(
+            f"{which} needs a tokenizer with a chat template, and model '{model}' has none; drop it, or choose a "
+            "model whose tokenizer has one (model.name_or_path=<an instruct or chat model>)"
+        )
+
+
 class _PlanFor:
     """k -> the recipe's compute plan (callable), carrying the global batch size for the selection context."""
 
@@ -154,12 +165,19 @@ def attempt_token() -> str | None:
 
 
 def check_record(
-    rec: RunRecord, run_id: str, ident: dict[str, Any], current: dict[str, Any], rerun: bool, token: str | None
+    rec: RunRecord,
+    run_id: str,
+    ident: dict[str, Any],
+    current: dict[str, Any],
+    rerun: bool,
+    token: str | None,
+    locked: bool = True,
 ) -> str:
     """What the run folder holds for this cell: 'complete' (reuse its record), 'resume' (an unfinished attempt of
     this cell), 'archive' (rerun=true: move it aside after every input check) or 'fresh'. A record of another
-    config, or of this config made from other inputs (`current`: selector file, pool, precision), is a one-line
-    error."""
+    config, or of this config made from other inputs (`current`: selector file, pool, precision), or files that
+    are no record at all, are a one-line error. Files without a manifest are judged only under the folder's lock
+    (`locked`): without it they may be another process's attempt between two writes."""
     stored = rec.manifest()
     complete = rec.is_complete()
     same = stored is not None and stored.get("run_id") == run_id
@@ -171,6 +189,11 @@ def check_record(
                 return "resume"
         return "archive"
     if stored is None and not complete:
+        if locked and rec.has_content():  # the user's own files (hydra.run.dir=.): a run would overwrite or delete them
+            raise HarnessError(
+                f"{rec.dir} holds files that are no run record (no {record.MANIFEST}); run the cell in a new or "
+                "empty folder (hydra.run.dir=...), or pass rerun=true to move them into its archive/ first"
+            )
         return "fresh"
     if not same:
         diff = describe_differences((stored or {}).get("identity") or {}, ident) or "identity unknown"
@@ -204,7 +227,7 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     rec = RunRecord(run_dir)
     token = attempt_token()
     # the checks that need neither the pool nor the accelerator, before either: another config, another selector file
-    check_record(rec, run_id, ident, {"selector_file_sha256": source_sha256(spec)}, cfg.rerun, token)
+    check_record(rec, run_id, ident, {"selector_file_sha256": source_sha256(spec)}, cfg.rerun, token, locked=False)
     export_distributed_env()  # before anything asks for the rank
     main = runtime.is_main_process_env()
     lock = rec.lock()
@@ -271,7 +294,9 @@ def _run_locked(
             print(f"already complete: {run_dir} (pass rerun=true to run it again; the old record is archived)")
         return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="complete")
     tasks = evaluation.resolve_tasks(cfg.eval, pool, cache)
+    eval_options = evaluation.evaluate_options(cfg.eval, pool)
     tokenizer = load_tokenizer(pool, cfg.model, cache)
+    check_chat_template(tokenizer, cfg.model.name, pool.chat_template, eval_options["apply_chat_template"])
     tokens = tokenize_pool(pool, tokenizer, cfg.model.max_length, cfg.model.add_bos_token, cache)
     timings["pool_seconds"] = time.perf_counter() - clock
     model_id = pool.fingerprint() + str(model_description(cfg.model))
@@ -315,9 +340,9 @@ def _run_locked(
     manifest.update(
         status="training", runtime=runtime.describe(accelerator, threads), precision=precision, attempt_token=token
     )
-    if accelerator.is_main_process:
-        rec.write_config(OmegaConf.to_yaml(cfg))
+    if accelerator.is_main_process:  # the manifest first: a folder with files of a run always has it
         rec.write_manifest(manifest)
+        rec.write_config(OmegaConf.to_yaml(cfg))
         if selection.scores is not None:
             rec.write_scores(selection.scores)
     accelerator.wait_for_everyone()
@@ -356,7 +381,7 @@ def _run_locked(
             device=str(accelerator.device),
             seed=cfg.seed,
             add_bos_token=cfg.model.add_bos_token,
-            **evaluation.evaluate_options(cfg.eval, pool),
+            **eval_options,
         )
         timings["eval_seconds"] = time.perf_counter() - start
 
@@ -391,14 +416,9 @@ def variant_label(spec: SelectorSpec, params: dict[str, Any]) -> str:
     distinguishes this variant from the selector as configured (the paper's defaults and, on the testbed, its
     adaptations in conf/selector_on/, which every run there shares). Outside Hydra: the parameters that differ
     from the selector's own defaults."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:
-        overrides = None
+    overrides = task_overrides()
     if overrides is not None:
-        keys = {o.lstrip("+").split("=", 1)[0] for o in overrides if "=" in o and not o.startswith("~")}
+        keys = override_keys(overrides)
         changed = {k: params[k] for k in sorted(params) if f"selector.{k}" in keys}
     else:
 

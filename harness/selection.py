@@ -255,9 +255,9 @@ def equal_quotas(sizes: np.ndarray, k: int) -> np.ndarray:
 def budget_to_k(budget: float, n: int) -> int:
     """k = round(budget * N), the number of examples kept; at least one, or an error."""
     k = int(round(budget * n))
-    if k < 1:
+    if k < 1:  # 1/n keeps one (0.5/n does not: round() takes a half to the even 0)
         raise HarnessError(
-            f"budget={budget} keeps 0 of {n} pool examples; use budget >= {0.5 / n:.2g} (at least one example)"
+            f"budget={budget} keeps 0 of {n} pool examples; use budget >= {1 / n:.2g} (at least one example)"
         )
     return k
 

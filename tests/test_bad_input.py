@@ -35,6 +35,19 @@ def assert_one_line_error(code: int, err: str, tmp_path, *fragments: str) -> Non
         ("data.facts_validation=some", ["facts_validation", "untaught", "taught"]),
         ("data.noise_rate=2", ["noise_rate", "[0, 1]"]),
         ("model.dtype=float16", ["model.dtype=float16", "loss scaling", "model.dtype=bfloat16"]),
+        # evaluation settings lm-eval refuses only after training: refused before anything is written
+        ("eval.limit=0", ["eval.limit must be at least 1"]),
+        ("eval.limit=-3", ["eval.limit must be at least 1"]),
+        ("eval.num_fewshot=-1", ["eval.num_fewshot must be a non-negative integer"]),
+        ("+eval.fewshot={addition: -2}", ["eval.fewshot.addition must be a non-negative integer"]),
+        ("eval.fewshot_as_multiturn=true", ["needs the chat template", "eval.apply_chat_template=true"]),
+        # a bare string would be read letter by letter ("plugin folder 'n' does not exist")
+        ("plugins=my_selectors", ["plugins must be a list of folders", "plugins=[my_selectors]"]),
+        ("plugins=null", ["plugins must be a list of folders"]),
+        # stage seeds: a plain number was a traceback after the folder was made; an unknown stage went unused
+        ("seeds=5", ["seeds must be a mapping", "seeds.order=0"]),
+        ("+seeds.warmup=3", ["seeds", "warmup", "conf/config.yaml"]),
+        ("seed=4294967296", ["seed must be below 2**32"]),  # trained, then numpy refused it at evaluation
     ],
 )
 def test_bad_overrides(harness_cli, tmp_path, override, fragments):
@@ -173,3 +186,90 @@ def test_a_rejected_run_keeps_the_users_own_empty_folders(tmp_path):
     code, _, err = run_harness([*MICRO, "selector=rs2", "selector.replacement=no"], mine)
     assert code == 2 and "replacement must be true or false" in err
     assert mine.is_dir() and not (mine / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "override,fixed",
+    [
+        ("eval.fewshot={addition: 2}", "+eval.fewshot={addition: 2}"),
+        ("eval.gen_kwargs={max_gen_toks: 8}", "+eval.gen_kwargs={max_gen_toks: 8}"),
+    ],
+)
+def test_new_keys_of_a_mapping_are_told_the_plus_form(harness_cli, tmp_path, override, fixed):
+    """Per-task shots or generation settings add keys to an empty mapping: the line gives the form that works
+    (it said 'check the key's spelling', and dropped Hydra's own hint)."""
+    from hydra import compose, initialize_config_dir
+
+    from harness import REPO_ROOT
+    from harness.config import register_resolvers, validate
+
+    code, _, err = harness_cli([*MICRO, override])
+    assert_one_line_error(code, err, tmp_path, f"to add it, use a leading +: '{fixed}'")
+    assert "spelling" not in err
+    register_resolvers()
+    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = validate(compose("config", overrides=[fixed]))
+    key, _, _ = fixed.lstrip("+").partition("=")
+    assert len(cfg[key.split(".")[0]][key.split(".")[1]]) == 1
+
+
+@pytest.mark.parametrize("below", ["", "/cell"])
+def test_a_run_folder_that_cannot_be_made_is_one_line(harness_cli, tmp_path, below):
+    """A file where the run folder (or a folder above it) would go: one line, not Hydra's traceback."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, _, err = harness_cli([*MICRO, f"hydra.run.dir={blocker}{below}"])
+    lines = message_lines(err)
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: cannot make the run folder") and str(blocker) in lines[0]
+
+
+def test_an_os_error_inside_the_run_keeps_its_traceback(harness_cli, monkeypatch):
+    """Only Hydra's own set-up (making the folder and its log) is the user's path; the run's I/O errors propagate."""
+    import harness.pipeline as pipeline
+
+    def disk_full(cfg, run_dir):
+        raise OSError(28, "No space left on device", str(run_dir))
+
+    monkeypatch.setattr(pipeline, "run", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        harness_cli([*MICRO])
+
+
+@pytest.mark.parametrize("n", [300, 500, 4000, 2000])
+def test_the_smallest_budget_named_keeps_an_example(n):
+    """The error for a budget that keeps nothing names one that keeps at least one (it named 0.5/n, which round()
+    takes to 0 when that is exact: budget=0.001 of 500)."""
+    import re
+
+    from harness.errors import HarnessError
+    from harness.selection import budget_to_k
+
+    with pytest.raises(HarnessError) as info:
+        budget_to_k(0.1 / n, n)
+    suggested = float(re.search(r"use budget >= ([0-9.e-]+)", str(info.value)).group(1))
+    assert budget_to_k(suggested, n) >= 1
+
+
+def test_a_chat_template_the_tokenizer_lacks_fails_before_training(harness_cli, tmp_path):
+    """Asking for the chat template with a tokenizer that has none: one line before anything is written (it was
+    lm-eval's traceback after training, or the tokenizer's while tokenizing the pool)."""
+    from conftest import user_lm_eval_task
+
+    code, _, err = harness_cli([*MICRO, "eval.apply_chat_template=true"])
+    assert_one_line_error(code, err, tmp_path, "eval.apply_chat_template=true needs a tokenizer with a chat template")
+    rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(40)]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = tmp_path / "items.jsonl"
+    data.write_text(json.dumps({"question": "q1", "options": ["a1", "a2"], "label": 0}) + "\n")
+    user_lm_eval_task(tmp_path / "tasks", data)
+    args = [*MICRO_RECIPE, "data=jsonl", f"data.path={pool}", "data.chat_template=true", "eval=lm_eval"]
+    code, _, err = harness_cli([*args, "eval.tasks=[my_task]", f"eval.include_path={tmp_path / 'tasks'}"])
+    assert_one_line_error(code, err, tmp_path, "data.chat_template=true needs a tokenizer with a chat template")
+
+
+def test_no_tokens_to_generate_fails_before_training(harness_cli, tmp_path):
+    """A generative task with max_gen_toks < 1 was a transformers traceback after training."""
+    code, _, err = harness_cli([*MICRO, "eval.tasks=[addition_gen]", "+eval.gen_kwargs={max_gen_toks: -1}"])
+    assert_one_line_error(code, err, tmp_path, "eval.gen_kwargs.max_gen_toks must be a positive integer, got -1")

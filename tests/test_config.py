@@ -51,6 +51,10 @@ def test_every_option_of_every_group_composes():
         ("train.scheduler=exotic", "train.scheduler"),
         ("seed=-1", "seed"),
         ("train.global_batch_size=0", "global_batch_size"),
+        # an unknown stage seed or path went unused (and the stage seed changed the run id)
+        ("+seeds.warmup=3", "warmup"),
+        ("+paths.signals=/x", "signals"),
+        ("paths.cache=null", "paths"),
     ],
 )
 def test_wrong_types_and_unknown_keys_are_errors(override, fragment):

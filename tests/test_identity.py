@@ -124,3 +124,14 @@ def test_budget_free_cells_with_long_names_share_one_folder():
     assert names["full", "0.1"].startswith("all_s0,h")  # long enough to be hashed
     assert names["full", "0.1"] == names["full", "0.5"]
     assert names["random", "0.1"] != names["random", "0.5"]
+
+
+def test_override_keys():
+    from harness.identity import override_keys
+
+    assert override_keys(["+train.lr=1", "++a.b=2", "~foo", "selector=x", "selector.k = 3"]) == {
+        "train.lr",
+        "a.b",
+        "selector",
+        "selector.k",
+    }

@@ -689,3 +689,46 @@ def test_a_run_that_lost_its_lock_does_not_commit_results(harness_cli, tmp_path,
     code, _, err = harness_cli([*SHORT, f"hydra.run.dir={cell}"])
     assert code != 0 and "lost the lock" in err, err
     assert not (cell / "results.csv").exists()
+
+
+def test_a_stopped_rerun_says_how_to_resume(harness_cli, tmp_path, monkeypatch):
+    """rerun=true stopped mid-training: the same command again would archive the attempt and start over, so the line
+    says to drop rerun=true, and doing that resumes (it said 'run the same command again to resume')."""
+    import harness.pipeline as pipeline
+
+    cell = tmp_path / "cell"
+    args = [*MICRO, "train.epochs=3", f"hydra.run.dir={cell}"]
+    real_train = pipeline.train
+
+    def stopped_after_first_step(*a, stop, **kw):
+        stop.signame = "SIGINT"  # as if Ctrl-C came while training: the loop checkpoints the step and stops
+        return real_train(*a, stop=stop, **kw)
+
+    monkeypatch.setattr(pipeline, "train", stopped_after_first_step)
+    code, _, err = harness_cli([*args, "rerun=true"])
+    (line,) = [x for x in message_lines(err) if "train:" not in x]
+    assert code == 128 + signal.SIGINT, err
+    assert line == "interrupted; run the same command without rerun=true to resume from step 1"
+    monkeypatch.setattr(pipeline, "train", real_train)
+    code, _, err = harness_cli(args)  # what the line says
+    assert code == 0, err
+    assert manifest_of(cell)["training"]["resumed_from_step"] == 1 and not (cell / "archive").exists()
+
+
+def test_a_folder_of_other_files_is_refused_untouched(harness_cli, tmp_path):
+    """hydra.run.dir pointing at a folder of the user's own files: the run overwrote their config.yaml and deleted
+    their checkpoints/ (the record's clean-up); now it is refused, and rerun=true moves the files into archive/."""
+    mine = tmp_path / "mine"
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "checkpoints" / "model.bin").write_text("weights")
+    (mine / "config.yaml").write_text("lr: 1\n")
+    before = snapshot(mine)
+    code, _, err = harness_cli([*SHORT, f"hydra.run.dir={mine}"])
+    lines = message_lines(err)
+    assert code == 2 and len(lines) == 1 and "no run record" in lines[0] and "hydra.run.dir" in lines[0], err
+    assert snapshot(mine) == before
+    code, _, err = harness_cli([*SHORT, f"hydra.run.dir={mine}", "rerun=true"])
+    assert code == 0, err
+    (archived,) = (mine / "archive").iterdir()
+    assert (archived / "checkpoints" / "model.bin").read_text() == "weights"
+    assert (archived / "config.yaml").read_text() == "lr: 1\n" and (mine / "results.csv").is_file()
