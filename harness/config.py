@@ -286,25 +286,19 @@ def check_recipe(train: Any, where: str = "train") -> None:
 
 def check_eval(eval_cfg: Any, data: Any) -> None:
     """A one-line error for an evaluation setting lm-eval would reject only after training (a negative shot count,
-    a limit below 1, no tokens to generate, multi-turn shots without the chat template)."""
+    a limit below 1, bad generation settings, multi-turn shots without the chat template): the evaluation's own
+    checks, run before anything else."""
+    from harness.evaluation.settings import check_values
+
     if eval_cfg.batch_size < 1:
         raise HarnessError(f"eval.batch_size must be at least 1, got {eval_cfg.batch_size}")
-    if eval_cfg.limit is not None and eval_cfg.limit < 1:
-        raise HarnessError(f"eval.limit must be at least 1 (items per task) or null for all, got {eval_cfg.limit}")
-    shots = {"eval.num_fewshot": eval_cfg.num_fewshot, **{f"eval.fewshot.{k}": v for k, v in eval_cfg.fewshot.items()}}
-    for key, value in shots.items():
-        if value is not None and value < 0:
-            raise HarnessError(f"{key} must be a non-negative integer, got {value!r}; e.g. {key}=5")
-    max_gen = eval_cfg.gen_kwargs.get("max_gen_toks")
-    if max_gen is not None and (isinstance(max_gen, bool) or not isinstance(max_gen, int) or max_gen < 1):
-        raise HarnessError(f"eval.gen_kwargs.max_gen_toks must be a positive integer, got {max_gen!r}")
     chat = eval_cfg.apply_chat_template
     if chat is None:
         chat = bool(data.get("chat_template", False))
-    if eval_cfg.fewshot_as_multiturn and not chat:
-        raise HarnessError(
-            "eval.fewshot_as_multiturn=true needs the chat template; set eval.apply_chat_template=true or drop it"
-        )
+    plain = OmegaConf.to_container(eval_cfg, resolve=True)
+    check_values(
+        plain["num_fewshot"], plain["fewshot"], plain["limit"], plain["fewshot_as_multiturn"], chat, plain["gen_kwargs"]
+    )
 
 
 def check_plugins(plugins: Any) -> None:

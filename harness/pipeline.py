@@ -131,17 +131,6 @@ def target_tasks(tasks: list[Any], pool: Pool) -> list[str]:
     return have
 
 
-def check_chat_template(tokenizer: Any, model: str, train_chat: bool, eval_chat: bool) -> None:
-    """A one-line error when the pool (training) or the evaluation asks for the chat template and the tokenizer has
-    none (tokenizing the pool, or lm-eval after training, would stop with a traceback)."""
-    if (train_chat or eval_chat) and not getattr(tokenizer, "chat_template", None):
-        which = "data.chat_template=true" if train_chat else "eval.apply_chat_template=true"
-        raise HarnessError(
-            f"{which} needs a tokenizer with a chat template, and model '{model}' has none; drop it, or choose a "
-            "model whose tokenizer has one (model.name_or_path=<an instruct or chat model>)"
-        )
-
-
 class _PlanFor:
     """k -> the recipe's compute plan (callable), carrying the global batch size for the selection context."""
 
@@ -175,9 +164,9 @@ def check_record(
 ) -> str:
     """What the run folder holds for this cell: 'complete' (reuse its record), 'resume' (an unfinished attempt of
     this cell), 'archive' (rerun=true: move it aside after every input check) or 'fresh'. A record of another
-    config, or of this config made from other inputs (`current`: selector file, pool, precision), or files that
-    are no record at all, are a one-line error. Files without a manifest are judged only under the folder's lock
-    (`locked`): without it they may be another process's attempt between two writes."""
+    config, or of this config made from other inputs (`current`: selector file, pool, evaluation tasks, precision),
+    or files that are no record at all, are a one-line error. Files without a manifest are judged only under the
+    folder's lock (`locked`): without it they may be another process's attempt between two writes."""
     stored = rec.manifest()
     complete = rec.is_complete()
     same = stored is not None and stored.get("run_id") == run_id
@@ -283,9 +272,12 @@ def _run_locked(
     pool = load_pool(cfg.data, include_path=cfg.eval.include_path)
     # What the folder holds, looked at again now that this process owns it, against everything a record depends on.
     precision = resolved_precision(accelerator, cfg.model.dtype)
+    tasks = evaluation.resolve_tasks(cfg.eval, pool, cache)  # writes nothing but content-addressed task data
+    eval_tasks_sha256 = evaluation.tasks_fingerprint(tasks, cfg.eval.include_path)
     current = {
         "selector_file_sha256": source_sha256(spec),
         "pool_fingerprint": pool.fingerprint(),
+        "eval_tasks_sha256": eval_tasks_sha256,
         **precision,
     }
     verdict = check_record(rec, run_id, ident, current, cfg.rerun, token)
@@ -293,10 +285,10 @@ def _run_locked(
         if accelerator.is_main_process:
             print(f"already complete: {run_dir} (pass rerun=true to run it again; the old record is archived)")
         return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="complete")
-    tasks = evaluation.resolve_tasks(cfg.eval, pool, cache)
     eval_options = evaluation.evaluate_options(cfg.eval, pool)
     tokenizer = load_tokenizer(pool, cfg.model, cache)
-    check_chat_template(tokenizer, cfg.model.name, pool.chat_template, eval_options["apply_chat_template"])
+    evaluation.check_chat_template(tokenizer, pool.chat_template, "data.chat_template=true")
+    evaluation.check_chat_template(tokenizer, eval_options["apply_chat_template"])
     tokens = tokenize_pool(pool, tokenizer, cfg.model.max_length, cfg.model.add_bos_token, cache)
     timings["pool_seconds"] = time.perf_counter() - clock
     model_id = pool.fingerprint() + str(model_description(cfg.model))
@@ -338,7 +330,11 @@ def _run_locked(
     if manifest is None:
         manifest = build_manifest(cfg, spec, params, pool, selection, k, budget, seeds, ident, run_id, plan)
     manifest.update(
-        status="training", runtime=runtime.describe(accelerator, threads), precision=precision, attempt_token=token
+        status="training",
+        runtime=runtime.describe(accelerator, threads),
+        precision=precision,
+        eval_tasks_sha256=eval_tasks_sha256,
+        attempt_token=token,
     )
     if accelerator.is_main_process:  # the manifest first: a folder with files of a run always has it
         rec.write_manifest(manifest)

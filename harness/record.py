@@ -198,12 +198,14 @@ def _lock_file(name: str) -> bool:
 
 
 def recorded_inputs(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What a stored record depended on beyond its identity: the selector's file, the pool's content and the
-    resolved precision (older records state the mixed precision under `runtime` only)."""
+    """What a stored record depended on beyond its identity: the selector's file, the pool's content, the evaluation
+    tasks' files and data (with lm-eval's version) and the resolved precision (older records state the mixed
+    precision under `runtime` only, and no task fingerprint)."""
     precision = manifest.get("precision") or {}
     return {
         "selector_file_sha256": manifest.get("selector_file_sha256"),
         "pool_fingerprint": manifest.get("pool_fingerprint"),
+        "eval_tasks_sha256": manifest.get("eval_tasks_sha256"),
         "mixed_precision": precision.get("mixed_precision", (manifest.get("runtime") or {}).get("mixed_precision")),
         "model_dtype": precision.get("model_dtype"),
     }
@@ -223,6 +225,8 @@ def changed_inputs(stored: dict[str, Any], current: dict[str, Any]) -> list[str]
             changes.append(f"selector file {name} changed (sha256 {then[:8]} -> {now[:8]})")
         elif key == "pool_fingerprint":
             changes.append(f"pool content changed (fingerprint {then[:8]} -> {now[:8]})")
+        elif key == "eval_tasks_sha256":
+            changes.append(f"evaluation tasks, their data or lm-eval changed (sha256 {then[:8]} -> {now[:8]})")
         elif key == "mixed_precision":
             changes.append(f"mixed precision {then} -> {now}")
         else:

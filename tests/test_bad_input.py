@@ -36,8 +36,8 @@ def assert_one_line_error(code: int, err: str, tmp_path, *fragments: str) -> Non
         ("data.noise_rate=2", ["noise_rate", "[0, 1]"]),
         ("model.dtype=float16", ["model.dtype=float16", "loss scaling", "model.dtype=bfloat16"]),
         # evaluation settings lm-eval refuses only after training: refused before anything is written
-        ("eval.limit=0", ["eval.limit must be at least 1"]),
-        ("eval.limit=-3", ["eval.limit must be at least 1"]),
+        ("eval.limit=0", ["eval.limit must be a positive number"]),
+        ("eval.limit=-3", ["eval.limit must be a positive number"]),
         ("eval.num_fewshot=-1", ["eval.num_fewshot must be a non-negative integer"]),
         ("+eval.fewshot={addition: -2}", ["eval.fewshot.addition must be a non-negative integer"]),
         ("eval.fewshot_as_multiturn=true", ["needs the chat template", "eval.apply_chat_template=true"]),

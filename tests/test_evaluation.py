@@ -594,7 +594,8 @@ def test_chat_template_without_one_is_one_line(run, model, tokenizer):
     assert tokenizer.chat_template is None
     with pytest.raises(HarnessError) as err:
         evaluate(model, tokenizer, run["configs"], limit=2, apply_chat_template=True)
-    assert "has none; set eval.apply_chat_template=false" in str(err.value) and "\n" not in str(err.value)
+    message = str(err.value)
+    assert "eval.apply_chat_template=true needs a tokenizer with a chat template" in message and "\n" not in message
     from harness.evaluation import check_chat_template  # the same check, for the run to call before training
 
     check_chat_template(tokenizer, False)

@@ -118,5 +118,5 @@ def test_a_hub_model_in_the_local_cache_loads_where_the_hub_is_offline(pool, sav
     reference = LlamaForCausalLM.from_pretrained(saved_model)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
     assert modeling.meta_model(cfg, tok).config.hidden_size == reference.config.hidden_size
-    with pytest.raises(HarnessError, match="someone/other-model' is not a local path .*hf download someone/other-model"):
+    with pytest.raises(HarnessError, match="'someone/other-model' is not a local path .*hf download"):
         load_tokenizer(pool, hf_cfg("someone/other-model", lora=False), tmp_path)

@@ -141,6 +141,12 @@ def _same_run_id_twice(root: Path, older: dict, newer: dict) -> tuple[Path, Path
             {"precision": {"mixed_precision": "bf16", "model_dtype": "float32"}},
             "mixed precision no -> bf16",
         ),
+        (
+            "eval tasks",
+            {"eval_tasks_sha256": "e" * 64},
+            {"eval_tasks_sha256": "f" * 64},
+            "evaluation tasks, their data or lm-eval changed (sha256 eeeeeeee -> ffffffff)",
+        ),
     ],
 )
 def test_same_run_id_from_other_inputs_is_no_duplicate(tmp_path, field, older, newer, phrase):
@@ -185,6 +191,18 @@ def test_same_run_id_from_the_same_inputs_is_a_duplicate(tmp_path, older, newer)
     notes = " ".join(records.notes())
     assert "counted 1 duplicate record(s) of a cell once" in notes
     assert "share a run_id" not in notes and "run_id b1d5" not in notes
+
+
+def test_records_scored_on_other_task_data_are_never_averaged(tmp_path):
+    """Two seeds of one cell, one scored before the user edited the task's data: two comparability groups, named
+    by the task fingerprint, never one mean over both."""
+    from harness.report.load import comparability_groups, group_differences
+
+    for seed, sha in ((0, "e" * 64), (1, "f" * 64)):
+        _set_manifest(write_run(tmp_path, "random", 0.1, seed), eval_tasks_sha256=sha)
+    groups = comparability_groups(load_records(tmp_path).results)
+    assert len(groups) == 2 and group_differences(groups) == ["eval_tasks"]
+    assert sorted(label.rsplit("eval tasks ", 1)[1].rstrip(")") for label, _ in groups) == ["eeeeeeee", "ffffffff"]
 
 
 def test_pool_fingerprint_of_results_csv_stands_in_for_the_manifest_and_archives_are_not_conflicts(tmp_path):

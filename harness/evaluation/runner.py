@@ -218,14 +218,16 @@ def _quiet_git_hash() -> Iterator[None]:
         evaluator.get_git_commit_hash = original
 
 
-def check_chat_template(tokenizer: Any, apply_chat_template: bool) -> None:
-    """A one-line HarnessError when evaluation is to use the chat template and the tokenizer has none
-    (lm-eval would fail with a traceback once the model is trained); call it as soon as the tokenizer is loaded."""
+def check_chat_template(
+    tokenizer: Any, apply_chat_template: bool, setting: str = "eval.apply_chat_template=true"
+) -> None:
+    """A one-line HarnessError when `setting` asks for the chat template and the tokenizer has none (lm-eval, or
+    tokenizing the pool, would fail with a traceback); the run calls it as soon as the tokenizer is loaded."""
     if apply_chat_template and not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         raise HarnessError(
-            f"evaluation is to apply the chat template (eval.apply_chat_template, or data.chat_template when it is "
-            f"null) but the tokenizer '{name}' has none; set eval.apply_chat_template=false or use a chat model"
+            f"{setting} needs a tokenizer with a chat template, and the tokenizer '{name}' has none; drop it (or set "
+            "it false), or use a model whose tokenizer has one (model.name_or_path=<an instruct or chat model>)"
         )
 
 

@@ -2,10 +2,10 @@
 
 A record is complete when its results.csv exists. Records under an `archive/` folder are earlier copies of a
 cell: they are used only when the cell has no live complete record. Several live records with one run_id (a
-copied folder) count once: the newest. A run_id does not cover the selector's file, the pool's content or the
-resolved precision, so live records of one run_id that disagree on any of them are not duplicates: the newest is
-kept and the others are named in a note of their own. CSV files that share a header are parsed in one pandas
-call, which is what makes thousands of records load in seconds.
+copied folder) count once: the newest. A run_id does not cover the selector's file, the pool's content, the
+evaluation tasks' files and data or the resolved precision, so live records of one run_id that disagree on any
+of them are not duplicates: the newest is kept and the others are named in a note of their own. CSV files that
+share a header are parsed in one pandas call, which is what makes thousands of records load in seconds.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ GROUP_KEYS = (
     "compute",
     "pool_fingerprint",
     "precision",
+    "eval_tasks",
 )
-"""Records are comparable only when all of these agree (precision: the resolved precision of training)."""
+"""Records are comparable only when all of these agree (precision: the resolved precision of training; eval_tasks:
+the fingerprint of the evaluation tasks' files and data and lm-eval's version, '' in records older than it)."""
 
 ROW_KEYS = ["variant", "setting", "budget", "budget_unit"]
 """One leaderboard row per value of these within a comparability group (`setting`: resolved selector parameters
@@ -82,7 +84,7 @@ NOTES: tuple[tuple[str, str], ...] = (
     (
         "conflicts",
         "dropped {n} record(s) that share a run_id with a newer record but came from a different pool, selector "
-        "code or precision (named below; archive or re-run them)",
+        "code, evaluation tasks or precision (named below; archive or re-run them)",
     ),
     ("archived_ignored", "ignored {n} archived record(s) of cells that have a live record"),
     ("from_archive", "read {n} cell(s) from their archived record (no live complete record)"),
@@ -177,8 +179,8 @@ def _read_manifest(run_dir: Path) -> dict[str, Any]:
 def _choose(results: pd.DataFrame, dirs: list[Path], n_live: int) -> tuple[pd.DataFrame, dict[str, int], list[str]]:
     """Keep one record per run_id: the newest live one, else the newest archived one.
 
-    A live record left out is a duplicate when it agrees with the kept one on the pool, the selector file and
-    the precision; otherwise it is a conflict, named in one detail line each.
+    A live record left out is a duplicate when it agrees with the kept one on the pool, the selector file, the
+    evaluation tasks and the precision; otherwise it is a conflict, named in one detail line each.
     """
     first = results.drop_duplicates("_source")
     pools = first["pool_fingerprint"] if "pool_fingerprint" in first else pd.Series(None, index=first.index)
@@ -264,13 +266,16 @@ def resolved_precision(manifest: dict[str, Any]) -> str:
 
 
 def _add_settings(results: pd.DataFrame, manifests: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """Columns that keep apart what must not be averaged: seed overrides, `setting`, resolved precision."""
+    """Columns that keep apart what must not be averaged: seed overrides, `setting`, resolved precision, the
+    evaluation tasks' fingerprint."""
     runs = results.drop_duplicates("run_id")[["run_id", "seed"]]
     overrides = {r: json.dumps(seed_overrides(manifests.get(r, {}), s)) for r, s in zip(runs["run_id"], runs["seed"])}
     results["selector_params"] = results["selector_params"].map(_canonical_json)
     results["seed_overrides"] = results["run_id"].map(overrides)
     results["setting"] = '{"selector": ' + results["selector_params"] + ', "seeds": ' + results["seed_overrides"] + "}"
     results["precision"] = results["run_id"].map({r: resolved_precision(manifests.get(r, {})) for r in overrides})
+    tasks = {r: str(recorded_inputs(manifests.get(r, {}))["eval_tasks_sha256"] or "") for r in overrides}
+    results["eval_tasks"] = results["run_id"].map(tasks)
     return results
 
 
@@ -356,12 +361,15 @@ def comparability_groups(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]
     """Split result rows into groups that may be compared (same pool, model, recipe, evaluation)."""
     keys = list(GROUP_KEYS)
     groups = []
+    several_tasks = results["eval_tasks"].nunique(dropna=False) > 1  # named only where they set groups apart
     for values, frame in results.groupby(keys, sort=True, dropna=False):
         spec = dict(zip(keys, values))
         hashes = ", ".join(f"{k.split('_')[0]} {spec[k][:8]}" for k in keys[2:6] if spec[k])
         compute = f", compute by {spec['compute']}" if spec["compute"] else ""
         if spec["precision"]:
             compute += f", {spec['precision']}"
+        if several_tasks:
+            compute += f", eval tasks {spec['eval_tasks'][:8] or 'unstated'}"
         if not hashes and spec["pool_fingerprint"]:
             hashes = f"pool {spec['pool_fingerprint'][:8]}"
         extra = f"{hashes}{compute}".removeprefix(", ")
