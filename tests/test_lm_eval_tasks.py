@@ -331,3 +331,27 @@ def test_tasks_fingerprint_follows_the_users_task_files_and_data(tmp_path):
     testbed = {"task": "testbed_add", "dataset_kwargs": {"data_files": {"test": "/cache/eval_data/abc/add.jsonl"}}}
     other = {**testbed, "target_delimiter": "\n"}
     assert tasks_fingerprint([testbed]) != tasks_fingerprint([other]) != third
+
+
+def test_tasks_fingerprint_does_not_depend_on_where_the_cache_or_tasks_lie(tmp_path):
+    """paths.cache is not part of a cell's identity: the same testbed items written into another cache (another
+    machine, a moved cache) must give the same fingerprint, or a complete record would be refused as changed."""
+    import shutil
+
+    from harness.evaluation import resolve_tasks, tasks_fingerprint
+    from harness.evaluation.settings import EvalSchema
+    from harness.testbed import TestbedConfig, generate_testbed
+
+    pool = generate_testbed(TestbedConfig(n_pool=120, n_eval_per_task=10, n_validation_per_task=4, n_facts=16))
+    eval_cfg = EvalSchema()
+    here = tasks_fingerprint(resolve_tasks(eval_cfg, pool, tmp_path / "cache-a"))
+    there = tasks_fingerprint(resolve_tasks(eval_cfg, pool, tmp_path / "cache-b"))
+    assert here == there
+    other_pool = generate_testbed(TestbedConfig(n_pool=120, n_eval_per_task=11, n_validation_per_task=4, n_facts=16))
+    assert tasks_fingerprint(resolve_tasks(eval_cfg, other_pool, tmp_path / "cache-a")) != here
+    data = tmp_path / "items.jsonl"
+    data.write_text(json.dumps({"question": "q", "options": ["a", "b"], "label": 0}) + "\n")
+    (tmp_path / "tasks").mkdir()
+    _write_task(tmp_path / "tasks", "my_a", data)
+    shutil.copytree(tmp_path / "tasks", tmp_path / "moved")
+    assert tasks_fingerprint(["my_a"], str(tmp_path / "tasks")) == tasks_fingerprint(["my_a"], str(tmp_path / "moved"))

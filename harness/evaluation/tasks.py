@@ -378,28 +378,49 @@ def resolve_tasks(eval_cfg: Any, pool: Pool, cache: Path) -> list[str | dict]:
 # --------------------------------------------------------------------------- what evaluation reads, as one hash
 
 
-def _file_digest(digest: Any, path: Path) -> None:
-    digest.update(str(path).encode() + b"\0")
+def _file_digest(digest: Any, path: Path, name: str) -> None:
+    """Add a file under `name` (a path relative to its folder, never where the folder is) and its bytes."""
+    digest.update(name.encode() + b"\0")
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
 
 
+def _content_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    _file_digest(digest, path, "")
+    return digest.hexdigest()
+
+
+def _located_nowhere(value: Any) -> Any:
+    """A task dict with its local files as their content hashes and its cache folders left out: the fingerprint
+    must not change with where the cache or the data lie (paths.cache is not part of a cell's identity)."""
+    if isinstance(value, dict):
+        return {k: _located_nowhere(v) for k, v in value.items() if k != "cache_dir"}
+    if isinstance(value, (list, tuple)):
+        return [_located_nowhere(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value) and os.path.isfile(value):
+        return f"file sha256 {_content_sha256(Path(value))}"
+    return value
+
+
 def tasks_fingerprint(tasks: list[str | dict], include_path: Any = None) -> str:
     """sha256 of what evaluation reads besides the model: lm-eval's version (its built-in tasks), the task dicts as
-    given (the testbed's name a content-addressed data folder), and the user's own task folders (their YAML and
-    Python files) with the local data files their named tasks read. Stored with a run record, it tells a record
-    made from since-edited tasks or data apart from a current one (the cell's identity holds only the names)."""
+    given (local files by content), and the user's own task folders (their YAML and Python files, by path within
+    the folder) with the local data files their named tasks read (by content). Stored with a run record, it tells a
+    record made from since-edited tasks or data apart from a current one (the cell's identity holds only the
+    names); moving the cache or the task folder changes nothing."""
     digest = hashlib.sha256(importlib.metadata.version("lm_eval").encode())
     for task in tasks:
-        digest.update(json.dumps(task, sort_keys=True, default=str).encode() + b"\0")
+        digest.update(json.dumps(_located_nowhere(task), sort_keys=True, default=str).encode() + b"\0")
     include = include_paths(include_path)
     for root in include:
         for folder, dirs, files in os.walk(root):
             dirs.sort()
             for file in sorted(files):
                 if file.endswith((".yaml", ".yml", ".py", ".jinja")):
-                    _file_digest(digest, Path(folder) / file)
+                    path = Path(folder) / file
+                    _file_digest(digest, path, str(path.relative_to(root)))
     own = scan_lookup(include, builtin=False)
     for name in (t for t in tasks if isinstance(t, str)):
         try:
@@ -410,5 +431,5 @@ def tasks_fingerprint(tasks: list[str | dict], include_path: Any = None) -> str:
             kwargs = cfg.get("dataset_kwargs") if isinstance(cfg.get("dataset_kwargs"), dict) else {}
             for pattern in data_file_list(kwargs.get("data_files")):
                 for file in sorted(glob.glob(os.path.expanduser(pattern))):
-                    _file_digest(digest, Path(file))
+                    _file_digest(digest, Path(file), "data file")
     return digest.hexdigest()
