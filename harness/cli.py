@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -164,6 +165,27 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+    except Exception as exc:
+        said = slurm_failure(exc)
+        if said is None:
+            raise
+        print(f"error: {said[0]}", file=sys.stderr)
+        sys.exit(said[1])
+
+
+def slurm_failure(exc: BaseException) -> tuple[str, int] | None:
+    """One line and an exit code for submitit's errors in the launching process (None for any other error):
+    sbatch refusing the array (a cluster setting to fix, exit 2), or a cell whose job failed on the cluster (its
+    own line is in the sweep summary, exit 1). Submitit would show a traceback wrapping the job's whole log."""
+    if not type(exc).__module__.startswith("submitit"):
+        return None
+    cause = exc.__cause__
+    command = getattr(cause, "cmd", None) or []
+    if isinstance(cause, subprocess.CalledProcessError) and any("sbatch" in str(part) for part in command):
+        why = first_line(str(cause.stderr or "").strip() or f"exit code {cause.returncode}")
+        fix = "fix the hydra.launcher settings (partition, time, gres, account, ...) and run the sweep again"
+        return f"sbatch refused the sweep: {why}; {fix}", 2
+    return f"a sweep cell failed on Slurm ({first_line(exc)}); the sweep summary has every cell's reason", 1
 
 
 def raised_in_job(exc: BaseException) -> bool:

@@ -104,6 +104,20 @@ def test_hydra_slurm_launcher_runs_the_sweep_as_one_array(slurm_env, tmp_path):
     assert "sweep summary: 2 cells: 2 complete" in done.stdout
 
 
+def test_a_sweep_sbatch_refuses_is_one_line(slurm_env, tmp_path):
+    """A partition the cluster does not have: sbatch refuses the array; one line saying so and what to fix, exit 2
+    (it was submitit's traceback)."""
+    cmd = [sys.executable, "-m", "harness", "-m", *CPU_CELL, *MICRO, "hydra.launcher.partition=nope", "seed=0,1"]
+    done = subprocess.run(
+        [*cmd, f"paths.results={tmp_path / 'results'}"], cwd=tmp_path, env=slurm_env, capture_output=True, text=True,
+        timeout=LIMIT_S,
+    )  # fmt: skip
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+    assert errors[0].startswith("error: sbatch refused the sweep: ") and "hydra.launcher" in errors[0], errors
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
 def test_sbatch_array_fallback_runs_every_line(slurm_env, tmp_path):
     results = tmp_path / "results"
     made = subprocess.run(

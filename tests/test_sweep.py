@@ -399,3 +399,36 @@ def test_a_running_cell_whose_process_is_gone_is_failed_before_the_sweep_ends(tm
         live.release()
     assert [c["state"] for c in cells] == ["running", "failed", "failed", "running", "complete"], cells
     assert "lock pid" in cells[1]["reason"] and "time limit" in cells[2]["reason"]
+
+
+def test_submitit_errors_in_the_launching_process_are_one_line(monkeypatch, capsys):
+    """sbatch refusing the array (bad partition): exit 2 and what to fix; a cell whose Slurm job failed: exit 1 and
+    where the reasons are. Submitit's traceback wrapped the job's whole log."""
+    from submitit.core.utils import FailedJobError
+
+    import harness.cli as cli
+
+    def refused() -> None:
+        cause = subprocess.CalledProcessError(
+            1, ["sbatch", "/x/submission.sh"], stderr="sbatch: error: invalid partition"
+        )
+        raise FailedJobError("sbatch: error: invalid partition") from cause
+
+    def cell_failed() -> None:
+        raise FailedJobError("Job (task=0) failed during processing with trace:\n----\nTraceback ...")
+
+    def other() -> None:
+        raise RuntimeError("not submitit")
+
+    for fn, code, says in (
+        (refused, 2, "error: sbatch refused the sweep: sbatch: error: invalid partition; fix the hydra.launcher"),
+        (cell_failed, 1, "error: a sweep cell failed on Slurm (Job (task=0) failed during processing with trace:)"),
+    ):
+        monkeypatch.setattr(cli, "_hydra_main", fn)
+        with pytest.raises(SystemExit) as stop:
+            cli.main()
+        err = capsys.readouterr().err
+        assert stop.value.code == code and err.startswith(says) and err.count("\n") == 1, err
+    monkeypatch.setattr(cli, "_hydra_main", other)
+    with pytest.raises(RuntimeError, match="not submitit"):
+        cli.main()
