@@ -229,7 +229,8 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     accelerator = runtime.make_accelerator(cfg.train.mixed_precision, cfg.dist_timeout_minutes)
     held = broadcast_object_list([held])[0] if accelerator.num_processes > 1 else held
     if held is not None:
-        print(f"skipped: {run_dir} is running elsewhere ({held}); it resumes or finishes there")
+        if main:
+            print(f"skipped: {run_dir} is running elsewhere ({held}); it resumes or finishes there")
         return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="running elsewhere")
     try:
         with graceful_stop() as stop:
@@ -272,15 +273,15 @@ def _run_locked(
     pool = load_pool(cfg.data, include_path=cfg.eval.include_path)
     # What the folder holds, looked at again now that this process owns it, against everything a record depends on.
     precision = resolved_precision(accelerator, cfg.model.dtype)
-    tasks = evaluation.resolve_tasks(cfg.eval, pool, cache)  # writes nothing but content-addressed task data
-    eval_tasks_sha256 = evaluation.tasks_fingerprint(tasks, cfg.eval.include_path)
-    current = {
-        "selector_file_sha256": source_sha256(spec),
-        "pool_fingerprint": pool.fingerprint(),
-        "eval_tasks_sha256": eval_tasks_sha256,
-        **precision,
-    }
+    current = {"selector_file_sha256": source_sha256(spec), "pool_fingerprint": pool.fingerprint(), **precision}
     verdict = check_record(rec, run_id, ident, current, cfg.rerun, token)
+    # The evaluation tasks are written into the cache (which may lie inside this folder) and then fingerprinted:
+    # a record scored on since-edited tasks or their data is not this config's either.
+    tasks = evaluation.resolve_tasks(cfg.eval, pool, cache)
+    eval_tasks_sha256 = evaluation.tasks_fingerprint(tasks, cfg.eval.include_path)
+    if verdict in ("complete", "resume"):
+        current["eval_tasks_sha256"] = eval_tasks_sha256
+        verdict = check_record(rec, run_id, ident, current, cfg.rerun, token)
     if verdict == "complete":
         if accelerator.is_main_process:
             print(f"already complete: {run_dir} (pass rerun=true to run it again; the old record is archived)")
