@@ -13,6 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.errors import HarnessError
+
 IDENTITY_GROUPS = ("data", "model", "train", "selector", "eval", "budget", "seed", "seeds")
 """Top-level keys whose values make up the identity."""
 
@@ -133,15 +135,23 @@ def result_overrides(overrides: list[str]) -> list[str]:
     return sorted(kept)
 
 
-def budget_free(selector: str) -> bool:
-    """A selector that keeps the whole pool whatever the budget (`full`): its cells at every budget are one cell."""
-    return selector == "full"
+def budget_free(selector: str, plugins: Any = ()) -> bool:
+    """A selector registered with uses_budget=False (`full`, or a plugin's): it keeps what it keeps whatever the
+    budget, so its cells at every budget are one cell, in one folder. (A selector that cannot be loaded here is
+    judged by name; the run itself then says what is wrong with it.)"""
+    from harness.selection import get_selector, load_plugins
+
+    try:
+        load_plugins([str(p) for p in (plugins or ())])
+        return not get_selector(selector).uses_budget
+    except HarnessError:
+        return selector == "full"
 
 
 def run_name(selector: str, budget: Any, seed: Any, overrides: list[str], root: Any = None) -> str:
     """Folder name of a cell: b<budget>_s<seed> plus the result-changing overrides (Hydra's override_dirname
     in spirit); when that gets long, a short hash of the full identity replaces the overrides."""
-    free = budget_free(selector)
+    free = budget_free(selector, OmegaConf.select(root, "plugins", default=()) if root is not None else ())
     base = f"{'all' if free else f'b{budget}'}_s{seed}"
     extra = result_overrides(overrides)
     if not extra:

@@ -297,6 +297,25 @@ FIRST_K = (
 )
 
 
+def test_a_plugin_that_ignores_the_budget_has_one_folder_for_every_budget(harness_cli, tmp_path):
+    """A selector registered with uses_budget=False (like `full`) has one run id whatever the budget; its cells
+    must share one folder too, or each budget would train the same cell again in a folder of its own."""
+    code = (
+        "from harness.selection import Selection, register\n"
+        "@register('every_other_test', uses_budget=False, exact_k=False)\n"
+        "def select(ctx):\n"
+        "    return Selection(ids=list(ctx.pool.ids[::2]))\n"
+    )
+    plugins = plugin_folder(tmp_path, "every_other.py", code)
+    args = [*SHORT, f"plugins=[{plugins}]", "selector=random", "selector.name=every_other_test"]
+    code_1, _, err = harness_cli([*args, "budget=0.1"])
+    assert code_1 == 0, err
+    code_2, out, err = harness_cli([*args, "budget=0.2"])
+    assert code_2 == 0 and "already complete" in out, (out, err)
+    (cell,) = [p.parent for p in (tmp_path / "results").rglob("manifest.json")]
+    assert cell.name.startswith("all_s0"), cell
+
+
 def test_edited_selector_file_is_refused_untouched(harness_cli, tmp_path):
     """Editing a selector's file (the documented way to add a method) never reuses the old code's record."""
     plugins = plugin_folder(tmp_path, "mine.py", FIRST_K)
