@@ -204,8 +204,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("harness.slug", _slug)
 
 
-def parse_budget(value: Any) -> float:
+def parse_budget(value: Any, selector: str | None = None) -> float:
     """The budget as a float in (0, 1], or a one-line error saying what to pass."""
+    whole = "leave budget out (selector=full keeps the whole pool whatever it is)"
+    fix = whole if selector == "full" else "pass e.g. budget=0.15, or selector=full for the whole pool"
     if isinstance(value, bool):
         raise HarnessError(f"budget must be a number in (0, 1], got {value!r}; pass e.g. budget=0.15")
     try:
@@ -213,10 +215,7 @@ def parse_budget(value: Any) -> float:
     except (TypeError, ValueError):
         raise HarnessError(f"budget must be a number in (0, 1], got {value!r}; pass e.g. budget=0.15") from None
     if not 0.0 < b <= 1.0:
-        raise HarnessError(
-            f"budget must be in (0, 1] (the fraction of the pool kept), got {value!r}; "
-            "pass e.g. budget=0.15, or selector=full for the whole pool"
-        )
+        raise HarnessError(f"budget must be in (0, 1] (the fraction of the pool kept), got {value!r}; {fix}")
     return b
 
 
@@ -331,7 +330,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise HarnessError("selector config has no 'name'; every conf/selector/*.yaml names its selector")
     if out.logger.name == "wandb" and importlib.util.find_spec("wandb") is None:
         raise HarnessError("logger=wandb needs the wandb package; pip install -e '.[wandb]'")
-    out.budget = parse_budget(cfg.budget)
+    out.budget = parse_budget(cfg.budget, OmegaConf.select(cfg, "selector.name"))
     if not isinstance(cfg.seeds, DictConfig):
         raise HarnessError(f"seeds must be a mapping of stage seeds, got {cfg.seeds!r}; pass e.g. seeds.order=0")
     for key in ("seed", *(f"seeds.{stage}" for stage in cfg.seeds)):

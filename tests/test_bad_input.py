@@ -55,6 +55,12 @@ def test_bad_overrides(harness_cli, tmp_path, override, fragments):
     assert_one_line_error(code, err, tmp_path, *fragments)
 
 
+def test_a_bad_budget_for_full_is_told_to_leave_it_out(harness_cli, tmp_path):
+    """selector=full budget=2 was told to use selector=full."""
+    code, _, err = harness_cli([*MICRO, "selector=full", "budget=2"])
+    assert_one_line_error(code, err, tmp_path, "got 2; leave budget out (selector=full keeps the whole pool")
+
+
 @pytest.mark.parametrize(
     "args,fragment",
     [
