@@ -10,7 +10,10 @@ from harness.pool import TRUTH_COLUMNS, Pool
 
 
 def selection_diagnostics(pool: Pool, ids: list[str], truth: pd.DataFrame | None) -> dict[str, Any]:
-    """Per-task counts of the distinct selected ids, and (with the truth) kept noisy, duplicate and filler examples."""
+    """Per-task counts of the distinct selected ids, and (with the truth) kept noisy, duplicate and filler examples.
+
+    ``duplicates`` counts every kept member of a near-duplicate group, ``redundant_duplicates`` the members beyond
+    the first of their group (what de-duplication should remove); each has its pool-wide count beside it."""
     ids = list(dict.fromkeys(str(i) for i in ids))
     kept = pool.examples.iloc[pool.index_of(ids)]
     pool_counts = pool.examples["task"].value_counts().sort_index()
@@ -30,16 +33,23 @@ def selection_diagnostics(pool: Pool, ids: list[str], truth: pd.DataFrame | None
         raise ValueError("the truth frame does not cover every pool id; it belongs to another pool")
     everything = table.loc[pool.examples["id"]]
     chosen = table.loc[kept["id"]]
-    dup = chosen["truth_dup_group"]
-    in_groups = dup[dup >= 0]
+    kept_members, kept_groups = _group_members(chosen["truth_dup_group"])
+    pool_members, pool_groups = _group_members(everything["truth_dup_group"])
     out.update(
         noisy=int(chosen["truth_noisy"].sum()),
         filler=int(chosen["truth_filler"].sum()),
-        duplicates=int(len(in_groups)),
-        duplicate_groups=int(in_groups.nunique()),
-        redundant_duplicates=int(len(in_groups) - in_groups.nunique()),
+        duplicates=kept_members,
+        duplicate_groups=kept_groups,
+        redundant_duplicates=kept_members - kept_groups,
         pool_noisy=int(everything["truth_noisy"].sum()),
         pool_filler=int(everything["truth_filler"].sum()),
-        pool_duplicates=int((everything["truth_dup_group"] >= 0).sum()),
+        pool_duplicates=pool_members,
+        pool_redundant_duplicates=pool_members - pool_groups,
     )
     return out
+
+
+def _group_members(groups: pd.Series) -> tuple[int, int]:
+    """Rows in a near-duplicate group (group id >= 0) and the number of distinct groups among them."""
+    in_groups = groups[groups >= 0]
+    return len(in_groups), int(in_groups.nunique())

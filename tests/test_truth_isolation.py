@@ -6,15 +6,18 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from conftest import MICRO
+from conftest import MICRO, MICRO_POOL
 from omegaconf import OmegaConf
 
 from harness import REPO_ROOT
 from harness.data import load_pool, load_truth
 from harness.diagnostics import selection_diagnostics
 from harness.pool import TRUTH_COLUMNS, Pool
+from harness.report.diagnostics import diagnostics_table, markdown
+from harness.selection import Selection
 
 WALKER = '''
 """A selector that walks up the call stack looking for the testbed's truth columns anywhere it can reach."""
@@ -126,14 +129,15 @@ def test_selector_reaches_no_truth_and_the_record_reports_it(harness_cli, walker
     assert info["pool_frames"] >= 1 and info["objects"] > 100  # and the pool's frames were reached
     diag = manifest["selection_diagnostics"]
     keys = {"per_task", "pool_per_task", "n_distinct", "noisy", "filler", "duplicates", "duplicate_groups"}
-    keys |= {"redundant_duplicates", "pool_noisy", "pool_filler", "pool_duplicates"}
+    keys |= {"redundant_duplicates", "pool_noisy", "pool_filler", "pool_duplicates", "pool_redundant_duplicates"}
     assert set(diag) == keys
     assert diag["n_distinct"] == 60 and sum(diag["per_task"].values()) == 60 and diag["pool_noisy"] > 0
 
 
 def _testbed_cfg():
+    """conf/data/testbed.yaml with the tests' small pool (conftest.MICRO_POOL, the pool the micro runs use)."""
     cfg = OmegaConf.load(REPO_ROOT / "conf" / "data" / "testbed.yaml")
-    cfg.merge_with({"n_pool": 300, "n_validation_per_task": 20, "n_eval_per_task": 12, "n_facts": 16})
+    cfg.merge_with(OmegaConf.from_dotlist([o.removeprefix("data.") for o in MICRO_POOL]))
     return cfg
 
 
@@ -166,3 +170,117 @@ def test_diagnostics_with_and_without_truth():
     assert full["pool_duplicates"] == int((truth["truth_dup_group"] >= 0).sum())
     with pytest.raises(ValueError, match="does not cover every pool id"):
         selection_diagnostics(pool, ids, truth.iloc[1:])
+
+
+def _recount(rows: dict, ids: list[str]) -> dict:
+    """The diagnostics counted one example at a time from the generated rows (independent of the code under test)."""
+    out = {"noisy": 0, "filler": 0, "duplicates": 0, "per_task": {}}
+    groups, seen = set(), set()
+    for i in ids:
+        if i in seen:
+            continue
+        seen.add(i)
+        row = rows[i]
+        out["per_task"][row["task"]] = out["per_task"].get(row["task"], 0) + 1
+        out["noisy"] += bool(row["truth_noisy"])
+        out["filler"] += bool(row["truth_filler"])
+        if row["truth_dup_group"] >= 0:
+            out["duplicates"] += 1
+            groups.add(row["truth_dup_group"])
+    out.update(n_distinct=len(seen), duplicate_groups=len(groups), redundant_duplicates=out["duplicates"] - len(groups))
+    return out
+
+
+@pytest.fixture(scope="module")
+def small():
+    cfg = _testbed_cfg()
+    pool, truth = load_pool(cfg), load_truth(cfg)
+    rows = {r["id"]: r for r in pool.examples.merge(truth, on="id").to_dict("records")}
+    return pool, truth, rows
+
+
+def test_diagnostics_match_a_recount_for_fixed_selections_and_schedules(small):
+    """Fixed selections (with repeats) and a per-epoch schedule: counts over the distinct ids, recounted by hand."""
+    pool, truth, rows = small
+    ids = list(pool.examples["id"])
+    rng = np.random.default_rng(0)
+    schedule = Selection(epochs=[list(rng.choice(ids, 40, replace=False)) for _ in range(3)])
+    fixed = [list(rng.choice(ids, k, replace=True)) for k in (1, 40, 150)]
+    for chosen in [*fixed, schedule.distinct_ids, ids]:
+        diag = selection_diagnostics(pool, chosen, truth)
+        want = _recount(rows, chosen)
+        for key, value in want.items():
+            got = {t: c for t, c in diag[key].items() if c} if key == "per_task" else diag[key]
+            assert got == value, (key, got, value)
+        assert diag["pool_per_task"] == _recount(rows, ids)["per_task"]
+    over_run = _recount(rows, [i for epoch in schedule.epochs for i in epoch])["n_distinct"]
+    assert selection_diagnostics(pool, schedule.distinct_ids, truth)["n_distinct"] == over_run > 40
+    everything = _recount(rows, ids)
+    assert everything["duplicates"] > everything["duplicate_groups"] > 0  # the small pool has groups
+    for name in ("noisy", "filler", "duplicates", "redundant_duplicates"):
+        assert diag[f"pool_{name}"] == everything[name], name
+
+
+def test_the_report_shows_redundant_near_duplicates_beside_the_pool(small):
+    """A selection that keeps one member of every near-duplicate group keeps a larger share of group members than
+    the pool has, but no redundant one: the report shows both, each beside the pool's share."""
+    pool, truth, rows = small
+    firsts = truth[truth["truth_dup_group"] >= 0].drop_duplicates("truth_dup_group")["id"].tolist()
+    singles = truth.loc[truth["truth_dup_group"] < 0, "id"].tolist()
+    runs = {
+        "dedup": selection_diagnostics(pool, firsts + singles[: len(firsts)], truth),
+        "whole": selection_diagnostics(pool, truth.loc[truth["truth_dup_group"] >= 0, "id"].tolist(), truth),
+    }
+    frame = pd.DataFrame(
+        [{"run_id": r, "variant": r, "setting": "{}", "budget": 0.1, "budget_unit": "run", "seed": 0} for r in runs]
+    )
+    table = diagnostics_table(frame, {r: {"selection_diagnostics": d} for r, d in runs.items()}).set_index("variant")
+    everything = _recount(rows, list(pool.examples["id"]))
+    pool_redundant = everything["redundant_duplicates"] / pool.n
+    assert table.loc["dedup", "kept_duplicates"] > table.loc["dedup", "pool_duplicates"]
+    assert table.loc["dedup", "kept_redundant_duplicates"] == 0
+    assert table.loc["whole", "kept_redundant_duplicates"] == pytest.approx(1 - len(firsts) / everything["duplicates"])
+    assert table["pool_redundant_duplicates"].tolist() == pytest.approx([pool_redundant] * 2)
+    head = markdown(table.reset_index()).splitlines()[0]
+    assert "| redundant % (pool) |" in head and "| duplicates % (pool) |" in head
+
+
+def test_the_report_averages_kept_shares_over_seeds_and_names_the_budget_unit():
+    """Shares per run (of the distinct examples kept), then the mean over a row's seeds; a per-epoch row says so."""
+    pool_counts = {"a": 80, "b": 20}
+
+    def diag(a: int, b: int, noisy: int, redundant: int) -> dict:
+        return {
+            "per_task": {"a": a, "b": b},
+            "pool_per_task": pool_counts,
+            "n_distinct": a + b,
+            "noisy": noisy,
+            "pool_noisy": 4,
+            "redundant_duplicates": redundant,
+            "pool_redundant_duplicates": 6,
+        }
+
+    counts = {"r0": diag(9, 1, 1, 0), "r1": diag(10, 10, 2, 4), "e0": diag(30, 10, 0, 2), "old": {}}
+    manifests = {r: {"selection_diagnostics": d} for r, d in counts.items()}
+    rows = [("random", "run", 0, "r0"), ("random", "run", 1, "r1"), ("rs2", "epoch", 0, "e0")]
+    rows += [("random", "run", 2, "old")]  # a record without diagnostics is left out of the mean
+    frame = pd.DataFrame(
+        [
+            {"run_id": r, "variant": v, "setting": "{}", "budget": 0.1, "budget_unit": u, "seed": s, "task": t}
+            for v, u, s, r in rows
+            for t in ("a", "b")  # one frame row per task and metric: a run counts once
+        ]
+    )
+    table = diagnostics_table(frame, manifests).set_index("variant")
+    random = table.loc["random"]
+    assert random["n_seeds"] == 2 and random["n_kept"] == 15
+    assert random["kept_noisy"] == pytest.approx((1 / 10 + 2 / 20) / 2) and random["pool_noisy"] == 0.04
+    assert random["kept_redundant_duplicates"] == pytest.approx((0 + 4 / 20) / 2)
+    assert random["kept:b"] == pytest.approx((1 / 10 + 10 / 20) / 2) and random["pool:b"] == 0.2
+    lines = markdown(table.reset_index()).splitlines()
+    assert lines[2].startswith("| random | 0.1 | 15 | 10.0 (4.0) | 10.0 (6.0) |")
+    assert lines[3].startswith("| rs2 | 0.1/epoch | 40 | 0.0 (4.0) | 5.0 (6.0) |")
+    # a record from before the pool-wide redundant count: its kept share, with no pool share beside it
+    older = {k: v for k, v in counts["r0"].items() if k != "pool_redundant_duplicates"}
+    table = diagnostics_table(frame.iloc[:1], {"r0": {"selection_diagnostics": older}})
+    assert markdown(table).splitlines()[2].startswith("| random | 0.1 | 10 | 10.0 (4.0) | 0.0 |")

@@ -10,7 +10,13 @@ import pandas as pd
 
 from harness.report.load import ROW_KEYS
 
-TRUTH = ("noisy", "duplicates", "filler")
+TRUTH = ("noisy", "duplicates", "redundant_duplicates", "filler")
+"""Counts the testbed's manifests hold (each with its pool-wide `pool_` count): `duplicates` are kept members of
+near-duplicate groups, `redundant_duplicates` the members beyond the first of their group. A selector that keeps
+one member of every group raises the first above the pool's share and brings the second to zero."""
+
+LABELS = {"redundant_duplicates": "redundant"}
+"""Column heads of the markdown table where they differ from the count's name."""
 
 
 def diagnostics_table(frame: pd.DataFrame, manifests: dict) -> pd.DataFrame:
@@ -28,9 +34,9 @@ def diagnostics_table(frame: pd.DataFrame, manifests: dict) -> pd.DataFrame:
                 continue
             shares = {"n_kept": n_kept, "n_pool": n_pool}
             for name in TRUTH:
-                if name in diag and f"pool_{name}" in diag:
+                if name in diag:  # records older than a pool-wide count show the kept share alone
                     shares[f"kept_{name}"] = diag[name] / n_kept
-                    shares[f"pool_{name}"] = diag[f"pool_{name}"] / n_pool
+                    shares[f"pool_{name}"] = diag.get(f"pool_{name}", np.nan) / n_pool
             for task, count in pool.items():
                 shares[f"kept:{task}"] = kept.get(task, 0) / n_kept
                 shares[f"pool:{task}"] = count / n_pool
@@ -42,19 +48,25 @@ def diagnostics_table(frame: pd.DataFrame, manifests: dict) -> pd.DataFrame:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """Kept share in % with the pool's share in parentheses, per truth column and per task."""
+    """Kept share in % with the pool's share in parentheses, per truth column and per task.
+
+    `kept` is the number of distinct examples a run used: for a per-epoch budget (RS2), over all its epochs."""
     truth = [n for n in TRUTH if f"kept_{n}" in table.columns]
     tasks = [c[5:] for c in table.columns if c.startswith("kept:")]
-    head = ["variant", "budget", "kept", *[f"{n} % (pool)" for n in truth], *[f"{t} % (pool)" for t in tasks]]
+    head = ["variant", "budget", "kept", *[f"{LABELS.get(n, n)} % (pool)" for n in truth]]
+    head += [f"{t} % (pool)" for t in tasks]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def pct(row: dict, kept: str, pool: str) -> str:
         if pd.isna(row.get(kept, np.nan)):
             return ""
+        if pd.isna(row.get(pool, np.nan)):
+            return f"{100 * row[kept]:.1f}"
         return f"{100 * row[kept]:.1f} ({100 * row[pool]:.1f})"
 
     for row in table.to_dict("records"):
-        cells = [str(row["variant"]), f"{row['budget']:g}", f"{row['n_kept']:.0f}"]
+        unit = "" if row["budget_unit"] == "run" else f"/{row['budget_unit']}"  # as the leaderboard writes it
+        cells = [str(row["variant"]), f"{row['budget']:g}{unit}", f"{row['n_kept']:.0f}"]
         cells += [pct(row, f"kept_{n}", f"pool_{n}") for n in truth]
         cells += [pct(row, f"kept:{t}", f"pool:{t}") for t in tasks]
         lines.append("| " + " | ".join(cells) + " |")
