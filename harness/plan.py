@@ -27,12 +27,18 @@ GPUS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l40s": 362.0, "a10g": 125.
 LESS_SELECTORS = ("influence", "bids")
 
 
+ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN = 34
+"""Activation memory per token, layer and hidden unit at 16-bit (Korthikanti et al., 2022, without the attention
+score term that fused attention does not store)."""
+
+
 @dataclass
 class ModelSize:
     params: int
     trainable: int
     hidden: int
     layers: int
+    vocab: int = 0
 
 
 def compose(overrides: list[str], multirun: bool = False) -> DictConfig:
@@ -76,7 +82,49 @@ def model_size(model_cfg: Any, feature_modules: list[str] | None = None) -> tupl
     config = model.config
     hidden = int(getattr(config, "hidden_size", 0) or 0)
     layers = int(getattr(config, "num_hidden_layers", 0) or 0)
-    return ModelSize(params, trainable, hidden, layers), featured
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    return ModelSize(params, trainable, hidden, layers, vocab), featured
+
+
+def warmup_model(cfg: DictConfig) -> DictConfig:
+    """The model config the LESS warm-up trains (and takes gradient features of): the proxy with the selector's
+    LoRA settings (lora_r, lora_alpha, lora_dropout, lora_modules), or every parameter with warmup_mode=full;
+    not the training recipe's model.lora, which only the final training uses."""
+    from harness.signals.less import DEFAULTS
+
+    s = {**DEFAULTS, **OmegaConf.to_container(cfg.selector, resolve=True)}
+    model = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    if s["warmup_mode"] == "lora":
+        lora = {"r": s["lora_r"], "alpha": s["lora_alpha"], "dropout": s["lora_dropout"]}
+        model.lora = OmegaConf.merge(model.lora, {"enabled": True, **lora, "target_modules": list(s["lora_modules"])})
+    else:
+        model.lora.enabled = False
+    return model
+
+
+def validation_count(cfg: DictConfig) -> tuple[int, str]:
+    """Validation examples the gradient store holds, and where the number comes from: data.validation_tasks
+    (n per benchmark, LESS's 285 + 81 + 9), the lines of data.validation_path, the testbed's per-task count, or,
+    failing those, the 50 per evaluated task that BIDS uses (an assumption the plan says)."""
+    data = cfg.data
+    wanted = dict(data.get("validation_tasks") or {})
+    if wanted:
+        return sum(int(n) for n in wanted.values()), "data.validation_tasks"
+    if data.source == "testbed":
+        return int(data.n_validation_per_task) * len(data.task_shares), "the testbed's per-task count"
+    path = data.get("validation_path")
+    if path and Path(str(path)).expanduser().is_file():
+        with open(Path(str(path)).expanduser(), encoding="utf-8") as fh:
+            return sum(1 for line in fh if line.strip()), "data.validation_path"
+    return 50 * max(1, len(cfg.eval.tasks)), "assumed: 50 per evaluated task"
+
+
+def activation_bytes(size: ModelSize, batch: int, seq: int, weight_bytes: int) -> float:
+    """Activations kept for the backward pass of a batch of `batch` sequences of `seq` tokens: the layers'
+    (34 bytes per token, layer and hidden unit at 16-bit) plus the logits (in the model's dtype, then the float32
+    copy and log-softmax the loss keeps)."""
+    layers = ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN * batch * seq * size.hidden * size.layers * weight_bytes / 2
+    return layers + batch * seq * size.vocab * (weight_bytes + 8)
 
 
 def pool_size(cfg: DictConfig, given: int | None) -> int:
@@ -129,68 +177,87 @@ def count(n: float) -> str:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
+    """Bytes in binary units, named as such: 2**30 bytes -> '1.0 GiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} TB"
+    return f"{n:.1f} TiB"
 
 
 def estimate(cfg: DictConfig, n_pool: int, tokens_per_example: int, gpu: str, budgets: list[float]) -> list[str]:
     """The lines of the plan."""
-    from harness.training import compute_plan
+    from harness.training import compute_plan, training_flops
 
-    modules = OmegaConf.select(cfg, "selector.feature_modules")
-    size, featured = model_size(cfg.model, list(modules) if modules else None)
+    size, _ = model_size(cfg.model)
     weight_bytes = 2 if str(cfg.model.dtype) in ("bfloat16", "bf16", "float16", "auto") else 4
+    seq = int(cfg.model.max_length)
     lines = [
         f"model: {cfg.model.name} ({count(size.params)} parameters, {count(size.trainable)} trainable"
         f"{' LoRA' if cfg.model.lora.enabled else ''}), pool: {cfg.data.name} ({n_pool:,} examples, "
         f"~{tokens_per_example} tokens each assumed)"
     ]
     gbs = int(cfg.train.global_batch_size)
-    flops_per_token = 4 * size.params + 2 * size.trainable
     total_flops = 0.0
     for budget in budgets:
         k = n_pool if cfg.selector.name == "full" else max(1, round(budget * n_pool))
         plan = compute_plan(cfg.train, k, n_pool)
-        train_tokens = plan.steps * gbs * tokens_per_example
-        total_flops += flops_per_token * train_tokens
+        flops = training_flops(size.params, size.trainable, plan.steps * gbs * tokens_per_example)
+        total_flops += flops
         lines.append(
             f"budget {budget:g}: k = {k:,} examples, {plan.steps:,} training steps ({plan.epochs} epochs of "
-            f"{math.ceil(k / gbs):,} steps, batch {gbs}), {flops_per_token * train_tokens:.2e} training FLOPs"
+            f"{math.ceil(k / gbs):,} steps, batch {gbs}), {flops:.2e} training FLOPs"
         )
+    feature_batch = int(cfg.eval.batch_size)  # the signal service's batch (harness.pipeline)
+    feature_mem = None
     if cfg.selector.name in LESS_SELECTORS:
         s = cfg.selector
+        modules = OmegaConf.select(cfg, "selector.feature_modules")
+        warm, featured = model_size(warmup_model(cfg), list(modules) if modules else None)
         warm_n = max(1, round(float(s.warmup_fraction) * n_pool))
         warm_steps = int(s.warmup_epochs) * math.ceil(warm_n / gbs)
-        warm_flops = flops_per_token * warm_steps * gbs * tokens_per_example
-        per_task = int(cfg.data.get("n_validation_per_task", 50))
-        n_tasks = len(cfg.data.task_shares) if cfg.data.source == "testbed" else max(1, len(cfg.eval.tasks))
-        n_val = per_task * n_tasks
-        store = (n_pool + n_val) * int(s.proj_dim) * int(s.warmup_epochs) * (2 if s.store_dtype == "float16" else 4)
-        grad_flops = (6 * size.params * tokens_per_example + 2 * featured * int(s.proj_dim)) * (
-            (n_pool + n_val) * int(s.warmup_epochs)
-        )
+        warm_flops = training_flops(warm.params, warm.trainable, warm_steps * gbs * tokens_per_example)
+        n_val, val_from = validation_count(cfg)
+        n_feat = (n_pool + n_val) * int(s.warmup_epochs)
+        item = 2 if s.store_dtype == "float16" else 4
+        store = (n_pool + n_val) * int(s.proj_dim) * int(s.warmup_epochs) * item
+        # per example and checkpoint: forward and backward (weight gradients of the featured parameters only),
+        # then the projection, a [P] x [P, d] product
+        grad_flops = (
+            training_flops(warm.params, featured, tokens_per_example) + 2 * featured * int(s.proj_dim)
+        ) * n_feat
         total_flops += warm_flops + grad_flops
+        what = "LoRA adapters" if s.warmup_mode == "lora" else "parameters"
         lines += [
-            f"warm-up: {warm_n:,} examples x {s.warmup_epochs} epochs = {warm_steps:,} steps, {warm_flops:.2e} FLOPs",
-            f"gradient store: {n_pool + n_val:,} examples x d={s.proj_dim} x {s.warmup_epochs} checkpoints x "
-            f"{2 if s.store_dtype == 'float16' else 4} bytes = {human_bytes(store)} on disk",
+            f"warm-up: {warm_n:,} examples x {s.warmup_epochs} epochs = {warm_steps:,} steps, {warm_flops:.2e} FLOPs "
+            f"({count(warm.trainable)} trainable {what})",
+            f"gradient store: {n_pool + n_val:,} examples ({n_val:,} validation: {val_from}) x d={s.proj_dim} x "
+            f"{s.warmup_epochs} checkpoints x {item} bytes = {human_bytes(store)} on disk",
             f"gradient features: {grad_flops:.2e} FLOPs (per example: forward+backward, then 2*P*d for the "
             f"projection over {featured / 1e6:.2f}M parameters); influence matrix "
             f"{human_bytes(n_pool * n_val * 4)}",
         ]
+        feature_mem = (
+            warm.params * weight_bytes
+            + feature_batch * featured * 4  # the per-example gradients, float32
+            + activation_bytes(warm, feature_batch, seq, weight_bytes)
+            + 128 * 2**20  # one block of the projection matrix
+        )
     micro = int(cfg.train.micro_batch_size)
-    act = micro * int(cfg.model.max_length) * size.hidden * size.layers * 34 * weight_bytes / 2
+    act = activation_bytes(size, micro, seq, weight_bytes)
     train_mem = size.params * weight_bytes + size.trainable * (4 + 4 + 4 + 4) + act
-    feature_mem = size.params * weight_bytes + 16 * featured * 4 + 128 * 2**20
     weights = human_bytes(size.params * weight_bytes)
-    lines.append(
+    line = (
         f"peak GPU memory, estimated: training {human_bytes(train_mem)} (weights {weights}, trainable fp32 + Adam "
-        f"{human_bytes(size.trainable * 16)}, activations at micro-batch {micro} {human_bytes(act)}); "
-        f"gradient features {human_bytes(feature_mem)} at 16 examples per batch"
+        f"{human_bytes(size.trainable * 16)}, activations and logits at micro-batch {micro} x {seq} tokens "
+        f"{human_bytes(act)})"
     )
+    if feature_mem is not None:
+        line += (
+            f"; gradient features {human_bytes(feature_mem)} at {feature_batch} examples per batch (eval.batch_size; "
+            "lower it where this does not fit)"
+        )
+    lines.append(line)
     peak = GPUS[gpu] * 1e12
     hours = [total_flops / (peak * mfu) / 3600 for mfu in (0.5, 0.25)]
     lines.append(

@@ -61,7 +61,8 @@ def test_plan_of_the_bids_preset(local_model, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     store = (288000 + 50 * 7) * 8192 * 4 * 2
-    assert f"288,350 examples x d=8192 x 4 checkpoints x 2 bytes = {plan.human_bytes(store)} on disk" in out
+    assert "288,350 examples (350 validation: data.validation_tasks) x d=8192 x 4 checkpoints x 2 bytes = " in out
+    assert f"= {plan.human_bytes(store)} on disk" in out
     assert "sweep: 3 cell(s)" in out and "--array=0-2" not in out  # the basic launcher: one cell after another
     for budget, k in (("0.05", "14,400"), ("0.1", "28,800"), ("0.15", "43,200")):
         assert f"budget {budget}: k = {k} examples" in out
@@ -90,6 +91,68 @@ def test_plan_counts_the_cells_the_multirun_launches(capsys):
         "  seed=1 budget=0.1",
         "  seed=1 budget=0.2",
     ]
+
+
+P, HIDDEN, LAYERS, VOCAB = 7_000_000_000, 4096, 32, 32000
+
+
+def fake_size(model_cfg, feature_modules=None):
+    """A 7B model whose LoRA trains r million parameters: tells which LoRA settings the plan counted."""
+    trainable = int(model_cfg.lora.r) * 10**6 if model_cfg.lora.enabled else P
+    size = plan.ModelSize(P, trainable, HIDDEN, LAYERS)
+    size.vocab = VOCAB
+    return size, trainable
+
+
+def plan_lines(monkeypatch, capsys, args):
+    monkeypatch.setattr(plan, "model_size", fake_size)
+    code = plan.main(["--n-pool", "1000", "--tokens-per-example", "100", *args])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return out
+
+
+def test_plan_takes_warmup_and_features_over_the_selectors_lora(monkeypatch, capsys):
+    # the warm-up trains the selector's LoRA (selector.lora_r), not the final training's model.lora
+    out = plan_lines(monkeypatch, capsys, ["+experiment=small_gpu", "model.lora.r=4", "selector.lora_r=8"])
+    assert "4.00M trainable LoRA" in out and "(8.00M trainable LoRA adapters)" in out, out
+    assert "projection over 8.00M parameters" in out, out
+    out = plan_lines(monkeypatch, capsys, ["+experiment=small_gpu", "selector.warmup_mode=full"])
+    assert "projection over 7000.00M parameters" in out, out
+
+
+def test_plan_gradient_feature_flops_count_weight_gradients_of_the_featured_parameters_only(monkeypatch, capsys):
+    # per example and checkpoint: forward 2PT + backward through activations 2PT + weight gradients 2FT + 2Fd
+    out = plan_lines(monkeypatch, capsys, ["+experiment=less_llama2_7b", "~data.validation_tasks"])
+    featured, n = 128 * 10**6, (1000 + 50 * 3) * 4
+    expected = ((4 * P + 2 * featured) * 100 + 2 * featured * 8192) * n
+    assert f"gradient features: {expected:.2e} FLOPs" in out, out
+    assert "150 validation: assumed: 50 per evaluated task" in out, out
+
+
+def test_plan_counts_the_validation_examples_the_preset_asks_for(monkeypatch, capsys):
+    out = plan_lines(monkeypatch, capsys, ["+experiment=less_llama2_7b"])
+    n_val = 285 + 81 + 9  # LESS: MMLU 5 x 57, BBH 3 x 27, TyDiQA 1 x 9
+    store = (1000 + n_val) * 8192 * 4 * 2
+    assert f"1,375 examples ({n_val} validation" in out and f"= {plan.human_bytes(store)} on disk" in out, out
+    assert f"influence matrix {plan.human_bytes(1000 * n_val * 4)}" in out, out
+
+
+def feature_gib(out: str) -> float:
+    return float(out.split("gradient features ")[-1].split(" GiB")[0])
+
+
+def test_plan_feature_memory_is_at_the_signal_batch_with_its_activations(monkeypatch, capsys):
+    small = plan_lines(monkeypatch, capsys, ["+experiment=less_llama2_7b", "eval.batch_size=2"])
+    large = plan_lines(monkeypatch, capsys, ["+experiment=less_llama2_7b", "eval.batch_size=8"])
+    assert "at 2 examples per batch" in small and "at 8 examples per batch" in large, small
+    seq, featured = 2048, 128 * 10**6
+    per_example = featured * 4 + 34 * seq * HIDDEN * LAYERS + seq * VOCAB * (2 + 8)  # gradients, layers, logits
+    assert feature_gib(large) - feature_gib(small) == pytest.approx(6 * per_example / 2**30, abs=0.11)
+
+
+def test_sizes_are_named_in_binary_units():
+    assert plan.human_bytes(2**30) == "1.0 GiB" and plan.human_bytes(3 * 2**20) == "3.0 MiB"
 
 
 @pytest.mark.parametrize(
