@@ -155,6 +155,33 @@ def test_sizes_are_named_in_binary_units():
     assert plan.human_bytes(2**30) == "1.0 GiB" and plan.human_bytes(3 * 2**20) == "3.0 MiB"
 
 
+@pytest.mark.parametrize("name", PRESETS)
+def test_each_preset_warms_up_the_adapters_it_trains(name):
+    # LESS and BIDS take gradient features of the warm-up's LoRA and train the selection with the same LoRA
+    cfg = plan.compose([f"+experiment={name}"])
+    s, lora = cfg.selector, cfg.model.lora
+    assert (s.lora_r, s.lora_alpha, s.lora_dropout) == (lora.r, lora.alpha, lora.dropout)
+    assert list(s.lora_modules) == list(lora.target_modules)
+
+
+def test_wandb_that_cannot_start_is_one_line(monkeypatch, tmp_path):
+    import sys
+    import types
+
+    from harness.errors import HarnessError
+    from harness.tracking import make_tracker
+
+    def init(**kwargs):
+        raise RuntimeError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])\nTraceback ...")
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    cfg = OmegaConf.create({"logger": {"name": "wandb", "project": "p", "entity": None, "mode": None, "tags": []}})
+    with pytest.raises(HarnessError) as err:
+        make_tracker(cfg, tmp_path, "cell")
+    assert "\n" not in str(err.value) and "api_key not configured" in str(err.value)
+    assert "logger.mode=offline" in str(err.value)
+
+
 @pytest.mark.parametrize(
     "args,fragment",
     [
