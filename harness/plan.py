@@ -185,12 +185,62 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def estimate(cfg: DictConfig, n_pool: int, tokens_per_example: int, gpu: str, budgets: list[float]) -> list[str]:
-    """The lines of the plan."""
+def less_costs(cfg: DictConfig, n_pool: int, tokens_per_example: int, weight_bytes: int) -> dict[str, Any]:
+    """Warm-up and gradient-feature costs of an influence or BIDS cell: FLOPs, the store, the feature pass's memory,
+    the lines that say them, and the keys under which a sweep shares them (one warm-up per seed and settings)."""
+    from harness.training import training_flops
+
+    s = cfg.selector
+    modules = OmegaConf.select(cfg, "selector.feature_modules")
+    warm, featured = model_size(warmup_model(cfg), list(modules) if modules else None)
+    gbs = int(cfg.train.global_batch_size)
+    warm_n = max(1, round(float(s.warmup_fraction) * n_pool))
+    warm_steps = int(s.warmup_epochs) * math.ceil(warm_n / gbs)
+    warm_flops = training_flops(warm.params, warm.trainable, warm_steps * gbs * tokens_per_example)
+    n_val, val_from = validation_count(cfg)
+    n_feat = (n_pool + n_val) * int(s.warmup_epochs)
+    item = 2 if s.store_dtype == "float16" else 4
+    store = (n_pool + n_val) * int(s.proj_dim) * int(s.warmup_epochs) * item
+    # per example and checkpoint: forward and backward (weight gradients of the featured parameters only), then
+    # the projection, a [P] x [P, d] product
+    grad_flops = (training_flops(warm.params, featured, tokens_per_example) + 2 * featured * int(s.proj_dim)) * n_feat
+    batch = int(cfg.eval.batch_size)  # the signal service's batch (harness.pipeline)
+    memory = (
+        warm.params * weight_bytes
+        + batch * featured * 4  # the per-example gradients, float32
+        + activation_bytes(warm, batch, int(cfg.model.max_length), weight_bytes)
+        + 128 * 2**20  # one block of the projection matrix
+    )
+    what = "LoRA adapters" if s.warmup_mode == "lora" else "parameters"
+    lines = [
+        f"warm-up: {warm_n:,} examples x {s.warmup_epochs} epochs = {warm_steps:,} steps, {warm_flops:.2e} FLOPs "
+        f"({count(warm.trainable)} trainable {what})",
+        f"gradient store: {n_pool + n_val:,} examples ({n_val:,} validation: {val_from}) x d={s.proj_dim} x "
+        f"{s.warmup_epochs} checkpoints x {item} bytes = {human_bytes(store)} on disk",
+        f"gradient features: {grad_flops:.2e} FLOPs (per example: forward+backward, then 2*P*d for the "
+        f"projection over {featured / 1e6:.2f}M parameters); influence matrix {human_bytes(n_pool * n_val * 4)}",
+    ]
+    settings = OmegaConf.to_container(s, resolve=True)
+    inputs = {"model": OmegaConf.to_container(cfg.model, resolve=True), "data": OmegaConf.to_container(cfg.data)}
+    warm_key = {**inputs, **{k: v for k, v in settings.items() if k.startswith(("warmup_", "lora_"))}}
+    store_keys = ("proj_dim", "projection", "proj_seed", "adam_formula", "store_dtype", "feature_modules")
+    return {
+        "warm_flops": warm_flops,
+        "grad_flops": grad_flops,
+        "memory": memory,
+        "batch": batch,
+        "lines": lines,
+        "warm_key": warm_key,
+        "store_key": {**warm_key, **{k: settings.get(k) for k in store_keys}},
+    }
+
+
+def estimate(cfg: DictConfig, n_pool: int, tokens_per_example: int, budgets: list[float]) -> list[str]:
+    """The lines of the plan for one cell's config at each of `budgets`."""
     from harness.training import compute_plan, training_flops
 
     size, _ = model_size(cfg.model)
-    weight_bytes = 2 if str(cfg.model.dtype) in ("bfloat16", "bf16", "float16", "auto") else 4
+    weight_bytes = bytes_per_weight(cfg)
     seq = int(cfg.model.max_length)
     lines = [
         f"model: {cfg.model.name} ({count(size.params)} parameters, {count(size.trainable)} trainable"
@@ -198,51 +248,17 @@ def estimate(cfg: DictConfig, n_pool: int, tokens_per_example: int, gpu: str, bu
         f"~{tokens_per_example} tokens each assumed)"
     ]
     gbs = int(cfg.train.global_batch_size)
-    total_flops = 0.0
     for budget in budgets:
         k = n_pool if cfg.selector.name == "full" else max(1, round(budget * n_pool))
         plan = compute_plan(cfg.train, k, n_pool)
         flops = training_flops(size.params, size.trainable, plan.steps * gbs * tokens_per_example)
-        total_flops += flops
         lines.append(
             f"budget {budget:g}: k = {k:,} examples, {plan.steps:,} training steps ({plan.epochs} epochs of "
             f"{math.ceil(k / gbs):,} steps, batch {gbs}), {flops:.2e} training FLOPs"
         )
-    feature_batch = int(cfg.eval.batch_size)  # the signal service's batch (harness.pipeline)
-    feature_mem = None
-    if cfg.selector.name in LESS_SELECTORS:
-        s = cfg.selector
-        modules = OmegaConf.select(cfg, "selector.feature_modules")
-        warm, featured = model_size(warmup_model(cfg), list(modules) if modules else None)
-        warm_n = max(1, round(float(s.warmup_fraction) * n_pool))
-        warm_steps = int(s.warmup_epochs) * math.ceil(warm_n / gbs)
-        warm_flops = training_flops(warm.params, warm.trainable, warm_steps * gbs * tokens_per_example)
-        n_val, val_from = validation_count(cfg)
-        n_feat = (n_pool + n_val) * int(s.warmup_epochs)
-        item = 2 if s.store_dtype == "float16" else 4
-        store = (n_pool + n_val) * int(s.proj_dim) * int(s.warmup_epochs) * item
-        # per example and checkpoint: forward and backward (weight gradients of the featured parameters only),
-        # then the projection, a [P] x [P, d] product
-        grad_flops = (
-            training_flops(warm.params, featured, tokens_per_example) + 2 * featured * int(s.proj_dim)
-        ) * n_feat
-        total_flops += warm_flops + grad_flops
-        what = "LoRA adapters" if s.warmup_mode == "lora" else "parameters"
-        lines += [
-            f"warm-up: {warm_n:,} examples x {s.warmup_epochs} epochs = {warm_steps:,} steps, {warm_flops:.2e} FLOPs "
-            f"({count(warm.trainable)} trainable {what})",
-            f"gradient store: {n_pool + n_val:,} examples ({n_val:,} validation: {val_from}) x d={s.proj_dim} x "
-            f"{s.warmup_epochs} checkpoints x {item} bytes = {human_bytes(store)} on disk",
-            f"gradient features: {grad_flops:.2e} FLOPs (per example: forward+backward, then 2*P*d for the "
-            f"projection over {featured / 1e6:.2f}M parameters); influence matrix "
-            f"{human_bytes(n_pool * n_val * 4)}",
-        ]
-        feature_mem = (
-            warm.params * weight_bytes
-            + feature_batch * featured * 4  # the per-example gradients, float32
-            + activation_bytes(warm, feature_batch, seq, weight_bytes)
-            + 128 * 2**20  # one block of the projection matrix
-        )
+    less = less_costs(cfg, n_pool, tokens_per_example, weight_bytes) if cfg.selector.name in LESS_SELECTORS else None
+    if less:
+        lines += less["lines"]
     micro = int(cfg.train.micro_batch_size)
     act = activation_bytes(size, micro, seq, weight_bytes)
     train_mem = size.params * weight_bytes + size.trainable * (4 + 4 + 4 + 4) + act
@@ -252,18 +268,82 @@ def estimate(cfg: DictConfig, n_pool: int, tokens_per_example: int, gpu: str, bu
         f"{human_bytes(size.trainable * 16)}, activations and logits at micro-batch {micro} x {seq} tokens "
         f"{human_bytes(act)})"
     )
-    if feature_mem is not None:
+    if less:
         line += (
-            f"; gradient features {human_bytes(feature_mem)} at {feature_batch} examples per batch (eval.batch_size; "
-            "lower it where this does not fit)"
+            f"; gradient features {human_bytes(less['memory'])} at {less['batch']} examples per batch "
+            "(eval.batch_size; lower it where this does not fit)"
         )
     lines.append(line)
-    peak = GPUS[gpu] * 1e12
-    hours = [total_flops / (peak * mfu) / 3600 for mfu in (0.5, 0.25)]
-    lines.append(
-        f"total {total_flops:.2e} FLOPs: {hours[0]:.2g}-{hours[1]:.2g} GPU-hours on one {gpu.upper()} (25-50% MFU)"
-    )
     return lines
+
+
+def bytes_per_weight(cfg: DictConfig) -> int:
+    return 2 if str(cfg.model.dtype) in ("bfloat16", "bf16", "float16", "auto") else 4
+
+
+def cell_config(overrides: list[str]) -> DictConfig:
+    """One cell's validated config (without Hydra's part), as the run composes it."""
+    from harness.config import validate
+
+    cfg = compose(overrides)
+    OmegaConf.set_struct(cfg, False)
+    cfg.pop("hydra")
+    return validate(cfg)
+
+
+def _value(cell: list[str], key: str) -> str | None:
+    for override in cell:
+        name, _, value = override.lstrip("+").partition("=")
+        if name == key:
+            return value
+    return None
+
+
+def sweep_flops(cells: list[list[str]], first: DictConfig, n_pool: int, tokens_per_example: int) -> tuple[float, str]:
+    """FLOPs of every cell of the sweep: one training per cell (`full` once per seed: its other budgets reuse the
+    record), one warm-up per distinct warm-up (settings and seed) and one gradient store per distinct store, as
+    the signal cache shares them; with what was counted. Cells that differ only in budget and seed share a config."""
+    import json
+
+    from harness.config import parse_budget
+    from harness.training import compute_plan, training_flops
+
+    groups: dict[tuple[str, ...], list[list[str]]] = {}
+    for cell in cells:
+        key = tuple(o for o in cell if o.lstrip("+").partition("=")[0] not in ("budget", "seed"))
+        groups.setdefault(key, []).append(cell)
+    sizes: dict[str, ModelSize] = {}
+    trained: set[str] = set()
+    warmups: dict[str, float] = {}
+    stores: dict[str, float] = {}
+    total = 0.0
+    for i, members in enumerate(groups.values()):
+        cfg = first if i == 0 else cell_config(members[0])
+        model_key = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True, default=str)
+        if model_key not in sizes:
+            sizes[model_key] = model_size(cfg.model)[0]
+        size = sizes[model_key]
+        less = None
+        if cfg.selector.name in LESS_SELECTORS:
+            less = less_costs(cfg, n_pool, tokens_per_example, bytes_per_weight(cfg))
+        for cell in members:
+            seed = _value(cell, "seed") or str(cfg.seed)
+            budget = parse_budget(_value(cell, "budget") or cfg.budget)
+            k = n_pool if cfg.selector.name == "full" else max(1, round(budget * n_pool))
+            run = json.dumps([i, seed, k])
+            if run not in trained:
+                trained.add(run)
+                plan = compute_plan(cfg.train, k, n_pool)
+                total += training_flops(
+                    size.params, size.trainable, plan.steps * cfg.train.global_batch_size * (tokens_per_example)
+                )
+            if less:
+                warm_seed = cfg.selector.warmup_seed if cfg.selector.warmup_seed is not None else seed
+                warmups[json.dumps([less["warm_key"], warm_seed], sort_keys=True, default=str)] = less["warm_flops"]
+                stores[json.dumps([less["store_key"], warm_seed], sort_keys=True, default=str)] = less["grad_flops"]
+    total += sum(warmups.values()) + sum(stores.values())
+    what = f"{len(trained)} training run(s), {len(warmups)} warm-up(s), {len(stores)} gradient store(s)"
+    return total, what
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,21 +354,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. +experiment=bids_llama3_8b")
     args = parser.parse_args(argv)
     try:
-        from harness.config import parse_budget, validate
+        from harness.config import parse_budget
 
         full = sweep_cells(compose(args.overrides, multirun=True), args.overrides)
-        cfg = compose(full[0])  # the first cell's config (the sweep's values applied, as the run composes it)
+        composed = compose(full[0])  # the first cell's config (the sweep's values applied, as the run composes it)
+        hydra_cfg = composed.hydra
+        cfg = cell_config(full[0])
         cells = swept(full)
         budgets = sorted({parse_budget(c.get("budget", cfg.budget)) for c in cells})
-        OmegaConf.set_struct(cfg, False)
-        hydra_cfg = cfg.pop("hydra")
-        cfg = validate(cfg)
         n_pool = pool_size(cfg, args.n_pool)
         tokens = args.tokens_per_example or int(cfg.model.max_length) // 2
-        lines = estimate(cfg, n_pool, tokens, args.gpu, budgets)
+        lines = estimate(cfg, n_pool, tokens, budgets)
+        total, what = sweep_flops(full, cfg, n_pool, tokens)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    peak = GPUS[args.gpu] * 1e12
+    hours = [total / (peak * mfu) / 3600 for mfu in (0.5, 0.25)]
+    lines.append(
+        f"total {total:.2e} FLOPs ({what}): {hours[0]:.2g}-{hours[1]:.2g} GPU-hours on one {args.gpu.upper()} "
+        "(25-50% MFU)"
+    )
     launcher = str(OmegaConf.select(hydra_cfg, "launcher._target_") or "")
     slurm = "slurm" in launcher.lower()
     where = f"one Slurm job array: --array=0-{len(cells) - 1}" if slurm else "locally, one cell after another"

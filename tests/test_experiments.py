@@ -151,6 +151,22 @@ def test_plan_feature_memory_is_at_the_signal_batch_with_its_activations(monkeyp
     assert feature_gib(large) - feature_gib(small) == pytest.approx(6 * per_example / 2**30, abs=0.11)
 
 
+def test_plan_total_counts_every_cell_and_each_shared_warmup_once(monkeypatch, capsys):
+    # LESS's own setup: one selection per target benchmark (same budget), for two seeds: six trainings; the warm-up
+    # and gradient store depend on the seed only, so two of each
+    out = plan_lines(
+        monkeypatch, capsys, ["+experiment=less_llama2_7b", "eval.tasks=[mmlu],[bbh],[tydiqa_goldp]", "seed=0,1"]
+    )
+    featured, per_token = 128 * 10**6, 4 * P + 2 * 128 * 10**6
+    train = per_token * 4 * 128 * 100  # k = 50: 4 epochs of one step of 128 examples of 100 tokens; the warm-up too
+    grad = (per_token * 100 + 2 * featured * 8192) * (1000 + 375) * 4
+    total = 6 * train + 2 * train + 2 * grad
+    assert f"total {total:.2e} FLOPs (6 training run(s), 2 warm-up(s), 2 gradient store(s))" in out, out
+    # `full` ignores the budget: once per seed; random at each budget and seed
+    out = plan_lines(monkeypatch, capsys, ["selector=full,random", "budget=0.1,0.2", "seed=0,1"])
+    assert "(6 training run(s), 0 warm-up(s), 0 gradient store(s))" in out and "sweep: 8 cell(s)" in out, out
+
+
 def test_sizes_are_named_in_binary_units():
     assert plan.human_bytes(2**30) == "1.0 GiB" and plan.human_bytes(3 * 2**20) == "3.0 MiB"
 
