@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from harness import REPO_ROOT
-from harness.errors import HarnessError, first_line
+from harness.errors import HarnessError
 
 GPUS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l40s": 362.0, "a10g": 125.0}
 """Dense bf16 peak TFLOP/s per GPU (vendor figures); the estimate assumes 25-50% of it is reached."""
@@ -41,13 +41,11 @@ class ModelSize:
     vocab: int = 0
 
 
-def compose(overrides: list[str], multirun: bool = False) -> DictConfig:
-    """The run's config, as `python -m harness` composes it (one line of error on bad input); with multirun=True
-    as `python -m harness -m` does, where comma lists are sweeps (left in hydra.overrides.task, not applied)."""
+def compose(overrides: list[str]) -> DictConfig:
+    """One cell's config, as `python -m harness` composes it, with Hydra's part (one line of error on bad input)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.types import RunMode
 
     from harness.cli import explain
     from harness.config import register_resolvers
@@ -56,12 +54,6 @@ def compose(overrides: list[str], multirun: bool = False) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-            if multirun:
-                hydra = GlobalHydra.instance().hydra
-                assert hydra is not None
-                return hydra.compose_config(
-                    "config", overrides=overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False
-                )
             return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
     except Exception as exc:  # Hydra's and OmegaConf's errors: one line
         raise HarnessError(explain(exc)) from None
@@ -142,22 +134,6 @@ def pool_size(cfg: DictConfig, given: int | None) -> int:
         f"the size of pool '{cfg.data.name}' is not known without loading it; pass --n-pool N "
         "(e.g. 288000 for UltraInteract-SFT)"
     )
-
-
-def sweep_cells(cfg: DictConfig, overrides: list[str]) -> list[list[str]]:
-    """The cells of the sweep the config describes (hydra.sweeper.params, then the command line, whose key replaces
-    a preset's list), each the full list of its overrides, in the order a multirun launches them (cell i = array
-    task i): the same expansion as `python -m harness -m` and `python -m harness.sweep_lines` (Hydra's grammar:
-    lists in brackets, quoted commas, range(), +key=, ~key)."""
-    from hydra.errors import HydraException
-
-    from harness.sweep import expand_cells
-
-    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
-    try:
-        return expand_cells(overrides, {str(k): str(v) for k, v in dict(params).items()})
-    except HydraException as exc:
-        raise HarnessError(f"cannot expand the sweep: {first_line(exc)}") from None
 
 
 def swept(cells: list[list[str]]) -> list[dict[str, str]]:
@@ -355,11 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         from harness.config import parse_budget
+        from harness.sweep_lines import planned
 
-        full = sweep_cells(compose(args.overrides, multirun=True), args.overrides)
-        composed = compose(full[0])  # the first cell's config (the sweep's values applied, as the run composes it)
-        hydra_cfg = composed.hydra
-        cfg = cell_config(full[0])
+        full, hydra_cfg = planned(args.overrides)  # the cells exactly as the multirun (and sweep_lines) expands them
+        cfg = cell_config(full[0])  # the first cell's config (the sweep's values applied, as the run composes it)
         cells = swept(full)
         budgets = sorted({parse_budget(c.get("budget", cfg.budget)) for c in cells})
         n_pool = pool_size(cfg, args.n_pool)
