@@ -40,7 +40,7 @@ def check_lines(path: str | Path) -> int:
 
 
 def _cells(arguments: Sequence[str], given: list[list[str]] | None, check: bool) -> list[list[str]]:
-    return _multirun(arguments, given, check)[1]
+    return _multirun(arguments, given, check)[0]
 
 
 def _multirun(
