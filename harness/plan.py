@@ -19,12 +19,17 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from harness import REPO_ROOT
-from harness.errors import HarnessError, first_line
+from harness.errors import HarnessError
 
 GPUS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l40s": 362.0, "a10g": 125.0}
 """Dense bf16 peak TFLOP/s per GPU (vendor figures); the estimate assumes 25-50% of it is reached."""
 
 LESS_SELECTORS = ("influence", "bids")
+
+
+ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN = 34
+"""Activation memory per token, layer and hidden unit at 16-bit (Korthikanti et al., 2022, without the attention
+score term that fused attention does not store)."""
 
 
 @dataclass
@@ -33,15 +38,14 @@ class ModelSize:
     trainable: int
     hidden: int
     layers: int
+    vocab: int = 0
 
 
-def compose(overrides: list[str], multirun: bool = False) -> DictConfig:
-    """The run's config, as `python -m harness` composes it (one line of error on bad input); with multirun=True
-    as `python -m harness -m` does, where comma lists are sweeps (left in hydra.overrides.task, not applied)."""
+def compose(overrides: list[str]) -> DictConfig:
+    """One cell's config, as `python -m harness` composes it, with Hydra's part (one line of error on bad input)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.types import RunMode
 
     from harness.cli import explain
     from harness.config import register_resolvers
@@ -50,12 +54,6 @@ def compose(overrides: list[str], multirun: bool = False) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-            if multirun:
-                hydra = GlobalHydra.instance().hydra
-                assert hydra is not None
-                return hydra.compose_config(
-                    "config", overrides=overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False
-                )
             return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
     except Exception as exc:  # Hydra's and OmegaConf's errors: one line
         raise HarnessError(explain(exc)) from None
@@ -76,7 +74,49 @@ def model_size(model_cfg: Any, feature_modules: list[str] | None = None) -> tupl
     config = model.config
     hidden = int(getattr(config, "hidden_size", 0) or 0)
     layers = int(getattr(config, "num_hidden_layers", 0) or 0)
-    return ModelSize(params, trainable, hidden, layers), featured
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    return ModelSize(params, trainable, hidden, layers, vocab), featured
+
+
+def warmup_model(cfg: DictConfig) -> DictConfig:
+    """The model config the LESS warm-up trains (and takes gradient features of): the proxy with the selector's
+    LoRA settings (lora_r, lora_alpha, lora_dropout, lora_modules), or every parameter with warmup_mode=full;
+    not the training recipe's model.lora, which only the final training uses."""
+    from harness.signals.less import DEFAULTS
+
+    s = {**DEFAULTS, **OmegaConf.to_container(cfg.selector, resolve=True)}
+    model = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    if s["warmup_mode"] == "lora":
+        lora = {"r": s["lora_r"], "alpha": s["lora_alpha"], "dropout": s["lora_dropout"]}
+        model.lora = OmegaConf.merge(model.lora, {"enabled": True, **lora, "target_modules": list(s["lora_modules"])})
+    else:
+        model.lora.enabled = False
+    return model
+
+
+def validation_count(cfg: DictConfig) -> tuple[int, str]:
+    """Validation examples the gradient store holds, and where the number comes from: data.validation_tasks
+    (n per benchmark, LESS's 285 + 81 + 9), the lines of data.validation_path, the testbed's per-task count, or,
+    failing those, the 50 per evaluated task that BIDS uses (an assumption the plan says)."""
+    data = cfg.data
+    wanted = dict(data.get("validation_tasks") or {})
+    if wanted:
+        return sum(int(n) for n in wanted.values()), "data.validation_tasks"
+    if data.source == "testbed":
+        return int(data.n_validation_per_task) * len(data.task_shares), "the testbed's per-task count"
+    path = data.get("validation_path")
+    if path and Path(str(path)).expanduser().is_file():
+        with open(Path(str(path)).expanduser(), encoding="utf-8") as fh:
+            return sum(1 for line in fh if line.strip()), "data.validation_path"
+    return 50 * max(1, len(cfg.eval.tasks)), "assumed: 50 per evaluated task"
+
+
+def activation_bytes(size: ModelSize, batch: int, seq: int, weight_bytes: int) -> float:
+    """Activations kept for the backward pass of a batch of `batch` sequences of `seq` tokens: the layers'
+    (34 bytes per token, layer and hidden unit at 16-bit) plus the logits (in the model's dtype, then the float32
+    copy and log-softmax the loss keeps)."""
+    layers = ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN * batch * seq * size.hidden * size.layers * weight_bytes / 2
+    return layers + batch * seq * size.vocab * (weight_bytes + 8)
 
 
 def pool_size(cfg: DictConfig, given: int | None) -> int:
@@ -96,22 +136,6 @@ def pool_size(cfg: DictConfig, given: int | None) -> int:
     )
 
 
-def sweep_cells(cfg: DictConfig, overrides: list[str]) -> list[list[str]]:
-    """The cells of the sweep the config describes (hydra.sweeper.params, then the command line, whose key replaces
-    a preset's list), each the full list of its overrides, in the order a multirun launches them (cell i = array
-    task i): the same expansion as `python -m harness -m` and `python -m harness.sweep_lines` (Hydra's grammar:
-    lists in brackets, quoted commas, range(), +key=, ~key)."""
-    from hydra.errors import HydraException
-
-    from harness.sweep import expand_cells
-
-    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
-    try:
-        return expand_cells(overrides, {str(k): str(v) for k, v in dict(params).items()})
-    except HydraException as exc:
-        raise HarnessError(f"cannot expand the sweep: {first_line(exc)}") from None
-
-
 def swept(cells: list[list[str]]) -> list[dict[str, str]]:
     """Each cell's swept values (the keys whose value differs between cells), as key -> value."""
     from harness.sweep import varying
@@ -129,74 +153,173 @@ def count(n: float) -> str:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
+    """Bytes in binary units, named as such: 2**30 bytes -> '1.0 GiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} TB"
+    return f"{n:.1f} TiB"
 
 
-def estimate(cfg: DictConfig, n_pool: int, tokens_per_example: int, gpu: str, budgets: list[float]) -> list[str]:
-    """The lines of the plan."""
-    from harness.training import compute_plan
+def less_costs(cfg: DictConfig, n_pool: int, tokens_per_example: int, weight_bytes: int) -> dict[str, Any]:
+    """Warm-up and gradient-feature costs of an influence or BIDS cell: FLOPs, the store, the feature pass's memory,
+    the lines that say them, and the keys under which a sweep shares them (one warm-up per seed and settings)."""
+    from harness.training import training_flops
 
+    s = cfg.selector
     modules = OmegaConf.select(cfg, "selector.feature_modules")
-    size, featured = model_size(cfg.model, list(modules) if modules else None)
-    weight_bytes = 2 if str(cfg.model.dtype) in ("bfloat16", "bf16", "float16", "auto") else 4
+    warm, featured = model_size(warmup_model(cfg), list(modules) if modules else None)
+    gbs = int(cfg.train.global_batch_size)
+    warm_n = max(1, round(float(s.warmup_fraction) * n_pool))
+    warm_steps = int(s.warmup_epochs) * math.ceil(warm_n / gbs)
+    warm_flops = training_flops(warm.params, warm.trainable, warm_steps * gbs * tokens_per_example)
+    n_val, val_from = validation_count(cfg)
+    n_feat = (n_pool + n_val) * int(s.warmup_epochs)
+    item = 2 if s.store_dtype == "float16" else 4
+    store = (n_pool + n_val) * int(s.proj_dim) * int(s.warmup_epochs) * item
+    # per example and checkpoint: forward and backward (weight gradients of the featured parameters only), then
+    # the projection, a [P] x [P, d] product
+    grad_flops = (training_flops(warm.params, featured, tokens_per_example) + 2 * featured * int(s.proj_dim)) * n_feat
+    batch = int(cfg.eval.batch_size)  # the signal service's batch (harness.pipeline)
+    memory = (
+        warm.params * weight_bytes
+        + batch * featured * 4  # the per-example gradients, float32
+        + activation_bytes(warm, batch, int(cfg.model.max_length), weight_bytes)
+        + 128 * 2**20  # one block of the projection matrix
+    )
+    what = "LoRA adapters" if s.warmup_mode == "lora" else "parameters"
+    lines = [
+        f"warm-up: {warm_n:,} examples x {s.warmup_epochs} epochs = {warm_steps:,} steps, {warm_flops:.2e} FLOPs "
+        f"({count(warm.trainable)} trainable {what})",
+        f"gradient store: {n_pool + n_val:,} examples ({n_val:,} validation: {val_from}) x d={s.proj_dim} x "
+        f"{s.warmup_epochs} checkpoints x {item} bytes = {human_bytes(store)} on disk",
+        f"gradient features: {grad_flops:.2e} FLOPs (per example: forward+backward, then 2*P*d for the "
+        f"projection over {featured / 1e6:.2f}M parameters); influence matrix {human_bytes(n_pool * n_val * 4)}",
+    ]
+    settings = OmegaConf.to_container(s, resolve=True)
+    inputs = {"model": OmegaConf.to_container(cfg.model, resolve=True), "data": OmegaConf.to_container(cfg.data)}
+    warm_key = {**inputs, **{k: v for k, v in settings.items() if k.startswith(("warmup_", "lora_"))}}
+    store_keys = ("proj_dim", "projection", "proj_seed", "adam_formula", "store_dtype", "feature_modules")
+    return {
+        "warm_flops": warm_flops,
+        "grad_flops": grad_flops,
+        "memory": memory,
+        "batch": batch,
+        "lines": lines,
+        "warm_key": warm_key,
+        "store_key": {**warm_key, **{k: settings.get(k) for k in store_keys}},
+    }
+
+
+def estimate(cfg: DictConfig, n_pool: int, tokens_per_example: int, budgets: list[float]) -> list[str]:
+    """The lines of the plan for one cell's config at each of `budgets`."""
+    from harness.training import compute_plan, training_flops
+
+    size, _ = model_size(cfg.model)
+    weight_bytes = bytes_per_weight(cfg)
+    seq = int(cfg.model.max_length)
     lines = [
         f"model: {cfg.model.name} ({count(size.params)} parameters, {count(size.trainable)} trainable"
         f"{' LoRA' if cfg.model.lora.enabled else ''}), pool: {cfg.data.name} ({n_pool:,} examples, "
         f"~{tokens_per_example} tokens each assumed)"
     ]
     gbs = int(cfg.train.global_batch_size)
-    flops_per_token = 4 * size.params + 2 * size.trainable
-    total_flops = 0.0
     for budget in budgets:
         k = n_pool if cfg.selector.name == "full" else max(1, round(budget * n_pool))
         plan = compute_plan(cfg.train, k, n_pool)
-        train_tokens = plan.steps * gbs * tokens_per_example
-        total_flops += flops_per_token * train_tokens
+        flops = training_flops(size.params, size.trainable, plan.steps * gbs * tokens_per_example)
         lines.append(
             f"budget {budget:g}: k = {k:,} examples, {plan.steps:,} training steps ({plan.epochs} epochs of "
-            f"{math.ceil(k / gbs):,} steps, batch {gbs}), {flops_per_token * train_tokens:.2e} training FLOPs"
+            f"{math.ceil(k / gbs):,} steps, batch {gbs}), {flops:.2e} training FLOPs"
         )
-    if cfg.selector.name in LESS_SELECTORS:
-        s = cfg.selector
-        warm_n = max(1, round(float(s.warmup_fraction) * n_pool))
-        warm_steps = int(s.warmup_epochs) * math.ceil(warm_n / gbs)
-        warm_flops = flops_per_token * warm_steps * gbs * tokens_per_example
-        per_task = int(cfg.data.get("n_validation_per_task", 50))
-        n_tasks = len(cfg.data.task_shares) if cfg.data.source == "testbed" else max(1, len(cfg.eval.tasks))
-        n_val = per_task * n_tasks
-        store = (n_pool + n_val) * int(s.proj_dim) * int(s.warmup_epochs) * (2 if s.store_dtype == "float16" else 4)
-        grad_flops = (6 * size.params * tokens_per_example + 2 * featured * int(s.proj_dim)) * (
-            (n_pool + n_val) * int(s.warmup_epochs)
-        )
-        total_flops += warm_flops + grad_flops
-        lines += [
-            f"warm-up: {warm_n:,} examples x {s.warmup_epochs} epochs = {warm_steps:,} steps, {warm_flops:.2e} FLOPs",
-            f"gradient store: {n_pool + n_val:,} examples x d={s.proj_dim} x {s.warmup_epochs} checkpoints x "
-            f"{2 if s.store_dtype == 'float16' else 4} bytes = {human_bytes(store)} on disk",
-            f"gradient features: {grad_flops:.2e} FLOPs (per example: forward+backward, then 2*P*d for the "
-            f"projection over {featured / 1e6:.2f}M parameters); influence matrix "
-            f"{human_bytes(n_pool * n_val * 4)}",
-        ]
+    less = less_costs(cfg, n_pool, tokens_per_example, weight_bytes) if cfg.selector.name in LESS_SELECTORS else None
+    if less:
+        lines += less["lines"]
     micro = int(cfg.train.micro_batch_size)
-    act = micro * int(cfg.model.max_length) * size.hidden * size.layers * 34 * weight_bytes / 2
+    act = activation_bytes(size, micro, seq, weight_bytes)
     train_mem = size.params * weight_bytes + size.trainable * (4 + 4 + 4 + 4) + act
-    feature_mem = size.params * weight_bytes + 16 * featured * 4 + 128 * 2**20
     weights = human_bytes(size.params * weight_bytes)
-    lines.append(
+    line = (
         f"peak GPU memory, estimated: training {human_bytes(train_mem)} (weights {weights}, trainable fp32 + Adam "
-        f"{human_bytes(size.trainable * 16)}, activations at micro-batch {micro} {human_bytes(act)}); "
-        f"gradient features {human_bytes(feature_mem)} at 16 examples per batch"
+        f"{human_bytes(size.trainable * 16)}, activations and logits at micro-batch {micro} x {seq} tokens "
+        f"{human_bytes(act)})"
     )
-    peak = GPUS[gpu] * 1e12
-    hours = [total_flops / (peak * mfu) / 3600 for mfu in (0.5, 0.25)]
-    lines.append(
-        f"total {total_flops:.2e} FLOPs: {hours[0]:.2g}-{hours[1]:.2g} GPU-hours on one {gpu.upper()} (25-50% MFU)"
-    )
+    if less:
+        line += (
+            f"; gradient features {human_bytes(less['memory'])} at {less['batch']} examples per batch "
+            "(eval.batch_size; lower it where this does not fit)"
+        )
+    lines.append(line)
     return lines
+
+
+def bytes_per_weight(cfg: DictConfig) -> int:
+    return 2 if str(cfg.model.dtype) in ("bfloat16", "bf16", "float16", "auto") else 4
+
+
+def cell_config(overrides: list[str]) -> DictConfig:
+    """One cell's validated config (without Hydra's part), as the run composes it."""
+    from harness.config import validate
+
+    cfg = compose(overrides)
+    OmegaConf.set_struct(cfg, False)
+    cfg.pop("hydra")
+    return validate(cfg)
+
+
+def _value(cell: list[str], key: str) -> str | None:
+    for override in cell:
+        name, _, value = override.lstrip("+").partition("=")
+        if name == key:
+            return value
+    return None
+
+
+def sweep_flops(cells: list[list[str]], first: DictConfig, n_pool: int, tokens_per_example: int) -> tuple[float, str]:
+    """FLOPs of every cell of the sweep: one training per cell (`full` once per seed: its other budgets reuse the
+    record), one warm-up per distinct warm-up (settings and seed) and one gradient store per distinct store, as
+    the signal cache shares them; with what was counted. Cells that differ only in budget and seed share a config."""
+    import json
+
+    from harness.config import parse_budget
+    from harness.training import compute_plan, training_flops
+
+    groups: dict[tuple[str, ...], list[list[str]]] = {}
+    for cell in cells:
+        key = tuple(o for o in cell if o.lstrip("+").partition("=")[0] not in ("budget", "seed"))
+        groups.setdefault(key, []).append(cell)
+    sizes: dict[str, ModelSize] = {}
+    trained: set[str] = set()
+    warmups: dict[str, float] = {}
+    stores: dict[str, float] = {}
+    total = 0.0
+    for i, members in enumerate(groups.values()):
+        cfg = first if i == 0 else cell_config(members[0])
+        model_key = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True, default=str)
+        if model_key not in sizes:
+            sizes[model_key] = model_size(cfg.model)[0]
+        size = sizes[model_key]
+        less = None
+        if cfg.selector.name in LESS_SELECTORS:
+            less = less_costs(cfg, n_pool, tokens_per_example, bytes_per_weight(cfg))
+        for cell in members:
+            seed = _value(cell, "seed") or str(cfg.seed)
+            budget = parse_budget(_value(cell, "budget") or cfg.budget)
+            k = n_pool if cfg.selector.name == "full" else max(1, round(budget * n_pool))
+            run = json.dumps([i, seed, k])
+            if run not in trained:
+                trained.add(run)
+                plan = compute_plan(cfg.train, k, n_pool)
+                total += training_flops(
+                    size.params, size.trainable, plan.steps * cfg.train.global_batch_size * (tokens_per_example)
+                )
+            if less:
+                warm_seed = cfg.selector.warmup_seed if cfg.selector.warmup_seed is not None else seed
+                warmups[json.dumps([less["warm_key"], warm_seed], sort_keys=True, default=str)] = less["warm_flops"]
+                stores[json.dumps([less["store_key"], warm_seed], sort_keys=True, default=str)] = less["grad_flops"]
+    total += sum(warmups.values()) + sum(stores.values())
+    what = f"{len(trained)} training run(s), {len(warmups)} warm-up(s), {len(stores)} gradient store(s)"
+    return total, what
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,21 +330,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. +experiment=bids_llama3_8b")
     args = parser.parse_args(argv)
     try:
-        from harness.config import parse_budget, validate
+        from harness.config import parse_budget
+        from harness.sweep_lines import planned
 
-        full = sweep_cells(compose(args.overrides, multirun=True), args.overrides)
-        cfg = compose(full[0])  # the first cell's config (the sweep's values applied, as the run composes it)
+        full, hydra_cfg = planned(args.overrides)  # the cells exactly as the multirun (and sweep_lines) expands them
+        cfg = cell_config(full[0])  # the first cell's config (the sweep's values applied, as the run composes it)
         cells = swept(full)
         budgets = sorted({parse_budget(c.get("budget", cfg.budget)) for c in cells})
-        OmegaConf.set_struct(cfg, False)
-        hydra_cfg = cfg.pop("hydra")
-        cfg = validate(cfg)
         n_pool = pool_size(cfg, args.n_pool)
         tokens = args.tokens_per_example or int(cfg.model.max_length) // 2
-        lines = estimate(cfg, n_pool, tokens, args.gpu, budgets)
+        lines = estimate(cfg, n_pool, tokens, budgets)
+        total, what = sweep_flops(full, cfg, n_pool, tokens)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    peak = GPUS[args.gpu] * 1e12
+    hours = [total / (peak * mfu) / 3600 for mfu in (0.5, 0.25)]
+    lines.append(
+        f"total {total:.2e} FLOPs ({what}): {hours[0]:.2g}-{hours[1]:.2g} GPU-hours on one {args.gpu.upper()} "
+        "(25-50% MFU)"
+    )
     launcher = str(OmegaConf.select(hydra_cfg, "launcher._target_") or "")
     slurm = "slurm" in launcher.lower()
     where = f"one Slurm job array: --array=0-{len(cells) - 1}" if slurm else "locally, one cell after another"

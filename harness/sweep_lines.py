@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from harness import REPO_ROOT
 from harness.errors import HarnessError
 
@@ -19,6 +21,13 @@ from harness.errors import HarnessError
 def sweep_lines(arguments: Sequence[str], check: bool = True) -> list[str]:
     """Compose the sweep as a multirun would, check its cells, and return one shell-quoted line per cell."""
     return [shlex.join(cell) for cell in _cells(arguments, None, check)]
+
+
+def planned(arguments: Sequence[str]) -> tuple[list[list[str]], DictConfig]:
+    """The cells a multirun of these arguments launches, in launch order, each the full list of its overrides
+    (unchecked: `python -m harness.plan` states their cost before anything composes them), and the multirun's
+    Hydra config (its launcher)."""
+    return _multirun(arguments, None, check=False)
 
 
 def check_lines(path: str | Path) -> int:
@@ -31,6 +40,12 @@ def check_lines(path: str | Path) -> int:
 
 
 def _cells(arguments: Sequence[str], given: list[list[str]] | None, check: bool) -> list[list[str]]:
+    return _multirun(arguments, given, check)[0]
+
+
+def _multirun(
+    arguments: Sequence[str], given: list[list[str]] | None, check: bool
+) -> tuple[list[list[str]], DictConfig]:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -57,7 +72,7 @@ def _cells(arguments: Sequence[str], given: list[list[str]] | None, check: bool)
         raise HarnessError(explain(exc)) from None
     finally:
         GlobalHydra.instance().clear()
-    return cells
+    return cells, config.hydra
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 
 
 class Tracker:
@@ -37,16 +37,22 @@ class WandbTracker(Tracker):
             raise HarnessError("logger=wandb needs the wandb package; pip install -e '.[wandb]'") from None
 
         self._wandb = wandb
-        self.run = wandb.init(
-            project=cfg.logger.project,
-            entity=cfg.logger.entity,
-            mode=cfg.logger.mode,
-            tags=list(cfg.logger.tags),
-            name=name,
-            dir=str(run_dir),
-            config=config,
-            reinit="finish_previous",
-        )
+        try:
+            self.run = wandb.init(
+                project=cfg.logger.project,
+                entity=cfg.logger.entity,
+                mode=cfg.logger.mode,
+                tags=list(cfg.logger.tags),
+                name=name,
+                dir=str(run_dir),
+                config=config,
+                reinit="finish_previous",
+            )
+        except Exception as exc:  # no network, no API key, a bad project or entity: wandb's own multi-line errors
+            raise HarnessError(
+                f"logger=wandb could not start a run ({first_line(exc)}); log in (wandb login), or set "
+                "logger.mode=offline (WANDB_MODE=offline) where there is no network, or use logger=none"
+            ) from None
 
     def log(self, data: dict[str, Any], step: int | None = None) -> None:
         self.run.log(data, step=step)
@@ -63,6 +69,7 @@ class WandbTracker(Tracker):
 
 
 def make_tracker(cfg: DictConfig, run_dir: Path, name: str) -> Tracker:
+    """The run's tracker: wandb with logger=wandb (a one-line HarnessError when it cannot start), else a no-op."""
     if cfg.logger.name == "wandb":
         return WandbTracker(cfg, run_dir, name, OmegaConf.to_container(cfg, resolve=True))
     return Tracker()

@@ -61,7 +61,8 @@ def test_plan_of_the_bids_preset(local_model, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     store = (288000 + 50 * 7) * 8192 * 4 * 2
-    assert f"288,350 examples x d=8192 x 4 checkpoints x 2 bytes = {plan.human_bytes(store)} on disk" in out
+    assert "288,350 examples (350 validation: data.validation_tasks) x d=8192 x 4 checkpoints x 2 bytes = " in out
+    assert f"= {plan.human_bytes(store)} on disk" in out
     assert "sweep: 3 cell(s)" in out and "--array=0-2" not in out  # the basic launcher: one cell after another
     for budget, k in (("0.05", "14,400"), ("0.1", "28,800"), ("0.15", "43,200")):
         assert f"budget {budget}: k = {k} examples" in out
@@ -90,6 +91,111 @@ def test_plan_counts_the_cells_the_multirun_launches(capsys):
         "  seed=1 budget=0.1",
         "  seed=1 budget=0.2",
     ]
+
+
+P, HIDDEN, LAYERS, VOCAB = 7_000_000_000, 4096, 32, 32000
+
+
+def fake_size(model_cfg, feature_modules=None):
+    """A 7B model whose LoRA trains r million parameters: tells which LoRA settings the plan counted."""
+    trainable = int(model_cfg.lora.r) * 10**6 if model_cfg.lora.enabled else P
+    size = plan.ModelSize(P, trainable, HIDDEN, LAYERS)
+    size.vocab = VOCAB
+    return size, trainable
+
+
+def plan_lines(monkeypatch, capsys, args):
+    monkeypatch.setattr(plan, "model_size", fake_size)
+    code = plan.main(["--n-pool", "1000", "--tokens-per-example", "100", *args])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return out
+
+
+def test_plan_takes_warmup_and_features_over_the_selectors_lora(monkeypatch, capsys):
+    # the warm-up trains the selector's LoRA (selector.lora_r), not the final training's model.lora
+    out = plan_lines(monkeypatch, capsys, ["+experiment=small_gpu", "model.lora.r=4", "selector.lora_r=8"])
+    assert "4.00M trainable LoRA" in out and "(8.00M trainable LoRA adapters)" in out, out
+    assert "projection over 8.00M parameters" in out, out
+    out = plan_lines(monkeypatch, capsys, ["+experiment=small_gpu", "selector.warmup_mode=full"])
+    assert "projection over 7000.00M parameters" in out, out
+
+
+def test_plan_gradient_feature_flops_count_weight_gradients_of_the_featured_parameters_only(monkeypatch, capsys):
+    # per example and checkpoint: forward 2PT + backward through activations 2PT + weight gradients 2FT + 2Fd
+    out = plan_lines(monkeypatch, capsys, ["+experiment=less_llama2_7b", "~data.validation_tasks"])
+    featured, n = 128 * 10**6, (1000 + 50 * 3) * 4
+    expected = ((4 * P + 2 * featured) * 100 + 2 * featured * 8192) * n
+    assert f"gradient features: {expected:.2e} FLOPs" in out, out
+    assert "150 validation: assumed: 50 per evaluated task" in out, out
+
+
+def test_plan_counts_the_validation_examples_the_preset_asks_for(monkeypatch, capsys):
+    out = plan_lines(monkeypatch, capsys, ["+experiment=less_llama2_7b"])
+    n_val = 285 + 81 + 9  # LESS: MMLU 5 x 57, BBH 3 x 27, TyDiQA 1 x 9
+    store = (1000 + n_val) * 8192 * 4 * 2
+    assert f"1,375 examples ({n_val} validation" in out and f"= {plan.human_bytes(store)} on disk" in out, out
+    assert f"influence matrix {plan.human_bytes(1000 * n_val * 4)}" in out, out
+
+
+def feature_gib(out: str) -> float:
+    return float(out.split("gradient features ")[-1].split(" GiB")[0])
+
+
+def test_plan_feature_memory_is_at_the_signal_batch_with_its_activations(monkeypatch, capsys):
+    small = plan_lines(monkeypatch, capsys, ["+experiment=less_llama2_7b", "eval.batch_size=2"])
+    large = plan_lines(monkeypatch, capsys, ["+experiment=less_llama2_7b", "eval.batch_size=8"])
+    assert "at 2 examples per batch" in small and "at 8 examples per batch" in large, small
+    seq, featured = 2048, 128 * 10**6
+    per_example = featured * 4 + 34 * seq * HIDDEN * LAYERS + seq * VOCAB * (2 + 8)  # gradients, layers, logits
+    assert feature_gib(large) - feature_gib(small) == pytest.approx(6 * per_example / 2**30, abs=0.11)
+
+
+def test_plan_total_counts_every_cell_and_each_shared_warmup_once(monkeypatch, capsys):
+    # LESS's own setup: one selection per target benchmark (same budget), for two seeds: six trainings; the warm-up
+    # and gradient store depend on the seed only, so two of each
+    out = plan_lines(
+        monkeypatch, capsys, ["+experiment=less_llama2_7b", "eval.tasks=[mmlu],[bbh],[tydiqa_goldp]", "seed=0,1"]
+    )
+    featured, per_token = 128 * 10**6, 4 * P + 2 * 128 * 10**6
+    train = per_token * 4 * 128 * 100  # k = 50: 4 epochs of one step of 128 examples of 100 tokens; the warm-up too
+    grad = (per_token * 100 + 2 * featured * 8192) * (1000 + 375) * 4
+    total = 6 * train + 2 * train + 2 * grad
+    assert f"total {total:.2e} FLOPs (6 training run(s), 2 warm-up(s), 2 gradient store(s))" in out, out
+    # `full` ignores the budget: once per seed; random at each budget and seed
+    out = plan_lines(monkeypatch, capsys, ["selector=full,random", "budget=0.1,0.2", "seed=0,1"])
+    assert "(6 training run(s), 0 warm-up(s), 0 gradient store(s))" in out and "sweep: 8 cell(s)" in out, out
+
+
+def test_sizes_are_named_in_binary_units():
+    assert plan.human_bytes(2**30) == "1.0 GiB" and plan.human_bytes(3 * 2**20) == "3.0 MiB"
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_each_preset_warms_up_the_adapters_it_trains(name):
+    # LESS and BIDS take gradient features of the warm-up's LoRA and train the selection with the same LoRA
+    cfg = plan.compose([f"+experiment={name}"])
+    s, lora = cfg.selector, cfg.model.lora
+    assert (s.lora_r, s.lora_alpha, s.lora_dropout) == (lora.r, lora.alpha, lora.dropout)
+    assert list(s.lora_modules) == list(lora.target_modules)
+
+
+def test_wandb_that_cannot_start_is_one_line(monkeypatch, tmp_path):
+    import sys
+    import types
+
+    from harness.errors import HarnessError
+    from harness.tracking import make_tracker
+
+    def init(**kwargs):
+        raise RuntimeError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])\nTraceback ...")
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    cfg = OmegaConf.create({"logger": {"name": "wandb", "project": "p", "entity": None, "mode": None, "tags": []}})
+    with pytest.raises(HarnessError) as err:
+        make_tracker(cfg, tmp_path, "cell")
+    assert "\n" not in str(err.value) and "api_key not configured" in str(err.value)
+    assert "logger.mode=offline" in str(err.value)
 
 
 @pytest.mark.parametrize(
