@@ -52,6 +52,7 @@ class PretrainedModelSchema:
     add_bos_token: bool = True
     dtype: str = "auto"
     trust_remote_code: bool = False
+    chat_template: str | None = None
     lora: LoraSchema = field(default_factory=LoraSchema)
 
 

@@ -27,6 +27,10 @@ NOT_IDENTITY = (
 )
 """Keys inside those groups that never change the result (where and how fast it runs, what is kept)."""
 
+ADDED_LATER = {"model.chat_template": None}
+"""Keys added after records existed, left out of the identity while they hold this value (which is what the
+records made before them did), so that adding an option never changes the run ids of existing cells."""
+
 NOT_IN_NAME = ("paths", "logger", "rerun", "plugins", "num_threads", "dist_timeout_minutes", *NOT_IDENTITY)
 """Overrides that never show in a run folder's name (they are not part of the identity)."""
 
@@ -54,6 +58,10 @@ def identity(cfg: DictConfig | dict[str, Any], uses_budget: bool = True) -> dict
     out = json.loads(json.dumps({k: tree.get(k) for k in IDENTITY_GROUPS}, default=str))
     for key in NOT_IDENTITY:
         _drop(out, key)
+    flat = flatten(out)
+    for key, neutral in ADDED_LATER.items():
+        if key in flat and flat[key] == neutral:
+            _drop(out, key)
     if not uses_budget:
         out["budget"] = 1.0
     return out

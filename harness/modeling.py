@@ -87,6 +87,32 @@ def _cache_only(model_cfg: DictConfig) -> bool:
     )
 
 
+CHAT_TEMPLATES = {
+    # open-instruct's Tulu format, which LESS's code (and BIDS's, built on it) writes around each turn
+    "tulu": (
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] | trim + '\n' }}"
+        "{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] | trim + '\n' }}"
+        "{% else %}{{ '<|assistant|>\n' + message['content'] | trim + eos_token + '\n' }}{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    ),
+}
+"""Chat templates by name, for `model.chat_template` (base models ship none)."""
+
+
+def chat_template(value: str) -> str:
+    """The Jinja template `model.chat_template` names (a built-in's name, or a template given as is)."""
+    if value in CHAT_TEMPLATES:
+        return CHAT_TEMPLATES[value]
+    if "{%" in value or "{{" in value:
+        return value
+    raise HarnessError(
+        f"model.chat_template must name a built-in template ({', '.join(sorted(CHAT_TEMPLATES))}) or be a Jinja "
+        f"template string, got {value!r}; e.g. model.chat_template=tulu"
+    )
+
+
 def load_tokenizer(pool: Pool, model_cfg: DictConfig, cache_dir: Path) -> PreTrainedTokenizerBase:
     """The tokenizer for the configured model; a pad token is guaranteed."""
     if model_cfg.source == "scratch":
@@ -105,6 +131,8 @@ def load_tokenizer(pool: Pool, model_cfg: DictConfig, cache_dir: Path) -> PreTra
             f"cannot load a tokenizer from model '{model_cfg.name_or_path}': {first_line(exc)}; "
             "check model.name_or_path"
         ) from None
+    if model_cfg.get("chat_template"):
+        tok.chat_template = chat_template(str(model_cfg.chat_template))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -120,3 +120,27 @@ def test_a_hub_model_in_the_local_cache_loads_where_the_hub_is_offline(pool, sav
     assert modeling.meta_model(cfg, tok).config.hidden_size == reference.config.hidden_size
     with pytest.raises(HarnessError, match="'someone/other-model' is not a local path .*hf download"):
         load_tokenizer(pool, hf_cfg("someone/other-model", lora=False), tmp_path)
+
+
+def test_a_named_chat_template_for_a_base_tokenizer_without_one(pool, saved_model, tmp_path):
+    """Base models (Llama-3-8B) ship no chat template; model.chat_template=tulu gives the <|user|>/<|assistant|>
+    turns of LESS's and BIDS's code. Without it the run id of a pretrained model stays what it was."""
+    from harness.errors import HarnessError
+    from harness.identity import identity, identity_hash
+    from harness.tokenization import format_prompts
+
+    assert load_tokenizer(pool, hf_cfg(saved_model, lora=False), tmp_path).chat_template is None
+    cfg = hf_cfg(saved_model, lora=False)
+    cfg.chat_template = "tulu"
+    tok = load_tokenizer(pool, cfg, tmp_path)
+    chat_pool = type(pool)(pool.name, pool.examples, pool.validation, delimiter=pool.delimiter, chat_template=True)
+    assert format_prompts(chat_pool, ["add 1 2 ="], tok) == ["<|user|>\nadd 1 2 =\n<|assistant|>\n"]
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert tok.apply_chat_template(turns, tokenize=False) == f"<|user|>\nq\n<|assistant|>\na{tok.eos_token}\n"
+    cfg.chat_template = "chatml"
+    with pytest.raises(HarnessError, match="model.chat_template must name a built-in template .*tulu"):
+        load_tokenizer(pool, cfg, tmp_path)
+    base = {"data": {}, "model": dict(hf_cfg(saved_model, lora=False)), "train": {}, "eval": {}}
+    before = identity_hash(identity(base))
+    assert identity_hash(identity({**base, "model": {**base["model"], "chat_template": None}})) == before
+    assert identity_hash(identity({**base, "model": {**base["model"], "chat_template": "tulu"}})) != before
