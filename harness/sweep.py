@@ -67,10 +67,13 @@ def expand_cells(arguments: Sequence[str], params: Mapping[str, Any] | None = No
     and wins for a key given in both.
     """
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     lines = [f"{key}={value}" for key, value in (params or {}).items()] + list(arguments)
-    overrides = OverridesParser.create().parse_overrides(lines)
+    hydra = GlobalHydra.instance()  # its config loader lists a group's options, for `selector='glob(*random)'`
+    loader = hydra.config_loader() if hydra.is_initialized() else None
+    overrides = OverridesParser.create(config_loader=loader).parse_overrides(lines)
     return [list(cell) for cell in BasicSweeper.split_arguments(overrides, None)[0]]
 
 

@@ -113,6 +113,15 @@ def test_the_scaling_preset_expands_to_every_selector_budget_and_seed(tmp_path):
     assert bad.stderr.startswith("error: sweep cell 0") and "budget must be in (0, 1]" in bad.stderr
 
 
+def test_a_glob_over_a_config_group_expands_like_hydras_sweeper():
+    """`selector='glob(*random)'` needs the config loader to list the group's options ("ConfigLoader is not set")."""
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
+        cells = expand_cells(["selector=glob(*random)", "seed=0"])
+    assert cells == [["selector=balanced_random", "seed=0"], ["selector=random", "seed=0"]]
+
+
 def test_expand_cells_follows_hydra_order_with_the_command_line_last():
     cells = expand_cells(["seed=1,2", "budget=0.3"], {"budget": "0.1,0.2", "selector": "random,full"})
     assert cells == [
