@@ -82,15 +82,11 @@ def warmup_model(cfg: DictConfig) -> DictConfig:
     """The model config the LESS warm-up trains (and takes gradient features of): the proxy with the selector's
     LoRA settings (lora_r, lora_alpha, lora_dropout, lora_modules), or every parameter with warmup_mode=full;
     not the training recipe's model.lora, which only the final training uses."""
-    from harness.signals.less import DEFAULTS
+    from harness.signals.less import DEFAULTS, warmup_lora
 
-    s = {**DEFAULTS, **OmegaConf.to_container(cfg.selector, resolve=True)}
+    lora = warmup_lora({**DEFAULTS, **OmegaConf.to_container(cfg.selector, resolve=True)})
     model = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
-    if s["warmup_mode"] == "lora":
-        lora = {"r": s["lora_r"], "alpha": s["lora_alpha"], "dropout": s["lora_dropout"]}
-        model.lora = OmegaConf.merge(model.lora, {"enabled": True, **lora, "target_modules": list(s["lora_modules"])})
-    else:
-        model.lora.enabled = False
+    model.lora = OmegaConf.merge(model.lora, {"enabled": True, **lora})
     return model
 
 

@@ -53,6 +53,19 @@ CHOICES = {
 }
 
 
+def warmup_lora(params: dict[str, Any]) -> dict[str, Any]:
+    """The LoRA the warm-up trains (the selector's lora_r, lora_alpha, lora_dropout, lora_modules), or
+    {"enabled": False} for warmup_mode=full: every parameter trains, whatever the model's own LoRA setting."""
+    if params["warmup_mode"] != "lora":
+        return {"enabled": False}
+    return {
+        "r": params["lora_r"],
+        "alpha": params["lora_alpha"],
+        "dropout": params["lora_dropout"],
+        "target_modules": list(params["lora_modules"]),
+    }
+
+
 def check(params: dict[str, Any]) -> None:
     """One-line errors for settings that cannot work (before any data is loaded)."""
     for key, allowed in CHOICES.items():
@@ -103,14 +116,7 @@ def influence_matrix(ctx: SelectionContext, params: dict[str, Any]) -> tuple[np.
             f"influence needs validation examples for every target task; none for {missing[0]!r}"
             f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''} (add them, or evaluate other tasks)"
         )
-    lora: dict[str, Any] = {"enabled": False}  # full: every parameter trains, whatever the model's own LoRA setting
-    if p["warmup_mode"] == "lora":
-        lora = {
-            "r": p["lora_r"],
-            "alpha": p["lora_alpha"],
-            "dropout": p["lora_dropout"],
-            "target_modules": list(p["lora_modules"]),
-        }
+    lora = warmup_lora(p)
     if p["feature_modules"]:  # checked before the warm-up, not after it
         trained = ctx.signals.trainable_names(lora)
         if not any(m in name for name in trained for m in p["feature_modules"]):
