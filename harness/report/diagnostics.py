@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness.report.load import ROW_KEYS
+from harness.report.load import ROW_KEYS, budget_suffix
 
 TRUTH = ("noisy", "duplicates", "redundant_duplicates", "filler")
 """Counts the testbed's manifests hold (each with its pool-wide `pool_` count): `duplicates` are kept members of
@@ -65,7 +65,7 @@ def markdown(table: pd.DataFrame) -> str:
         return f"{100 * row[kept]:.1f} ({100 * row[pool]:.1f})"
 
     for row in table.to_dict("records"):
-        unit = "" if row["budget_unit"] == "run" else f"/{row['budget_unit']}"  # as the leaderboard writes it
+        unit = budget_suffix(row["budget_unit"])  # as the leaderboard writes it
         cells = [str(row["variant"]), f"{row['budget']:g}{unit}", f"{row['n_kept']:.0f}"]
         cells += [pct(row, f"kept_{n}", f"pool_{n}") for n in truth]
         cells += [pct(row, f"kept:{t}", f"pool:{t}") for t in tasks]

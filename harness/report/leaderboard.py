@@ -16,7 +16,7 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.report import stats as st
-from harness.report.load import MACRO, ROW_KEYS
+from harness.report.load import MACRO, ROW_KEYS, budget_suffix
 
 BINARY_METRICS = {"acc", "acc_norm", "exact_match", "correct"}
 REFERENCE, BASELINE = "full", "random"
@@ -372,7 +372,7 @@ def markdown(table: pd.DataFrame, metric: str, alpha: float, correction: str = "
     marks = {"better": " ▲", "worse": " ▼"}
     for row in table.to_dict("records"):
         rank = "ref" if row["variant"] == REFERENCE else ("" if pd.isna(row["rank"]) else str(row["rank"]))
-        unit = "" if row["budget_unit"] == "run" else f"/{row['budget_unit']}"
+        unit = budget_suffix(row["budget_unit"])
         sd = f" ({_fmt(row['seed_sd'], digits)})" if row["n_seeds"] > 1 else ""
         diff = ""
         if not pd.isna(row["diff_vs_random"]):

@@ -357,6 +357,11 @@ def load_records(folder: str | Path, need_items: bool = True) -> Records:
     return Records(results=results, items=items, manifests=manifests, counts=counts, details=details)
 
 
+def budget_suffix(unit: str) -> str:
+    """How a budget's unit is written after it: nothing for a run's budget, `/epoch` for a per-epoch one (RS2)."""
+    return "" if unit == "run" else f"/{unit}"
+
+
 def comparability_groups(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """Split result rows into groups that may be compared (same pool, model, recipe, evaluation)."""
     keys = list(GROUP_KEYS)
