@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from harness.errors import HarnessError, first_line
-from harness.hub import cached_model, hub_offline, offline_error, offline_mode
+from harness.hub import cached_model, hub_offline, looks_like_hub_id, offline_error, offline_mode
 from harness.pool import Pool
 from harness.storage import atomic_dir
 
@@ -75,7 +75,14 @@ def _cache_only(model_cfg: DictConfig) -> bool:
     """Whether a pretrained model loads from the local HF cache only: a hub id where the hub is offline (a cluster
     compute node) and the model was downloaded before. One that was not fails here, before anything waits."""
     name = str(model_cfg.name_or_path)
-    if Path(name).expanduser().exists() or not hub_offline():
+    if Path(name).expanduser().exists():
+        return False
+    if not looks_like_hub_id(name):
+        raise HarnessError(
+            f"model.name_or_path '{name}' is neither an existing folder nor a hub id; point it at a model folder "
+            "(config.json and weights) or give a hub id such as meta-llama/Meta-Llama-3-8B"
+        )
+    if not hub_offline():
         return False
     if cached_model(name, model_cfg.revision):
         return True
@@ -215,8 +222,6 @@ def meta_model(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase | None 
     """The proxy's architecture on the meta device (no weights read or allocated), wrapped with LoRA when the
     config asks: counts parameters and names the trainable ones before anything is trained or downloaded."""
     from transformers import AutoConfig
-
-    from harness.hub import looks_like_hub_id
 
     if model_cfg.source == "scratch":
         config = scratch_config(model_cfg, tokenizer)

@@ -120,6 +120,8 @@ def test_a_hub_model_in_the_local_cache_loads_where_the_hub_is_offline(pool, sav
     assert modeling.meta_model(cfg, tok).config.hidden_size == reference.config.hidden_size
     with pytest.raises(HarnessError, match="'someone/other-model' is not a local path .*hf download"):
         load_tokenizer(pool, hf_cfg("someone/other-model", lora=False), tmp_path)
+    with pytest.raises(HarnessError, match="is neither an existing folder nor a hub id; point it at a model folder"):
+        load_tokenizer(pool, hf_cfg(tmp_path / "no-such-model", lora=False), tmp_path)  # a typo in a local path
 
 
 def test_a_named_chat_template_for_a_base_tokenizer_without_one(pool, saved_model, tmp_path):
