@@ -288,13 +288,11 @@ def check_eval(eval_cfg: Any, data: Any) -> None:
     """A one-line error for an evaluation setting lm-eval would reject only after training (a negative shot count,
     a limit below 1, bad generation settings, multi-turn shots without the chat template): the evaluation's own
     checks, run before anything else."""
-    from harness.evaluation.settings import check_values
+    from harness.evaluation.settings import applies_chat_template, check_values
 
     if eval_cfg.batch_size < 1:
         raise HarnessError(f"eval.batch_size must be at least 1, got {eval_cfg.batch_size}")
-    chat = eval_cfg.apply_chat_template
-    if chat is None:
-        chat = bool(data.get("chat_template", False))
+    chat = applies_chat_template(eval_cfg.apply_chat_template, data.get("chat_template", False))
     plain = OmegaConf.to_container(eval_cfg, resolve=True)
     check_values(
         plain["num_fewshot"], plain["fewshot"], plain["limit"], plain["fewshot_as_multiturn"], chat, plain["gen_kwargs"]

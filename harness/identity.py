@@ -116,9 +116,15 @@ def task_overrides() -> list[str] | None:
         return None
 
 
+def override_values(overrides: list[str]) -> dict[str, str]:
+    """The dotted keys that overrides set, with their values ('+train.lr=1' -> {'train.lr': '1'}); deletions set
+    nothing."""
+    return dict(parsed for parsed in map(_override_key, overrides) if parsed is not None)
+
+
 def override_keys(overrides: list[str]) -> set[str]:
     """The dotted keys that overrides set ('+train.lr=1' -> 'train.lr'); deletions set nothing."""
-    return {parsed[0] for parsed in map(_override_key, overrides) if parsed is not None}
+    return set(override_values(overrides))
 
 
 def _in(key: str, prefixes: tuple[str, ...]) -> bool:

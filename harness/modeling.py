@@ -237,7 +237,7 @@ def meta_model(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase | None 
         except (OSError, ValueError) as exc:
             raise HarnessError(
                 f"cannot read the config of model '{name}' without downloading weights or network "
-                f"({first_line(exc)}); download its config.json once (huggingface-cli download {name} config.json) "
+                f"({first_line(exc)}); download its config.json once (hf download {name} config.json) "
                 "or point model.name_or_path at a local folder"
             ) from None
     with torch.device("meta"):

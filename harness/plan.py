@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import REPO_ROOT
 from harness.errors import HarnessError
+from harness.identity import budget_free, override_values
 
 GPUS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l40s": 362.0, "a10g": 125.0}
 """Dense bf16 peak TFLOP/s per GPU (vendor figures); the estimate assumes 25-50% of it is reached."""
@@ -76,6 +77,14 @@ def model_size(model_cfg: Any, feature_modules: list[str] | None = None) -> tupl
     layers = int(getattr(config, "num_hidden_layers", 0) or 0)
     vocab = int(getattr(config, "vocab_size", 0) or 0)
     return ModelSize(params, trainable, hidden, layers, vocab), featured
+
+
+def cell_k(cfg: DictConfig, budget: float, n_pool: int) -> int:
+    """Examples a cell trains on: the whole pool for a selector that ignores the budget (`full`, or a plugin's:
+    identity.budget_free, as the run folders have it), else round(budget * N), at least one."""
+    if budget_free(str(cfg.selector.name), cfg.get("plugins") or ()):
+        return n_pool
+    return max(1, round(budget * n_pool))
 
 
 def warmup_model(cfg: DictConfig) -> DictConfig:
@@ -221,7 +230,7 @@ def estimate(cfg: DictConfig, n_pool: int, tokens_per_example: int, budgets: lis
     ]
     gbs = int(cfg.train.global_batch_size)
     for budget in budgets:
-        k = n_pool if cfg.selector.name == "full" else max(1, round(budget * n_pool))
+        k = cell_k(cfg, budget, n_pool)
         plan = compute_plan(cfg.train, k, n_pool)
         flops = training_flops(size.params, size.trainable, plan.steps * gbs * tokens_per_example)
         lines.append(
@@ -263,14 +272,6 @@ def cell_config(overrides: list[str]) -> DictConfig:
     return validate(cfg)
 
 
-def _value(cell: list[str], key: str) -> str | None:
-    for override in cell:
-        name, _, value = override.lstrip("+").partition("=")
-        if name == key:
-            return value
-    return None
-
-
 def sweep_flops(cells: list[list[str]], first: DictConfig, n_pool: int, tokens_per_example: int) -> tuple[float, str]:
     """FLOPs of every cell of the sweep: one training per cell (`full` once per seed: its other budgets reuse the
     record), one warm-up per distinct warm-up (settings and seed) and one gradient store per distinct store, as
@@ -282,7 +283,7 @@ def sweep_flops(cells: list[list[str]], first: DictConfig, n_pool: int, tokens_p
 
     groups: dict[tuple[str, ...], list[list[str]]] = {}
     for cell in cells:
-        key = tuple(o for o in cell if o.lstrip("+").partition("=")[0] not in ("budget", "seed"))
+        key = tuple(o for o in cell if not {"budget", "seed"} & set(override_values([o])))
         groups.setdefault(key, []).append(cell)
     sizes: dict[str, ModelSize] = {}
     trained: set[str] = set()
@@ -299,9 +300,10 @@ def sweep_flops(cells: list[list[str]], first: DictConfig, n_pool: int, tokens_p
         if cfg.selector.name in LESS_SELECTORS:
             less = less_costs(cfg, n_pool, tokens_per_example, bytes_per_weight(cfg))
         for cell in members:
-            seed = _value(cell, "seed") or str(cfg.seed)
-            budget = parse_budget(_value(cell, "budget") or cfg.budget)
-            k = n_pool if cfg.selector.name == "full" else max(1, round(budget * n_pool))
+            values = override_values(cell)
+            seed = values.get("seed") or str(cfg.seed)
+            budget = parse_budget(values.get("budget") or cfg.budget)
+            k = cell_k(cfg, budget, n_pool)
             run = json.dumps([i, seed, k])
             if run not in trained:
                 trained.add(run)

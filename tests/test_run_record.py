@@ -369,27 +369,22 @@ def test_regenerated_jsonl_pool_is_refused_untouched(harness_cli, tmp_path):
     code, _, err = harness_cli(args)
     assert code == 0, err
     before = snapshot(cell)
-    original = pool.read_text()
-    pool.write_text(original.replace('"5"', '"6"'))  # regenerated: some answers differ
-    code, out, err = harness_cli(args)
-    lines = message_lines(err)
-    assert code == 2 and len(lines) == 1, err
-    assert "pool content changed" in lines[0] and "rerun=true" in lines[0], lines[0]
-    assert "already complete" not in out and snapshot(cell) == before
-    pool.write_text(original)
-    code, out, err = harness_cli(args)
-    assert code == 0 and "already complete" in out, err
-    # the evaluation's own data edited: the record was scored on other items, so it is not reused either
-    scored = items.read_text()
-    items.write_text(scored.replace('"label": 0', '"label": 1', 1))
-    code, out, err = harness_cli(args)
-    lines = message_lines(err)
-    assert code == 2 and len(lines) == 1, err
-    assert "evaluation tasks, their data or lm-eval changed" in lines[0] and "rerun=true" in lines[0], lines[0]
-    assert "already complete" not in out and snapshot(cell) == before
-    items.write_text(scored)
-    code, out, err = harness_cli(args)
-    assert code == 0 and "already complete" in out, err
+    edits = (
+        (pool, '"5"', '"6"', -1, "pool content changed"),  # regenerated: some answers differ
+        # the evaluation's own data edited: the record was scored on other items, so it is not reused either
+        (items, '"label": 0', '"label": 1', 1, "evaluation tasks, their data or lm-eval changed"),
+    )
+    for path, old, new, count, phrase in edits:
+        original = path.read_text()
+        path.write_text(original.replace(old, new, count))
+        code, out, err = harness_cli(args)
+        lines = message_lines(err)
+        assert code == 2 and len(lines) == 1, err
+        assert phrase in lines[0] and "rerun=true" in lines[0], lines[0]
+        assert "already complete" not in out and snapshot(cell) == before
+        path.write_text(original)
+        code, out, err = harness_cli(args)
+        assert code == 0 and "already complete" in out, err
 
 
 def test_record_of_another_precision_is_refused(harness_cli, tmp_path):

@@ -128,6 +128,12 @@ def chosen_shots(
     return None
 
 
+def applies_chat_template(apply_chat_template: bool | None, pool_chat_template: bool) -> bool:
+    """Whether evaluation uses the chat template: eval.apply_chat_template, or when null the pool's chat_template
+    (a model trained inside the template is evaluated inside it)."""
+    return bool(pool_chat_template) if apply_chat_template is None else bool(apply_chat_template)
+
+
 def evaluate_options(eval_cfg: Any, pool: Pool) -> dict[str, Any]:
     """Keyword arguments of `evaluate` from an eval config: batch size, limit, shots, generation, chat, code, paths.
 
@@ -141,7 +147,7 @@ def evaluate_options(eval_cfg: Any, pool: Pool) -> dict[str, Any]:
         "fewshot": dict(cfg_get(eval_cfg, "fewshot", {})),
         "gen_kwargs": dict(cfg_get(eval_cfg, "gen_kwargs", {})) or None,
         "fewshot_as_multiturn": bool(cfg_get(eval_cfg, "fewshot_as_multiturn", False)),
-        "apply_chat_template": bool(pool.chat_template) if chat is None else bool(chat),
+        "apply_chat_template": applies_chat_template(chat, pool.chat_template),
         "confirm_run_unsafe_code": bool(cfg_get(eval_cfg, "confirm_run_unsafe_code", False)),
         "include_path": cfg_get(eval_cfg, "include_path"),
         "system_instruction": cfg_get(eval_cfg, "system_instruction"),
