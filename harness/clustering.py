@@ -28,5 +28,6 @@ def kmeans(x: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
 
 
 def default_clusters(n: int) -> int:
-    """Clusters for a pool of n when none are given: sqrt(n), at most the authors' 4096 (about 63 for 4,000)."""
-    return int(min(4096, max(2, round(np.sqrt(n)))))
+    """Clusters for a pool of n when none are given: sqrt(n), at most the authors' 4096 (about 63 for 4,000), and
+    never more than n."""
+    return int(min(n, 4096, max(2, round(np.sqrt(n)))))

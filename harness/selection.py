@@ -236,15 +236,19 @@ def keep_by_score(scores: np.ndarray, k: int, keep: str, offset: float = 0.0) ->
     raise HarnessError(f"unknown keep rule {keep!r}; use one of {list(KEEP_RULES)}")
 
 
-def equal_quotas(sizes: np.ndarray, k: int) -> np.ndarray:
+def equal_quotas(sizes: np.ndarray, k: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """Per-group counts summing to min(k, sum(sizes)), as equal as the group sizes allow: a group smaller than
-    its share is taken whole and what it leaves is shared among the others (water-filling)."""
+    its share is taken whole and what it leaves is shared among the others (water-filling). When k does not
+    divide evenly (or is below the number of groups), the one-more quotas go to groups drawn uniformly by `rng`,
+    else to the lowest group indices (k-means labels are in seeding order, so kMQ passes an rng)."""
     sizes = np.asarray(sizes, dtype=int)
     quota = np.zeros(len(sizes), dtype=int)
     remaining = min(k, int(sizes.sum()))
     while remaining > 0:
         open_groups = np.flatnonzero(quota < sizes)
         share, extra = divmod(remaining, len(open_groups))
+        if extra and rng is not None:
+            open_groups = rng.permutation(open_groups)
         for rank, g in enumerate(open_groups):
             take = min(share + (1 if rank < extra else 0), sizes[g] - quota[g])
             quota[g] += take

@@ -7,7 +7,8 @@
         states reflect surface form more than content (the testbed's scratch model; see conf/selector_on/)
     cluster the embeddings with k-means into K clusters (K = sqrt(N), at most 4096, unless given)
     rounds = 1 (kMQ): take an equal quota min(k / K, |cluster|) uniformly at random from every cluster,
-        redistributing what small clusters cannot fill
+        redistributing what small clusters cannot fill; when K does not divide k (or K > k), the clusters that take
+        one more are drawn at random, never by k-means label (labels follow the seeding order)
     rounds = R > 1 (iterative kMQ): round 1 takes k / R by equal quota; before each later round, train the proxy on
         what is selected so far, score each cluster by the current model's mean loss on its examples (the authors'
         loss option; they also use a reward model), turn scores into weights softmax(score / temperature), and
@@ -47,7 +48,12 @@ def tfidf_embeddings(prompts: list[str], responses: list[str], dim: int = 256, s
     from sklearn.preprocessing import normalize
 
     texts = [f"{p} {r}" for p, r in zip(prompts, responses)]
-    x = TfidfVectorizer(token_pattern=r"[^\s]+").fit_transform(texts)
+    try:
+        x = TfidfVectorizer(token_pattern=r"[^\s]+").fit_transform(texts)
+    except ValueError as exc:  # an empty vocabulary
+        raise HarnessError("the pool's texts have no words to embed with TF-IDF; use selector.embedding=rds") from exc
+    if min(x.shape) < 2:  # one word or one example: nothing to reduce (truncated SVD needs two of each)
+        return normalize(x.toarray()).astype(np.float32)
     dim = max(1, min(dim, x.shape[1] - 1, x.shape[0] - 1))
     return normalize(TruncatedSVD(dim, random_state=seed % (2**31)).fit_transform(x)).astype(np.float32)
 
@@ -111,9 +117,11 @@ def select(
     sizes = np.bincount(labels, minlength=clusters)
     shares = [k // rounds + (1 if r < k % rounds else 0) for r in range(rounds)]
     available = np.ones(n, dtype=bool)
-    chosen = draw(rng, labels, available, equal_quotas(sizes, shares[0]))
+    chosen = draw(rng, labels, available, equal_quotas(sizes, shares[0], ctx.rng("quota")))
     history = []
     for r in range(1, rounds):
+        if shares[r] == 0:  # k < rounds: the later rounds have nothing to draw, so no proxy is trained for them
+            break
         available[chosen] = False
         model = ctx.signals.warmup(epochs=round_epochs, seed=warmup_seed(ctx, 100 + r), ids=list(ctx.pool.ids[chosen]))
         loss = np.asarray(ctx.signals.losses(model)["loss"], dtype=np.float64)
