@@ -136,6 +136,16 @@ def new_mapping_keys(exc: BaseException) -> str | None:
 
 
 def main() -> None:
+    """`python -m harness`: one run or a multirun; an early-stopped multirun's summary is said before it returns."""
+    try:
+        _main()
+    finally:
+        sweep = sys.modules.get("harness.sweep")  # loaded by Hydra's callback when a multirun started
+        if sweep is not None:
+            sweep.end_open_sweeps()
+
+
+def _main() -> None:
     disable_telemetry()  # a benchmark that runs offline makes no usage or download-count requests
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach us, so we can say them in one line
     register_resolvers()
