@@ -38,7 +38,10 @@ def _hydra_main(cfg: DictConfig) -> object:
     made_now = only_log(run_dir, empty=True)  # Hydra has just made the folder and its empty log
     results_root = Path(to_absolute_path(cfg.paths.results))
     try:
-        return run(cfg, run_dir)  # the sweep summary reads the outcome (run folder, skipped or not)
+        outcome = run(cfg, run_dir)  # the sweep summary reads the outcome (run folder, skipped or not)
+        if made_now and Path(outcome.run_dir).absolute() != run_dir.absolute() and only_log(run_dir, empty=False):
+            remove_with_empty_parents(run_dir, results_root)  # its record is in another folder: leave no empty one
+        return outcome
     except HarnessError as exc:  # inside the job, so Hydra adds nothing to the one line
         print(f"error: {exc}", file=sys.stderr)
         if made_now and only_log(run_dir, empty=False):

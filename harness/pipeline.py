@@ -23,7 +23,7 @@ from harness.config import validate
 from harness.data import load_pool, load_truth
 from harness.diagnostics import selection_diagnostics
 from harness.errors import HarnessError
-from harness.identity import describe_differences, identity, identity_hash, override_keys, task_overrides
+from harness.identity import cell_base, describe_differences, identity, identity_hash, override_keys, task_overrides
 from harness.interrupt import Interrupted, StopFlag, graceful_stop
 from harness.launch import export_distributed_env
 from harness.locking import LockHeld, describe_owner
@@ -207,6 +207,30 @@ def check_record(
     return "resume" if unfinished else "fresh"
 
 
+def complete_elsewhere(run_dir: Path, run_id: str, current: dict[str, Any]) -> Path | None:
+    """A complete record of this cell (same run id, made from the same `current` inputs) in a sibling folder of the
+    same budget and seed, or None.
+
+    The folder name shows the command line's overrides as typed, so `train.lr=1e-3` where 1e-3 is the default, or a
+    group's default named (`eval=testbed`), names another folder for the same cell. The name is left as it is (it
+    would need the config composed once per override to tell, and an older record keeps its folder); instead the
+    run looks for the record among its siblings and reuses only one of exactly this identity and these inputs. Two
+    such cells running at once (one Slurm array) may still both train, each in its own folder: nothing is
+    overwritten, and the report counts one record per run id."""
+    run_dir = Path(run_dir).absolute()
+    base = cell_base(run_dir.name)
+    if base is None or not run_dir.parent.is_dir():
+        return None
+    for other in sorted(run_dir.parent.iterdir()):
+        if other.name == run_dir.name or cell_base(other.name) != base or not other.is_dir():
+            continue
+        rec = RunRecord(other)
+        stored = rec.manifest() if rec.is_complete() else None
+        if stored is not None and stored.get("run_id") == run_id and not changed_inputs(stored, current):
+            return other
+    return None
+
+
 def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     """Run one cell end to end and write its record into run_dir (one process per cell at a time)."""
     cfg = validate(cfg)
@@ -286,6 +310,14 @@ def _run_locked(
         if accelerator.is_main_process:
             print(f"already complete: {run_dir} (pass rerun=true to run it again; the old record is archived)")
         return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="complete")
+    elsewhere = (
+        None if cfg.rerun else complete_elsewhere(run_dir, run_id, {**current, "eval_tasks_sha256": eval_tasks_sha256})
+    )
+    if elsewhere is not None:  # the same cell under another spelling of its overrides: never paid for twice
+        if accelerator.is_main_process:
+            again = "pass rerun=true to train it again in that folder"
+            print(f"already complete: {elsewhere} (the same cell as {run_dir}; {again})")
+        return RunOutcome(run_dir=elsewhere, skipped=True, reason="complete")
     eval_options = evaluation.evaluate_options(cfg.eval, pool)
     tokenizer = load_tokenizer(pool, cfg.model, cache)
     evaluation.check_chat_template(tokenizer, pool.chat_template, "data.chat_template=true")
