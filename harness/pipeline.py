@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from harness.selection import (
 )
 from harness.signals.service import SignalService
 from harness.tokenization import TokenizedPool, tokenize_pool
-from harness.tracking import make_tracker
+from harness.tracking import make_tracker, tracker_dir
 from harness.training import (
     ComputePlan,
     check_resumable,
@@ -257,10 +258,10 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
             print(f"skipped: {run_dir} is running elsewhere ({held}); it resumes or finishes there")
         return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="running elsewhere")
     try:
-        with graceful_stop() as stop:
+        with graceful_stop() as stop, ExitStack() as on_exit:  # on_exit: the tracker, finished however the run ends
             held_lock = lock if main else None
             return _run_locked(
-                cfg, Path(run_dir), rec, spec, params, ident, run_id, accelerator, stop, token, held_lock
+                cfg, Path(run_dir), rec, spec, params, ident, run_id, accelerator, stop, token, held_lock, on_exit
             )
     except Interrupted as exc:
         if exc.step is None:
@@ -283,6 +284,7 @@ def _run_locked(
     stop: StopFlag,
     token: str | None,
     lock: Any = None,
+    on_exit: ExitStack | None = None,
 ) -> RunOutcome:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -318,6 +320,13 @@ def _run_locked(
             again = "pass rerun=true to train it again in that folder"
             print(f"already complete: {elsewhere} (the same cell as {run_dir}; {again})")
         return RunOutcome(run_dir=elsewhere, skipped=True, reason="complete")
+    # The tracker starts before the selection, so a logger that cannot start fails here, not hours later; its files
+    # live outside the run folder (see harness.tracking).
+    tracker = None
+    if accelerator.is_main_process:
+        tracker = make_tracker(cfg, tracker_dir(cfg), "/".join(Path(run_dir).parts[-4:]))
+        if on_exit is not None:
+            on_exit.enter_context(tracker)
     eval_options = evaluation.evaluate_options(cfg.eval, pool)
     tokenizer = load_tokenizer(pool, cfg.model, cache)
     evaluation.check_chat_template(tokenizer, pool.chat_template, "data.chat_template=true")
@@ -368,6 +377,7 @@ def _run_locked(
         precision=precision,
         eval_tasks_sha256=eval_tasks_sha256,
         attempt_token=token,
+        tracker=tracker.describe() if tracker is not None else None,
     )
     if accelerator.is_main_process:  # the manifest first: a folder with files of a run always has it
         rec.write_manifest(manifest)
@@ -378,7 +388,6 @@ def _run_locked(
 
     # Stage 3: train.
     log.info("stage 3/5: train (%d steps, compute=%s)", plan.steps, plan.compute)
-    tracker = make_tracker(cfg, run_dir, "/".join(Path(run_dir).parts[-4:])) if accelerator.is_main_process else None
     model = build_model(cfg.model, tokenizer, seeds["init"])
     outcome = train(
         model,
