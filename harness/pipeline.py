@@ -322,11 +322,18 @@ def _run_locked(
         return RunOutcome(run_dir=elsewhere, skipped=True, reason="complete")
     # The tracker starts before the selection, so a logger that cannot start fails here, not hours later; its files
     # live outside the run folder (see harness.tracking).
-    tracker = None
+    tracker, failed = None, None
     if accelerator.is_main_process:
-        tracker = make_tracker(cfg, tracker_dir(cfg), "/".join(Path(run_dir).parts[-4:]))
-        if on_exit is not None:
+        try:
+            tracker = make_tracker(cfg, tracker_dir(cfg), "/".join(Path(run_dir).parts[-4:]))
+        except HarnessError as exc:
+            failed = str(exc)
+        if tracker is not None and on_exit is not None:
             on_exit.enter_context(tracker)
+    if accelerator.num_processes > 1:  # every process stops, not the main one alone (the others would wait for it)
+        failed = broadcast_object_list([failed])[0]
+    if failed is not None:
+        raise HarnessError(failed)
     eval_options = evaluation.evaluate_options(cfg.eval, pool)
     tokenizer = load_tokenizer(pool, cfg.model, cache)
     evaluation.check_chat_template(tokenizer, pool.chat_template, "data.chat_template=true")
