@@ -38,7 +38,10 @@ def _hydra_main(cfg: DictConfig) -> object:
     made_now = only_log(run_dir, empty=True)  # Hydra has just made the folder and its empty log
     results_root = Path(to_absolute_path(cfg.paths.results))
     try:
-        return run(cfg, run_dir)  # the sweep summary reads the outcome (run folder, skipped or not)
+        outcome = run(cfg, run_dir)  # the sweep summary reads the outcome (run folder, skipped or not)
+        if made_now and Path(outcome.run_dir).absolute() != run_dir.absolute() and only_log(run_dir, empty=False):
+            remove_with_empty_parents(run_dir, results_root)  # its record is in another folder: leave no empty one
+        return outcome
     except HarnessError as exc:  # inside the job, so Hydra adds nothing to the one line
         print(f"error: {exc}", file=sys.stderr)
         if made_now and only_log(run_dir, empty=False):
@@ -136,6 +139,16 @@ def new_mapping_keys(exc: BaseException) -> str | None:
 
 
 def main() -> None:
+    """`python -m harness`: one run or a multirun; an early-stopped multirun's summary is said before it returns."""
+    try:
+        _main()
+    finally:
+        sweep = sys.modules.get("harness.sweep")  # loaded by Hydra's callback when a multirun started
+        if sweep is not None:
+            sweep.end_open_sweeps()
+
+
+def _main() -> None:
     disable_telemetry()  # a benchmark that runs offline makes no usage or download-count requests
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach us, so we can say them in one line
     register_resolvers()

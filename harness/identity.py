@@ -162,6 +162,17 @@ def budget_free(selector: str, plugins: Any = ()) -> bool:
         return selector == "full"
 
 
+CELL_BASE = re.compile(r"^(b[^,]+|all)_s[^,]+$")
+"""The part of a run folder's name that run_name always gives it: the budget (or `all`) and the seed."""
+
+
+def cell_base(name: str) -> str | None:
+    """'b0.15_s0' of the run folder name 'b0.15_s0,train.lr=0.001' (what run_name writes before the overrides);
+    None for a folder that run_name did not name (hydra.run.dir=...)."""
+    base = name.split(",", 1)[0]
+    return base if CELL_BASE.match(base) else None
+
+
 def run_name(selector: str, budget: Any, seed: Any, overrides: list[str], root: Any = None) -> str:
     """Folder name of a cell: b<budget>_s<seed> plus the result-changing overrides (Hydra's override_dirname
     in spirit); when that gets long, a short hash of the full identity replaces the overrides."""

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from harness.config import validate
 from harness.data import load_pool, load_truth
 from harness.diagnostics import selection_diagnostics
 from harness.errors import HarnessError
-from harness.identity import describe_differences, identity, identity_hash, override_keys, task_overrides
+from harness.identity import cell_base, describe_differences, identity, identity_hash, override_keys, task_overrides
 from harness.interrupt import Interrupted, StopFlag, graceful_stop
 from harness.launch import export_distributed_env
 from harness.locking import LockHeld, describe_owner
@@ -44,7 +45,7 @@ from harness.selection import (
 )
 from harness.signals.service import SignalService
 from harness.tokenization import TokenizedPool, tokenize_pool
-from harness.tracking import make_tracker
+from harness.tracking import make_tracker, tracker_dir
 from harness.training import (
     ComputePlan,
     check_resumable,
@@ -207,6 +208,30 @@ def check_record(
     return "resume" if unfinished else "fresh"
 
 
+def complete_elsewhere(run_dir: Path, run_id: str, current: dict[str, Any]) -> Path | None:
+    """A complete record of this cell (same run id, made from the same `current` inputs) in a sibling folder of the
+    same budget and seed, or None.
+
+    The folder name shows the command line's overrides as typed, so `train.lr=1e-3` where 1e-3 is the default, or a
+    group's default named (`eval=testbed`), names another folder for the same cell. The name is left as it is (it
+    would need the config composed once per override to tell, and an older record keeps its folder); instead the
+    run looks for the record among its siblings and reuses only one of exactly this identity and these inputs. Two
+    such cells running at once (one Slurm array) may still both train, each in its own folder: nothing is
+    overwritten, and the report counts one record per run id."""
+    run_dir = Path(run_dir).absolute()
+    base = cell_base(run_dir.name)
+    if base is None or not run_dir.parent.is_dir():
+        return None
+    for other in sorted(run_dir.parent.iterdir()):
+        if other.name == run_dir.name or cell_base(other.name) != base or not other.is_dir():
+            continue
+        rec = RunRecord(other)
+        stored = rec.manifest() if rec.is_complete() else None
+        if stored is not None and stored.get("run_id") == run_id and not changed_inputs(stored, current):
+            return other
+    return None
+
+
 def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     """Run one cell end to end and write its record into run_dir (one process per cell at a time)."""
     cfg = validate(cfg)
@@ -233,10 +258,10 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
             print(f"skipped: {run_dir} is running elsewhere ({held}); it resumes or finishes there")
         return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="running elsewhere")
     try:
-        with graceful_stop() as stop:
+        with graceful_stop() as stop, ExitStack() as on_exit:  # on_exit: the tracker, finished however the run ends
             held_lock = lock if main else None
             return _run_locked(
-                cfg, Path(run_dir), rec, spec, params, ident, run_id, accelerator, stop, token, held_lock
+                cfg, Path(run_dir), rec, spec, params, ident, run_id, accelerator, stop, token, held_lock, on_exit
             )
     except Interrupted as exc:
         if exc.step is None:
@@ -259,6 +284,7 @@ def _run_locked(
     stop: StopFlag,
     token: str | None,
     lock: Any = None,
+    on_exit: ExitStack | None = None,
 ) -> RunOutcome:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -286,6 +312,28 @@ def _run_locked(
         if accelerator.is_main_process:
             print(f"already complete: {run_dir} (pass rerun=true to run it again; the old record is archived)")
         return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="complete")
+    elsewhere = (
+        None if cfg.rerun else complete_elsewhere(run_dir, run_id, {**current, "eval_tasks_sha256": eval_tasks_sha256})
+    )
+    if elsewhere is not None:  # the same cell under another spelling of its overrides: never paid for twice
+        if accelerator.is_main_process:
+            again = "pass rerun=true to train it again in that folder"
+            print(f"already complete: {elsewhere} (the same cell as {run_dir}; {again})")
+        return RunOutcome(run_dir=elsewhere, skipped=True, reason="complete")
+    # The tracker starts before the selection, so a logger that cannot start fails here, not hours later; its files
+    # live outside the run folder (see harness.tracking).
+    tracker, failed = None, None
+    if accelerator.is_main_process:
+        try:
+            tracker = make_tracker(cfg, tracker_dir(cfg), "/".join(Path(run_dir).parts[-4:]))
+        except HarnessError as exc:
+            failed = str(exc)
+        if tracker is not None and on_exit is not None:
+            on_exit.enter_context(tracker)
+    if accelerator.num_processes > 1:  # every process stops, not the main one alone (the others would wait for it)
+        failed = broadcast_object_list([failed])[0]
+    if failed is not None:
+        raise HarnessError(failed)
     eval_options = evaluation.evaluate_options(cfg.eval, pool)
     tokenizer = load_tokenizer(pool, cfg.model, cache)
     evaluation.check_chat_template(tokenizer, pool.chat_template, "data.chat_template=true")
@@ -336,6 +384,7 @@ def _run_locked(
         precision=precision,
         eval_tasks_sha256=eval_tasks_sha256,
         attempt_token=token,
+        tracker=tracker.describe() if tracker is not None else None,
     )
     if accelerator.is_main_process:  # the manifest first: a folder with files of a run always has it
         rec.write_manifest(manifest)
@@ -346,7 +395,6 @@ def _run_locked(
 
     # Stage 3: train.
     log.info("stage 3/5: train (%d steps, compute=%s)", plan.steps, plan.compute)
-    tracker = make_tracker(cfg, run_dir, "/".join(Path(run_dir).parts[-4:])) if accelerator.is_main_process else None
     model = build_model(cfg.model, tokenizer, seeds["init"])
     outcome = train(
         model,

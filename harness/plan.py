@@ -10,8 +10,10 @@ these by running out of memory or disk; this says them first.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,9 @@ GPUS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "l40s": 362.0, "a10g": 125.
 
 LESS_SELECTORS = ("influence", "bids")
 
+SCORE_PASSES = {"el2n": "losses", "grand": "grad_norms"}
+"""The per-example pass each score selector takes over the pool after every warm-up (harness.scores)."""
+
 
 ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN = 34
 """Activation memory per token, layer and hidden unit at 16-bit (Korthikanti et al., 2022, without the attention
@@ -40,6 +45,29 @@ class ModelSize:
     hidden: int
     layers: int
     vocab: int = 0
+
+
+WARMUP, PASS, STORE = "warm-up", "per-example pass", "gradient store"
+
+
+@dataclass(frozen=True)
+class SignalJob:
+    """One signal a cell's selection computes through the signal cache (a warm-up run, a per-example pass over the
+    pool, a gradient store), keyed by what keys its cache entry: a sweep pays once per key, as the cache does."""
+
+    kind: str
+    key: str
+    flops: float
+    steps: int = 0
+    what: str = ""
+
+
+SizeOf = Callable[..., tuple[ModelSize, int]]
+"""model_size, or a memoised stand-in for it (a sweep sizes each model once)."""
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def compose(overrides: list[str]) -> DictConfig:
@@ -85,6 +113,130 @@ def cell_k(cfg: DictConfig, budget: float, n_pool: int) -> int:
     if budget_free(str(cfg.selector.name), cfg.get("plugins") or ()):
         return n_pool
     return max(1, round(budget * n_pool))
+
+
+def warmup_job(
+    cfg: DictConfig,
+    size: ModelSize,
+    tokens_per_example: int,
+    *,
+    n_rows: int,
+    epochs: int,
+    seed: Any,
+    rows: Any = None,
+    model: DictConfig | None = None,
+    recipe: dict[str, Any] | None = None,
+    schedule_epochs: int | None = None,
+) -> SignalJob:
+    """A warm-up run (SignalService.warmup): `epochs` passes over n_rows examples at the recipe's batch, with the
+    recipe's values replaced by `recipe`, on `model` (default: the proxy). Keyed as its cache entry is: the model as
+    it trains, the data, the recipe, the rows (`rows`, default: the seed's random n_rows), epochs, seed, schedule."""
+    from harness.training import recipe_of, training_flops
+
+    gbs = int(cfg.train.global_batch_size)
+    steps = epochs * math.ceil(n_rows / gbs)
+    train = OmegaConf.to_container(OmegaConf.merge(cfg.train, {"epochs": epochs, **(recipe or {})}), resolve=True)
+    key = {
+        "model": OmegaConf.to_container(model if model is not None else cfg.model, resolve=True),
+        "data": OmegaConf.to_container(cfg.data),
+        "recipe": recipe_of(train),
+        "rows": rows if rows is not None else n_rows,
+        "epochs": epochs,
+        "seed": seed,
+        "schedule_epochs": schedule_epochs,
+    }
+    flops = training_flops(size.params, size.trainable, steps * gbs * tokens_per_example)
+    return SignalJob(WARMUP, _key(key), flops, steps, f"{n_rows:,} examples x {epochs} epoch(s)")
+
+
+def pass_job(name: str, warm: SignalJob, size: ModelSize, n_pool: int, tokens_per_example: int) -> SignalJob:
+    """A per-example pass over the pool at a warm-up's last checkpoint: `losses` (loss and EL2N) and `embeddings`
+    are one forward pass per example (2*P*T); `grad_norms` is a forward and backward pass per example with the
+    weight gradients of the trainable parameters, then their norm (2*P_trainable)."""
+    from harness.training import training_flops
+
+    t = tokens_per_example
+    if name == "grad_norms":
+        per_example = training_flops(size.params, size.trainable, t) + 2 * size.trainable
+    else:
+        per_example = 2 * size.params * t
+    return SignalJob(PASS, _key([warm.key, name]), per_example * n_pool, what=name)
+
+
+def selection_jobs(
+    cfg: DictConfig,
+    n_pool: int,
+    tokens_per_example: int,
+    k: int,
+    seed: int,
+    cell: Any = None,
+    size_of: SizeOf | None = None,
+) -> list[SignalJob]:
+    """The signals one cell's selection computes (warm-ups, per-example passes, gradient stores), from the selector's
+    own warm-up settings: EL2N and GraNd one warm-up per warm-up seed and a pass (losses, gradient norms) over each;
+    diversity's RDS+ embeddings over the first of those warm-ups, and for rounds > 1 one warm-up per later round on
+    what is selected so far (about k*r/rounds examples: this cell's own, `cell` tells them apart) with a loss pass;
+    influence and BIDS their LESS warm-up and gradient store (less_costs). Selectors without signals: none."""
+    from harness.scores import SCORE_DEFAULTS, warmup_stream_seed
+    from harness.seeding import stage_seeds
+    from harness.training import compute_plan
+
+    size_of = size_of or model_size
+    name = str(cfg.selector.name)
+    selection_seed = stage_seeds(seed, OmegaConf.to_container(cfg.seeds, resolve=True))["selection"]
+    if name in LESS_SELECTORS:
+        return less_costs(cfg, n_pool, tokens_per_example, bytes_per_weight(cfg), seed, size_of)["jobs"]
+    s = OmegaConf.to_container(cfg.selector, resolve=True)
+    t = tokens_per_example
+    jobs: list[SignalJob] = []
+    if name not in SCORE_PASSES and name != "diversity":
+        return jobs
+    size = size_of(cfg.model)[0]
+    if name in SCORE_PASSES:
+        p = {**SCORE_DEFAULTS, **s}
+        epochs = int(p["warmup_epochs"])
+        span = compute_plan(cfg.train, k, n_pool).epochs if p["warmup_schedule"] == "run" else None
+        n = max(1, round(float(p["warmup_fraction"]) * n_pool))
+        for i in range(int(p["warmup_seeds"])):
+            seed_i = warmup_stream_seed(selection_seed, i)
+            span_i = span if span is not None and span > epochs else None
+            warm = warmup_job(cfg, size, t, n_rows=n, epochs=epochs, seed=seed_i, schedule_epochs=span_i)
+            jobs += [warm, pass_job(SCORE_PASSES[name], warm, size, n_pool, t)]
+        return jobs
+    if s.get("embedding", "rds") == "rds":
+        n = max(1, round(float(s.get("warmup_fraction", 1.0)) * n_pool))
+        seed_0 = warmup_stream_seed(selection_seed, 0)  # shared with EL2N's and GraNd's first warm-up
+        warm = warmup_job(cfg, size, t, n_rows=n, epochs=int(s.get("warmup_epochs", 1)), seed=seed_0)
+        jobs += [warm, pass_job("embeddings", warm, size, n_pool, t)]
+    rounds = int(s.get("rounds", 1))
+    for r in range(1, rounds):
+        rows = ["selected so far", cell, r]
+        chosen = max(1, k * r // rounds)
+        warm = warmup_job(cfg, size, t, n_rows=chosen, epochs=int(s.get("round_epochs", 1)), seed=None, rows=rows)
+        jobs += [warm, pass_job("losses", warm, size, n_pool, t)]
+    return jobs
+
+
+def jobs_line(jobs: list[SignalJob]) -> str | None:
+    """'selection signals: ...' for the plan of one cell: its warm-ups and per-example passes, with their FLOPs."""
+    warmups = [j for j in jobs if j.kind == WARMUP]
+    passes = [j for j in jobs if j.kind == PASS]
+    if not jobs:
+        return None
+    parts = []
+    if warmups:
+        sizes = sorted({j.what for j in warmups})
+        parts.append(
+            f"{len(warmups)} warm-up(s) of {' / '.join(sizes)} = {sum(j.steps for j in warmups):,} steps, "
+            f"{sum(j.flops for j in warmups):.2e} FLOPs"
+        )
+    if passes:
+        names = sorted({j.what for j in passes})
+        parts.append(
+            f"{len(passes)} per-example pass(es) over the pool ({', '.join(names)}), "
+            f"{sum(j.flops for j in passes):.2e} FLOPs"
+        )
+    return "selection signals: " + "; ".join(parts) + " (a sweep's total counts each one its cells share once)"
 
 
 def warmup_model(cfg: DictConfig) -> DictConfig:
@@ -166,18 +318,45 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def less_costs(cfg: DictConfig, n_pool: int, tokens_per_example: int, weight_bytes: int) -> dict[str, Any]:
+def less_costs(
+    cfg: DictConfig,
+    n_pool: int,
+    tokens_per_example: int,
+    weight_bytes: int,
+    seed: int | None = None,
+    size_of: SizeOf | None = None,
+) -> dict[str, Any]:
     """Warm-up and gradient-feature costs of an influence or BIDS cell: FLOPs, the store, the feature pass's memory,
-    the lines that say them, and the keys under which a sweep shares them (one warm-up per seed and settings)."""
+    the lines that say them, and the two jobs (warm-up, gradient store) under the keys by which a sweep shares them
+    (one warm-up per seed and settings; `seed`: the cell's, default cfg.seed)."""
+    from harness.scores import warmup_stream_seed
+    from harness.seeding import stage_seeds
+    from harness.signals.less import DEFAULTS
     from harness.training import training_flops
 
     s = cfg.selector
     modules = OmegaConf.select(cfg, "selector.feature_modules")
-    warm, featured = model_size(warmup_model(cfg), list(modules) if modules else None)
-    gbs = int(cfg.train.global_batch_size)
+    model = warmup_model(cfg)
+    warm, featured = (size_of or model_size)(model, list(modules) if modules else None)
     warm_n = max(1, round(float(s.warmup_fraction) * n_pool))
-    warm_steps = int(s.warmup_epochs) * math.ceil(warm_n / gbs)
-    warm_flops = training_flops(warm.params, warm.trainable, warm_steps * gbs * tokens_per_example)
+    settings = {**DEFAULTS, **OmegaConf.to_container(s, resolve=True)}
+    seed = int(cfg.seed) if seed is None else int(seed)
+    selection_seed = stage_seeds(seed, OmegaConf.to_container(cfg.seeds, resolve=True))["selection"]
+    warm_seed = (
+        settings["warmup_seed"] if settings["warmup_seed"] is not None else warmup_stream_seed(selection_seed, 0)
+    )
+    recipe = {"lr": s.warmup_lr, "scheduler": s.warmup_scheduler, "warmup_ratio": s.warmup_ratio}
+    warm_job = warmup_job(
+        cfg,
+        warm,
+        tokens_per_example,
+        n_rows=warm_n,
+        epochs=int(s.warmup_epochs),
+        seed=warm_seed,
+        model=model,
+        recipe=recipe,
+    )
+    warm_steps, warm_flops = warm_job.steps, warm_job.flops
     n_val, val_from = validation_count(cfg)
     n_feat = (n_pool + n_val) * int(s.warmup_epochs)
     item = 2 if s.store_dtype == "float16" else 4
@@ -201,18 +380,15 @@ def less_costs(cfg: DictConfig, n_pool: int, tokens_per_example: int, weight_byt
         f"gradient features: {grad_flops:.2e} FLOPs (per example: forward+backward, then 2*P*d for the "
         f"projection over {featured / 1e6:.2f}M parameters); influence matrix {human_bytes(n_pool * n_val * 4)}",
     ]
-    settings = OmegaConf.to_container(s, resolve=True)
-    inputs = {"model": OmegaConf.to_container(cfg.model, resolve=True), "data": OmegaConf.to_container(cfg.data)}
-    warm_key = {**inputs, **{k: v for k, v in settings.items() if k.startswith(("warmup_", "lora_"))}}
     store_keys = ("proj_dim", "projection", "proj_seed", "adam_formula", "store_dtype", "feature_modules")
+    store_key = _key([warm_job.key, {k: settings.get(k) for k in store_keys}])
     return {
         "warm_flops": warm_flops,
         "grad_flops": grad_flops,
         "memory": memory,
         "batch": batch,
         "lines": lines,
-        "warm_key": warm_key,
-        "store_key": {**warm_key, **{k: settings.get(k) for k in store_keys}},
+        "jobs": [warm_job, SignalJob(STORE, store_key, grad_flops)],
     }
 
 
@@ -240,6 +416,9 @@ def estimate(cfg: DictConfig, n_pool: int, tokens_per_example: int, budgets: lis
     less = less_costs(cfg, n_pool, tokens_per_example, weight_bytes) if cfg.selector.name in LESS_SELECTORS else None
     if less:
         lines += less["lines"]
+    else:  # the warm-ups and passes of EL2N, GraNd and diversity, at the first budget
+        signals = jobs_line(selection_jobs(cfg, n_pool, tokens_per_example, cell_k(cfg, budgets[0], n_pool), cfg.seed))
+        lines += [signals] if signals else []
     micro = int(cfg.train.micro_batch_size)
     act = activation_bytes(size, micro, seq, weight_bytes)
     train_mem = size.params * weight_bytes + size.trainable * (4 + 4 + 4 + 4) + act
@@ -274,10 +453,9 @@ def cell_config(overrides: list[str]) -> DictConfig:
 
 def sweep_flops(cells: list[list[str]], first: DictConfig, n_pool: int, tokens_per_example: int) -> tuple[float, str]:
     """FLOPs of every cell of the sweep: one training per cell (`full` once per seed: its other budgets reuse the
-    record), one warm-up per distinct warm-up (settings and seed) and one gradient store per distinct store, as
-    the signal cache shares them; with what was counted. Cells that differ only in budget and seed share a config."""
-    import json
-
+    record), and each distinct warm-up, per-example pass and gradient store of the selections (selection_jobs) once,
+    as the signal cache shares them; with what was counted. Cells that differ only in budget and seed share a
+    config."""
     from harness.config import parse_budget
     from harness.training import compute_plan, training_flops
 
@@ -285,23 +463,23 @@ def sweep_flops(cells: list[list[str]], first: DictConfig, n_pool: int, tokens_p
     for cell in cells:
         key = tuple(o for o in cell if not {"budget", "seed"} & set(override_values([o])))
         groups.setdefault(key, []).append(cell)
-    sizes: dict[str, ModelSize] = {}
+    sizes: dict[str, tuple[ModelSize, int]] = {}
+
+    def size_of(model_cfg: Any, feature_modules: list[str] | None = None) -> tuple[ModelSize, int]:
+        key = _key([OmegaConf.to_container(model_cfg, resolve=True), feature_modules])
+        if key not in sizes:
+            sizes[key] = model_size(model_cfg, feature_modules)
+        return sizes[key]
+
     trained: set[str] = set()
-    warmups: dict[str, float] = {}
-    stores: dict[str, float] = {}
+    signals: dict[str, dict[str, float]] = {WARMUP: {}, PASS: {}, STORE: {}}
     total = 0.0
     for i, members in enumerate(groups.values()):
         cfg = first if i == 0 else cell_config(members[0])
-        model_key = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True, default=str)
-        if model_key not in sizes:
-            sizes[model_key] = model_size(cfg.model)[0]
-        size = sizes[model_key]
-        less = None
-        if cfg.selector.name in LESS_SELECTORS:
-            less = less_costs(cfg, n_pool, tokens_per_example, bytes_per_weight(cfg))
+        size = size_of(cfg.model)[0]
         for cell in members:
             values = override_values(cell)
-            seed = values.get("seed") or str(cfg.seed)
+            seed = int(values.get("seed") or cfg.seed)
             budget = parse_budget(values.get("budget") or cfg.budget)
             k = cell_k(cfg, budget, n_pool)
             run = json.dumps([i, seed, k])
@@ -311,12 +489,12 @@ def sweep_flops(cells: list[list[str]], first: DictConfig, n_pool: int, tokens_p
                 total += training_flops(
                     size.params, size.trainable, plan.steps * cfg.train.global_batch_size * (tokens_per_example)
                 )
-            if less:
-                warm_seed = cfg.selector.warmup_seed if cfg.selector.warmup_seed is not None else seed
-                warmups[json.dumps([less["warm_key"], warm_seed], sort_keys=True, default=str)] = less["warm_flops"]
-                stores[json.dumps([less["store_key"], warm_seed], sort_keys=True, default=str)] = less["grad_flops"]
-    total += sum(warmups.values()) + sum(stores.values())
-    what = f"{len(trained)} training run(s), {len(warmups)} warm-up(s), {len(stores)} gradient store(s)"
+            for job in selection_jobs(cfg, n_pool, tokens_per_example, k, seed, cell, size_of):
+                signals[job.kind][job.key] = job.flops
+    total += sum(sum(jobs.values()) for jobs in signals.values())
+    what = f"{len(trained)} training run(s), {len(signals[WARMUP])} warm-up(s), {len(signals[STORE])} gradient store(s)"
+    if signals[PASS]:
+        what += f", {len(signals[PASS])} per-example pass(es)"
     return total, what
 
 

@@ -66,7 +66,12 @@ def check_keep(params: dict[str, Any]) -> None:
 
 def warmup_seed(ctx: SelectionContext, i: int) -> int:
     """The i-th warm-up seed of a cell: shared by every selector and budget of the same selection seed."""
-    return stream_seed(ctx.seed, f"warmup-{i}")
+    return warmup_stream_seed(ctx.seed, i)
+
+
+def warmup_stream_seed(selection_seed: int, i: int) -> int:
+    """The i-th warm-up seed of a selection seed (what warmup_seed gives a cell; harness.plan keys warm-ups by it)."""
+    return stream_seed(selection_seed, f"warmup-{i}")
 
 
 def averaged_over_warmups(

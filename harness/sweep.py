@@ -55,6 +55,8 @@ lock has had no heartbeat, has ended without reporting: killed at a time limit, 
 SUMMARY_LOCK = ".summary-writer.lock"  # a HeartbeatLock; `.summary.lock` was flock's and may linger in old records
 STOPPED_LINE = re.compile(r"^(interrupted|stopped by SIG\w+)( before training had a checkpoint)?; run the same command")
 ERROR_LINE = re.compile(r"^(error: .+|([A-Za-z_][\w.]*)?(Error|Exception|Interrupt|Exit)\b.*)$")
+_OPEN: list[SweepSummary] = []
+"""Multiruns of this process that started and whose end Hydra has not reported (a cell raised or exited)."""
 
 
 # ---------------------------------------------------------------- the cells of a sweep
@@ -421,12 +423,13 @@ class SweepSummary(Callback):
         record = Path(str(config.hydra.sweep.dir)).absolute() / RECORDS / sweep_id
         write_plan(record, cells, self.launcher, sweep_id)
         self.record = str(record)
-        atexit.register(self._launcher_exit)
+        _OPEN.append(self)
+        atexit.register(self._launcher_exit)  # for a caller other than harness.cli.main (see end_open_sweeps)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.record is None:
             return
-        self._done = True
+        self._close()
         summary = refresh(Path(self.record), final=True)
         print(f"sweep summary: {headline(summary)} -> {Path(self.record) / 'summary.txt'}")
 
@@ -434,6 +437,7 @@ class SweepSummary(Callback):
         """The multirun stopped early (a cell raised or exited): the summary still says what happened."""
         if self._done or self.record is None:
             return
+        self._close()
         record = Path(self.record)
         if self.launcher in ("basic", "local"):  # cells ran in this process: the rest never will
             plan = _read_json(record / "plan.json") or {}
@@ -443,6 +447,13 @@ class SweepSummary(Callback):
         else:  # Slurm cells go on without this process and update the summary as they end
             summary = refresh(record)
         print(f"sweep summary: {headline(summary)} -> {record / 'summary.txt'}", file=sys.stderr)
+
+    def _close(self) -> None:
+        """This multirun has ended: its summary is written once, and never again at the interpreter's exit."""
+        self._done = True
+        if self in _OPEN:
+            _OPEN.remove(self)
+        atexit.unregister(self._launcher_exit)
 
     # --- the process that runs one cell (the same process for local sweeps, a Slurm task otherwise)
 
@@ -531,6 +542,16 @@ class SweepSummary(Callback):
         state = dict(self.__dict__)
         state.update(_cell=None, _exit_hooked=False, _done=False)
         return state
+
+
+def end_open_sweeps() -> None:
+    """Write the summary of every multirun that stopped early, when `python -m harness` returns (harness.cli.main).
+
+    Left to atexit, a multirun run in-process (tests, notebooks) printed its 'sweep summary' line when the
+    interpreter exited, long after the multirun and outside it; atexit stays only as the fallback for an exit that
+    skips main's return."""
+    for summary in list(_OPEN):
+        summary._launcher_exit()
 
 
 # ---------------------------------------------------------------- `python -m harness.sweep ...`

@@ -107,12 +107,83 @@ def test_hydra_run_dir_places_the_record(harness_cli, tmp_path):
 
 
 def test_wandb_logger_offline(harness_cli, tmp_path):
+    pytest.importorskip("wandb")
     code, out, err = harness_cli([*MICRO, "train.epochs=1", "logger=wandb", "logger.mode=offline"])
     assert code == 0, err
     run = record_path(out)
-    offline_runs = list((run / "wandb").glob("offline-run-*"))
+    offline_runs = list((tmp_path / "results" / "wandb").glob("offline-run-*"))  # outside the run folder
     assert len(offline_runs) == 1
     assert any(offline_runs[0].glob("*.wandb"))
+    tracker = json.loads((run / "manifest.json").read_text())["tracker"]
+    assert tracker["name"] == "wandb" and tracker["dir"] == str(offline_runs[0]) and tracker["id"] in tracker["dir"]
+    assert not (run / "wandb").exists()
+
+
+class FakeWandbRun:
+    def __init__(self, **kwargs):
+        self.kwargs, self.finished, self.logged = kwargs, [], []
+        self.id, self.dir, self.summary = "fake1", None, {}
+
+    def log(self, data, step=None):
+        self.logged.append(data)
+
+    def finish(self, exit_code=0):
+        self.finished.append(exit_code)
+
+
+def fake_wandb(monkeypatch, init):
+    """A wandb module whose init is `init` (wandb itself need not be installed)."""
+    import importlib.machinery
+    import sys
+    import types
+
+    module = types.ModuleType("wandb")
+    module.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    module.init, module.Table = init, lambda dataframe: dataframe
+    monkeypatch.setitem(sys.modules, "wandb", module)
+
+
+@pytest.mark.parametrize("why", ["not logged in", "package missing"])
+def test_wandb_that_cannot_start_fails_before_the_selection_and_writes_nothing(harness_cli, tmp_path, monkeypatch, why):
+    import sys
+
+    import harness.pipeline
+
+    def init(**kwargs):
+        raise RuntimeError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])\nTraceback ...")
+
+    if why == "package missing":
+        monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    else:
+        fake_wandb(monkeypatch, init)
+
+    def selection_ran(*args, **kwargs):
+        raise AssertionError("the selection ran before the logger was started")
+
+    monkeypatch.setattr(harness.pipeline, "select", selection_ran)
+    code, out, err = harness_cli([*MICRO, "logger=wandb"])
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(lines) == 1, err
+    assert ("api_key not configured" if why == "not logged in" else "needs the wandb package") in lines[0]
+    assert not list((tmp_path / "results" / "runs").rglob("*.json")), "a run folder was written"
+
+
+def test_wandb_run_started_before_the_selection_ends_failed_when_the_selection_fails(
+    harness_cli, tmp_path, monkeypatch
+):
+    runs = []
+
+    def init(**kwargs):
+        runs.append(FakeWandbRun(**kwargs))
+        return runs[-1]
+
+    fake_wandb(monkeypatch, init)
+    code, out, err = harness_cli([*MICRO, "logger=wandb", "budget=0.001"])  # keeps 0 examples: fails in selection
+    assert code == 2 and "budget=0.001 keeps 0" in err, err
+    (run,) = runs
+    assert run.finished == [1], "the wandb run was not finished as failed"
+    assert run.kwargs["dir"] == str(tmp_path / "results")  # wandb writes under <dir>/wandb, outside the run folders
+    assert not (tmp_path / "results" / "runs").exists() or not any((tmp_path / "results" / "runs").rglob("*.*"))
 
 
 def test_per_epoch_schedule_drives_the_steps(harness_cli, tmp_path):

@@ -83,6 +83,64 @@ def test_same_folder_other_config_is_refused_untouched(harness_cli, tmp_path):
     assert code == 0 and "already complete" in out
 
 
+def test_an_override_equal_to_its_default_reuses_the_cells_complete_record(harness_cli, tmp_path):
+    """`train.lr=<the default>` names another folder for the same cell: the record is found there, in a single run
+    and in a sweep, nothing trains again and no empty folder is left behind. (The folders are named here as run_name
+    names them for a short command line; MICRO's many overrides make a name long enough to be an identity hash.)"""
+    import yaml
+
+    from harness import REPO_ROOT
+
+    cells = tmp_path / "results" / "runs" / "testbed" / "tiny_llama" / "random"
+    code, out, err = harness_cli([*SHORT, f"hydra.run.dir={cells / 'b0.15_s0'}"])
+    assert code == 0, err
+    first = record_path(out)
+    lr = yaml.safe_load((REPO_ROOT / "conf/train/default.yaml").read_text())["lr"]
+    name = f"b0.15_s0,train.lr={lr}"
+    code, out, err = harness_cli([*SHORT, f"train.lr={lr}", f"hydra.run.dir='{cells / name}'"])
+    assert code == 0 and f"already complete: {first} (the same cell as " in out, (out, err)
+    assert [p.name for p in cells.iterdir()] == [first.name]
+    sweep = [f"hydra.sweep.dir={cells}", f"hydra.sweep.subdir='{name}'"]
+    code, out, err = harness_cli(["-m", *SHORT, f"train.lr={lr}", *sweep])
+    assert code == 0 and "1 skipped (already complete)" in out, (out, err)
+    (summary,) = [json.loads(p.read_text()) for p in cells.glob("_sweeps/*/summary.json")]
+    assert summary["cells"][0]["run_dir"] == str(first), summary
+    assert [p.name for p in cells.iterdir() if p.is_dir() and p.name.startswith("b")] == [first.name]
+
+
+def test_a_sibling_record_is_reused_only_for_the_same_cell_and_inputs(tmp_path):
+    from harness.pipeline import complete_elsewhere
+
+    cells = tmp_path / "runs" / "testbed" / "tiny_llama" / "random"
+    inputs = {"selector_file_sha256": "a" * 64, "pool_fingerprint": "p" * 16, "eval_tasks_sha256": "e" * 64}
+    precision = {"mixed_precision": "no", "model_dtype": "float32"}
+
+    def record(name: str, run_id: str = "cell", complete: bool = True, **changes: object) -> Path:
+        folder = cells / name
+        folder.mkdir(parents=True)
+        manifest = {"run_id": run_id, "selector_file": "random.py", **inputs, "precision": precision, **changes}
+        write_manifest(folder, manifest)
+        if complete:
+            (folder / "results.csv").write_text("run_id\n")
+        return folder
+
+    here = cells / "b0.15_s0,train.lr=0.001"
+    current = {**inputs, **precision}
+    record("b0.15_s1")  # another seed's folder
+    record("b0.15_s00")  # a seed whose name begins with this one's
+    record("b0.15_s0,train.lr=5e-4", run_id="other")  # another cell
+    record("b0.15_s0,eval=testbed", complete=False)  # unfinished
+    record("b0.15_s0,selector.name=random", pool_fingerprint="q" * 16)  # this cell, made from another pool
+    record(
+        "b0.15_s0,train.mixed_precision=no", precision={**precision, "model_dtype": "bfloat16"}
+    )  # ... at another precision
+    assert complete_elsewhere(here, "cell", current) is None
+    found = record("b0.15_s0")
+    assert complete_elsewhere(here, "cell", current) == found
+    assert complete_elsewhere(cells / "my_run", "cell", current) is None  # a folder of the user's naming: no siblings
+    assert complete_elsewhere(found, "cell", current) is None  # never itself
+
+
 def test_cell_running_elsewhere_is_left_alone(harness_cli, tmp_path):
     cell = tmp_path / "busy"
     cell.mkdir()

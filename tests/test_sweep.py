@@ -337,6 +337,9 @@ def test_a_failed_multirun_cell_says_its_error_once(harness_cli, tmp_path):
     assert len(errors) == 1 and "budget=0.001 keeps 0" in errors[0], err
     (summary,) = summaries(tmp_path / "results")
     assert summary["cells"][0]["state"] == "failed" and "budget=0.001 keeps 0" in summary["cells"][0]["reason"]
+    # the stopped multirun's summary line is said when the command returns, not at the interpreter's exit (where an
+    # in-process caller such as pytest printed it after everything else)
+    assert any(line.startswith("sweep summary: 1 cells: 1 failed") for line in err.splitlines()), err
 
 
 def test_sbatch_array_reports_a_cell_killed_alone_but_not_one_stopped_with_its_batch_shell(tmp_path):
