@@ -174,6 +174,8 @@ def free_mappings() -> set[str]:
             fields = dataclasses.fields(schema)
             out.update(f"{group}.{f.name}" for f in fields if typing.get_origin(hints[f.name]) is dict)
     return out
+
+
 TOP_LEVEL_KEYS = {
     "data",
     "model",
