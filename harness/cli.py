@@ -162,6 +162,16 @@ def main() -> None:
     ) as exc:
         print(f"error: {explain(exc)}", file=sys.stderr)
         sys.exit(2)
+    except ValueError as exc:
+        if raised_in_job(exc) or not str(exc).startswith("Only one of --run, --multirun"):
+            raise
+        # Hydra refuses `-m ... --cfg job` with a traceback: one line, and where a sweep's cells can be seen
+        print(
+            f"error: {first_line(exc)}; drop -m to print one cell's config (--cfg job), or list the cells of a sweep "
+            "with python -m harness.sweep_lines <the same overrides>",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     except OSError as exc:
         if raised_in_job(exc):  # the run's own I/O: not a question of where the user pointed it
             raise

@@ -283,3 +283,9 @@ def test_no_tokens_to_generate_fails_before_training(harness_cli, tmp_path):
     """A generative task with max_gen_toks < 1 was a transformers traceback after training."""
     code, _, err = harness_cli([*MICRO, "eval.tasks=[addition_gen]", "+eval.gen_kwargs={max_gen_toks: -1}"])
     assert_one_line_error(code, err, tmp_path, "eval.gen_kwargs.max_gen_toks must be a positive integer, got -1")
+
+
+def test_a_sweep_with_cfg_is_one_line(harness_cli, tmp_path):
+    """`-m ... --cfg job` (to look at a sweep's config) was Hydra's ValueError traceback."""
+    code, _, err = harness_cli(["-m", "--cfg", "job", "seed=0,1"])
+    assert_one_line_error(code, err, tmp_path, "Only one of --run, --multirun", "python -m harness.sweep_lines")
