@@ -7,8 +7,8 @@ and the ratio, then the time of the whole report (leaderboard, tests, one metric
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,4 +52,6 @@ def main(n_records: int = 1000) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("n_records", nargs="?", type=int, default=1000, help="records to write (1000: 1,020 with full)")
+    main(parser.parse_args().n_records)

@@ -5,6 +5,7 @@ Prints the median of several repeats for each way and their ratio.
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -25,8 +26,8 @@ def one_at_a_time(prompts, responses, tok, delimiter, max_length):
     return out
 
 
-def main() -> None:
-    pool = generate_testbed(TestbedConfig(n_pool=20000, n_facts=256, add_max=999))  # 7,000 distinct sums
+def main(n_pool: int = 20000) -> None:
+    pool = generate_testbed(TestbedConfig(n_pool=n_pool, n_facts=256, add_max=999))  # 7,000 distinct sums
     texts = pool_corpus(pool, validation=False)
     tok = train_tokenizer(texts, 512)
     prompts, responses = pool.examples["prompt"].tolist(), pool.examples["response"].tolist()
@@ -37,7 +38,7 @@ def main() -> None:
         cold = median_seconds(lambda: tokenize_pool(pool, tok, 64, False, Path(tempfile.mkdtemp(dir=cache))), 3)
         tokenize_pool(pool, tok, 64, False, Path(cache))
         warm = median_seconds(lambda: tokenize_pool(pool, tok, 64, False, Path(cache)), 5)
-    seqs, _, _ = encode_examples(prompts, responses, tok, " ", 64, False)
+    seqs = encode_examples(prompts, responses, tok, " ", 64, False)[0]
     assert seqs == one_at_a_time(prompts, responses, tok, " ", 64), "the two ways must agree"
 
     print(f"pool of {pool.n} examples")
@@ -48,4 +49,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-pool", type=int, default=20000, help="examples in the pool (a quick run: 2000)")
+    main(parser.parse_args().n_pool)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from harness import REPO_ROOT
-from harness.config import register_resolvers
+from harness.config import free_mappings, register_resolvers
 from harness.errors import HarnessError, first_line
 from harness.hub import disable_telemetry
 from harness.interrupt import Interrupted
@@ -123,17 +123,24 @@ def explain(exc: BaseException) -> str:
 
 
 def new_mapping_keys(exc: BaseException) -> str | None:
-    """`eval.fewshot='{facts: 2}'` adds keys to an existing mapping, which Hydra refuses without a leading `+`: the
-    one line says so and gives Hydra's own `+` form (None for any other error)."""
+    """`eval.fewshot='{facts: 2}'` or `eval.fewshot.facts=2` adds a key to an existing mapping, which Hydra refuses
+    without a leading `+`: the one line says so and gives Hydra's own `+` form (None for any other error, such as a
+    misspelt key of a typed group, where a `+` would not help)."""
     text = str(exc)
     override = re.match(r"Could not override '([^']+)'", text)
     append = re.search(r"^To append to your config use (.+)$", text, re.MULTILINE)
     full_key = str(getattr(exc.__cause__, "full_key", "") or "")
-    if not (override and append and full_key.startswith(override.group(1) + ".")):
+    if not (override and append):
         return None
     key = override.group(1)
+    if full_key.startswith(key + "."):  # a mapping value: eval.fewshot='{facts: 2}'
+        mapping, new = key, full_key[len(key) + 1 :]
+    elif full_key == key and key.rpartition(".")[0] in free_mappings():  # one new key: eval.fewshot.facts=2
+        mapping, _, new = key.rpartition(".")
+    else:
+        return None
     return (
-        f"{key} has no key '{full_key[len(key) + 1 :]}' (a plain override only changes keys it has); "
+        f"{mapping} has no key '{new}' (a plain override only changes keys it has); "
         f"to add it, use a leading +: '{append.group(1).strip()}'"
     )
 
@@ -167,6 +174,16 @@ def _main() -> None:
         OmegaConfBaseException,
     ) as exc:
         print(f"error: {explain(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except ValueError as exc:
+        if raised_in_job(exc) or not str(exc).startswith("Only one of --run, --multirun"):
+            raise
+        # Hydra refuses `-m ... --cfg job` with a traceback: one line, and where a sweep's cells can be seen
+        print(
+            f"error: {first_line(exc)}; drop -m to print one cell's config (--cfg job), or list the cells of a sweep "
+            "with python -m harness.sweep_lines <the same overrides>",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except OSError as exc:
         if raised_in_job(exc):  # the run's own I/O: not a question of where the user pointed it

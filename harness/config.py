@@ -161,6 +161,21 @@ DATA_SCHEMAS = {
 }
 MODEL_SCHEMAS = {"scratch": ScratchModelSchema, "pretrained": PretrainedModelSchema}
 LOGGER_SCHEMAS = {"none": NoLoggerSchema, "wandb": WandbSchema}
+
+
+def free_mappings() -> set[str]:
+    """Dotted keys whose values are mappings of the user's own keys (per-task shots, generation settings, task
+    shares, ...): the dict-typed fields of the group schemas, where a new key is legitimate and takes Hydra's +."""
+    groups = {"eval": [EvalSchema], "data": list(DATA_SCHEMAS.values())}
+    out = set()
+    for group, schemas in groups.items():
+        for schema in schemas:
+            hints = typing.get_type_hints(schema)
+            fields = dataclasses.fields(schema)
+            out.update(f"{group}.{f.name}" for f in fields if typing.get_origin(hints[f.name]) is dict)
+    return out
+
+
 TOP_LEVEL_KEYS = {
     "data",
     "model",

@@ -276,7 +276,7 @@ def _read_jsonl(path: Path, label: str, role: str, key: str) -> Iterator[tuple[i
     if suffix not in _OPENERS:
         raise HarnessError(
             f"{role} file '{label}' is {suffix} compressed, which the JSONL loader cannot read; decompress it, or "
-            f"load it through the hub loader (data=hub data.dataset={label})"
+            f"load it through the hub loader (pip install zstandard; data=hub data.dataset={label})"
         )
     opener = _OPENERS[suffix]
     try:
@@ -435,6 +435,8 @@ class _Source:
                 fix = (
                     "log in with an account that has access (hf auth login), or pass HF_TOKEN to the job's environment"
                 )
+            elif "Compression type zstd not supported" in described:  # datasets reads .zst only through zstandard
+                fix = "pip install zstandard (datasets reads .zst files with it), or decompress the file"
             raise HarnessError(f"cannot load dataset '{self.label}' split '{split}' ({described}); {fix}") from e
 
     def _saved_split(self, split: str) -> Any:

@@ -336,8 +336,9 @@ def _run_locked(
         raise HarnessError(failed)
     eval_options = evaluation.evaluate_options(cfg.eval, pool)
     tokenizer = load_tokenizer(pool, cfg.model, cache)
-    evaluation.check_chat_template(tokenizer, pool.chat_template, "data.chat_template=true")
-    evaluation.check_chat_template(tokenizer, eval_options["apply_chat_template"])
+    pretrained = cfg.model.source == "pretrained"  # base models ship no template: model.chat_template gives one
+    evaluation.check_chat_template(tokenizer, pool.chat_template, "data.chat_template=true", pretrained=pretrained)
+    evaluation.check_chat_template(tokenizer, eval_options["apply_chat_template"], pretrained=pretrained)
     tokens = tokenize_pool(pool, tokenizer, cfg.model.max_length, cfg.model.add_bos_token, cache)
     timings["pool_seconds"] = time.perf_counter() - clock
     model_id = pool.fingerprint() + str(model_description(cfg.model))

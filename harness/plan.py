@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens-per-example", type=int, default=None, help="default: half of model.max_length")
     parser.add_argument("--gpu", choices=sorted(GPUS), default="h100")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. +experiment=bids_llama3_8b")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before and after the options
     try:
         from harness.config import parse_budget
         from harness.sweep_lines import planned

@@ -31,6 +31,7 @@ def assert_one_line_error(code: int, err: str, tmp_path, *fragments: str) -> Non
         ("eval=nope", ["unknown evaluation suite 'nope'", "testbed"]),
         ("train.lr=fast", ["train", "lr"]),
         ("trian.lr=0.1", ["trian"]),
+        ("train.lrr=0.1", ["train.lrr", "spelling"]),  # a typo in a typed group is not told to add the key with +
         ("data.noise_kind=loud", ["noise_kind", "'loud'", "mismatched", "near_miss"]),
         ("data.facts_validation=some", ["facts_validation", "untaught", "taught"]),
         ("data.noise_rate=2", ["noise_rate", "[0, 1]"]),
@@ -199,6 +200,9 @@ def test_a_rejected_run_keeps_the_users_own_empty_folders(tmp_path):
     [
         ("eval.fewshot={addition: 2}", "+eval.fewshot={addition: 2}"),
         ("eval.gen_kwargs={max_gen_toks: 8}", "+eval.gen_kwargs={max_gen_toks: 8}"),
+        # one new key by its dotted name, the form the README's eval table gives (it got only the generic hint)
+        ("eval.fewshot.addition=2", "+eval.fewshot.addition=2"),
+        ("eval.gen_kwargs.max_gen_toks=8", "+eval.gen_kwargs.max_gen_toks=8"),
     ],
 )
 def test_new_keys_of_a_mapping_are_told_the_plus_form(harness_cli, tmp_path, override, fixed):
@@ -279,3 +283,9 @@ def test_no_tokens_to_generate_fails_before_training(harness_cli, tmp_path):
     """A generative task with max_gen_toks < 1 was a transformers traceback after training."""
     code, _, err = harness_cli([*MICRO, "eval.tasks=[addition_gen]", "+eval.gen_kwargs={max_gen_toks: -1}"])
     assert_one_line_error(code, err, tmp_path, "eval.gen_kwargs.max_gen_toks must be a positive integer, got -1")
+
+
+def test_a_sweep_with_cfg_is_one_line(harness_cli, tmp_path):
+    """`-m ... --cfg job` (to look at a sweep's config) was Hydra's ValueError traceback."""
+    code, _, err = harness_cli(["-m", "--cfg", "job", "seed=0,1"])
+    assert_one_line_error(code, err, tmp_path, "Only one of --run, --multirun", "python -m harness.sweep_lines")

@@ -71,6 +71,10 @@ def test_plan_of_the_bids_preset(local_model, capsys):
         ["--n-pool", "1000", "+experiment=bids_llama3_8b", f"model.name_or_path={local_model}", "hydra/launcher=slurm"]
     )
     assert code == 0 and "one Slurm job array: --array=0-2" in capsys.readouterr().out
+    # the README's order (overrides, then options) with one more override after the options: argparse refused it
+    args = ["+experiment=bids_llama3_8b", "--n-pool", "1000", "--gpu", "h100", f"model.name_or_path={local_model}"]
+    code = plan.main([*args, "hydra/launcher=slurm"])
+    assert code == 0 and "one Slurm job array: --array=0-2" in capsys.readouterr().out
 
 
 def test_plan_counts_the_cells_the_multirun_launches(capsys):

@@ -191,6 +191,23 @@ def test_compressed_jsonl(tmp_path: Path) -> None:
     zst.write_bytes(b"\x28\xb5\x2f\xfd" + text)
     message = error_of(load_jsonl_pool, zst)
     assert "is .zst compressed, which the JSONL loader cannot read; decompress it" in message
+    assert "pip install zstandard" in message  # the hub route it offers reads .zst only with zstandard
+
+
+def test_a_zst_file_through_the_hub_loader_names_zstandard(tmp_path: Path) -> None:
+    """datasets reads .zst only with the zstandard package; without it the line says to install it (it said to
+    check the dataset name)."""
+    pytest.importorskip("datasets")
+    try:
+        import zstandard  # noqa: F401
+
+        pytest.skip("zstandard is installed: datasets reads the file")
+    except ImportError:
+        pass
+    zst = tmp_path / "pool.jsonl.zst"
+    zst.write_bytes(b"\x28\xb5\x2f\xfd" + b'{"prompt": "a", "response": "b"}\n')
+    message = error_of(load_hub_pool, str(zst), {}, cache_dir=str(tmp_path / "cache"))
+    assert "pip install zstandard" in message, message
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:

@@ -97,6 +97,23 @@ def test_end_to_end_with_a_local_model_directory_and_lora(harness_cli, tmp_path,
     assert (runs[0].parent / "results.csv").is_file()
 
 
+def test_a_base_model_without_a_chat_template_is_told_model_chat_template(harness_cli, tmp_path, saved_model):
+    """A pretrained base model (no chat template) asked to evaluate with one: the line names model.chat_template,
+    the documented fix for base models (it offered only another model); the scratch model, which has no such key,
+    is not told it."""
+    from conftest import MICRO, message_lines
+
+    hf = [*MICRO_POOL, "model=hf", f"model.name_or_path={saved_model}", "model.max_length=64", "train.epochs=1"]
+    code, _, err = harness_cli([*hf, "eval.apply_chat_template=true"])
+    lines = message_lines(err)
+    assert code == 2 and len(lines) == 1, err
+    assert "needs a tokenizer with a chat template" in lines[0] and "model.chat_template=tulu" in lines[0]
+    code, _, err = harness_cli([*MICRO, "eval.apply_chat_template=true"])
+    assert code == 2 and "model.chat_template" not in err, err
+    code, _, err = harness_cli([*hf, "eval.apply_chat_template=true", "model.chat_template=tulu", "eval.limit=2"])
+    assert code == 0, err
+
+
 def test_a_hub_model_in_the_local_cache_loads_where_the_hub_is_offline(pool, saved_model, tmp_path, monkeypatch):
     """A cluster compute node: no network (HF_HUB_OFFLINE=1, as the tests set), the model downloaded before into the
     shared HF cache. It loads from the cache, by hub id; a model not in the cache is one line naming the fix."""

@@ -219,15 +219,17 @@ def _quiet_git_hash() -> Iterator[None]:
 
 
 def check_chat_template(
-    tokenizer: Any, apply_chat_template: bool, setting: str = "eval.apply_chat_template=true"
+    tokenizer: Any, apply_chat_template: bool, setting: str = "eval.apply_chat_template=true", pretrained: bool = False
 ) -> None:
     """A one-line HarnessError when `setting` asks for the chat template and the tokenizer has none (lm-eval, or
-    tokenizing the pool, would fail with a traceback); the run calls it as soon as the tokenizer is loaded."""
+    tokenizing the pool, would fail with a traceback); the run calls it as soon as the tokenizer is loaded. For a
+    pretrained model (base models ship none) the line also names model.chat_template, which gives it one."""
     if apply_chat_template and not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        give = "give it one with model.chat_template=tulu (or a Jinja template string), " if pretrained else ""
         raise HarnessError(
             f"{setting} needs a tokenizer with a chat template, and the tokenizer '{name}' has none; drop it (or set "
-            "it false), or use a model whose tokenizer has one (model.name_or_path=<an instruct or chat model>)"
+            f"it false), {give}or use a model whose tokenizer has one (model.name_or_path=<an instruct or chat model>)"
         )
 
 

@@ -37,12 +37,26 @@ def run_cells(results: Path, seeds: list[int], budgets: list[float], extra: list
         subprocess.run(cmd, check=True)
 
 
-def load(results: Path) -> pd.DataFrame:
+def load(results: Path, seeds: list[int], budgets: list[float]) -> pd.DataFrame:
+    """Accuracy rows of the calibration cells only: `full`, and `random` at the asked budgets, of the asked seeds.
+    The folder may hold a whole sweep (other selectors, parameter variants, other budgets): those are left out."""
     frames = [pd.read_csv(p) for p in sorted(results.glob("runs/**/results.csv"))]
     if not frames:
         raise SystemExit(f"no complete runs under {results}")
     table = pd.concat(frames, ignore_index=True)
-    return table[table["metric"] == "acc"]
+    table = table[(table["metric"] == "acc") & (table["variant"] == table["selector"]) & table["seed"].isin(seeds)]
+    asked = table["budget"].round(6).isin([round(b, 6) for b in budgets])
+    table = table[(table["selector"] == "full") | ((table["selector"] == "random") & asked)]
+    if not (table["selector"] == "full").any():
+        raise SystemExit(f"no complete `full` cell of seeds {seeds} under {results}; run without --no-run first")
+    repeated = table[table.duplicated(["selector", "budget", "seed", "task"], keep=False)]
+    if not repeated.empty:
+        row = repeated.iloc[0]
+        raise SystemExit(
+            f"{results} holds several records of {row['selector']} budget {row['budget']} seed {row['seed']} (other "
+            "settings); pass --results a folder with one configuration's cells"
+        )
+    return table
 
 
 def calibration_table(acc: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -78,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.no_run:
         run_cells(args.results.resolve(), args.seeds, args.budgets, args.overrides)
-    mean, std = calibration_table(load(args.results))
+    mean, std = calibration_table(load(args.results, args.seeds, args.budgets))
     print(markdown(mean, std, len(args.seeds)))
     full = mean.loc["full 1.0", "macro_avg"]
     for cell in mean.index.drop("full 1.0"):
