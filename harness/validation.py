@@ -2,7 +2,7 @@
 per target task from an lm-eval task's few-shot or validation split, formatted as the task formats them.
 
 LESS uses each benchmark's few-shot examples (MMLU dev, BBH's 3 shots, TyDiQA's 1 shot); BIDS takes 50 per
-task. `data.validation_tasks={mmlu: 50, bbh: 50}` builds them; the rows never come from the test split that
+task. `+data.validation_tasks={mmlu: 50, bbh: 50}` builds them; the rows never come from the test split that
 evaluation scores.
 """
 
@@ -90,7 +90,7 @@ def check_wanted(wanted: dict[str, Any]) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise HarnessError(
                 f"data.validation_tasks.{name} must be a whole number of examples >= 1, got {n!r}; "
-                f"e.g. data.validation_tasks={{{name}: 50}}, or drop the task"
+                f"e.g. '+data.validation_tasks={{{name}: 50}}', or drop the task"
             )
 
 

@@ -504,6 +504,7 @@ def test_validation_count_must_be_a_positive_whole_number(tmp_path: Path, count:
 
     message = error_of(from_lm_eval, {"vt_mc": count}, task_folder(tmp_path))
     assert f"data.validation_tasks.vt_mc must be a whole number of examples >= 1, got {count!r}" in message
+    assert "'+data.validation_tasks={vt_mc: 50}'" in message  # the form Hydra takes for a key the config lacks
 
 
 def test_validation_from_a_group_fills_its_count_and_reads_the_cache_only_where_the_hub_does_not_answer(
