@@ -224,13 +224,16 @@ def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
         exc.reported = exc.reported or not main
         raise
     lock = rec.lock()
-    held = None
-    if main:
+    accelerator = runtime.make_accelerator(cfg.train.mixed_precision, cfg.dist_timeout_minutes)
+
+    def take_lock() -> str | None:
         try:
             lock.acquire(wait=False)
         except LockHeld as exc:
-            held = describe_owner(exc.owner)
-    accelerator = runtime.make_accelerator(cfg.train.mixed_precision, cfg.dist_timeout_minutes)
+            return describe_owner(exc.owner)
+        return None
+
+    held = runtime.together(accelerator, take_lock, main_only=True)  # the main process's lock; the others hear of it
     held = broadcast_object_list([held])[0] if accelerator.num_processes > 1 else held
     if held is not None:
         if main:

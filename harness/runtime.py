@@ -154,5 +154,6 @@ def together(accelerator: Any, work: Callable[[], T], main_only: bool = False) -
             print(f"error: {failure}", file=sys.stderr, flush=True)
             failure.reported = True
         raise failure
-    time.sleep(PEER_GRACE_S)  # the failing process says why and ends first: the launcher names it as the root cause
+    if not isinstance(failure, PeerFailed):  # (a nested call has waited already)
+        time.sleep(PEER_GRACE_S)  # the failing process says why and ends first: the launcher names it as the root cause
     raise PeerFailed(failed[0], codes[failed[0]]) from failure
