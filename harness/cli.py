@@ -26,6 +26,7 @@ from harness.config import free_mappings, register_resolvers
 from harness.errors import HarnessError, first_line
 from harness.hub import disable_telemetry
 from harness.interrupt import Interrupted
+from harness.launch import launch_rank
 
 GROUP_NOUNS = {"selector": "selector", "model": "model", "data": "data pool", "eval": "evaluation suite"}
 
@@ -43,7 +44,8 @@ def _hydra_main(cfg: DictConfig) -> object:
             remove_with_empty_parents(run_dir, results_root)  # its record is in another folder: leave no empty one
         return outcome
     except HarnessError as exc:  # inside the job, so Hydra adds nothing to the one line
-        print(f"error: {exc}", file=sys.stderr)
+        if not exc.reported:  # with several processes, the one that failed first says it; the others exit quietly
+            print(f"error: {exc}", file=sys.stderr)
         if made_now and only_log(run_dir, empty=False):
             remove_with_empty_parents(run_dir, results_root)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -51,7 +53,8 @@ def _hydra_main(cfg: DictConfig) -> object:
             raise  # Hydra marks this cell failed and runs the others; the sweep exits 2 at the end
         sys.exit(exc.exit_code)
     except Interrupted as exc:
-        print(interrupted_line(exc, rerun=cfg.get("rerun") is True), file=sys.stderr)
+        if launch_rank() == 0:  # every process is stopped (Slurm and the launcher signal each): one line is enough
+            print(interrupted_line(exc, rerun=cfg.get("rerun") is True), file=sys.stderr)
         if made_now and only_log(run_dir, empty=False):
             remove_with_empty_parents(run_dir, results_root)
         if exc.then is not None:  # submitit's time-limit signal, now that training has its checkpoint:
@@ -173,7 +176,8 @@ def _main() -> None:
         HydraException,
         OmegaConfBaseException,
     ) as exc:
-        print(f"error: {explain(exc)}", file=sys.stderr)
+        if launch_rank() == 0:  # the same command line fails alike in every process of a launch: one line says it
+            print(f"error: {explain(exc)}", file=sys.stderr)
         sys.exit(2)
     except ValueError as exc:
         if raised_in_job(exc) or not str(exc).startswith("Only one of --run, --multirun"):
@@ -189,11 +193,12 @@ def _main() -> None:
         if raised_in_job(exc):  # the run's own I/O: not a question of where the user pointed it
             raise
         # Hydra making the run folder or its log (paths.results or hydra.run.dir is a file, or not writable)
-        print(
-            f"error: cannot make the run folder or its log ({exc.strerror or exc}: {exc.filename}); "
-            "point paths.results (or hydra.run.dir) at a folder you can write",
-            file=sys.stderr,
-        )
+        if launch_rank() == 0:
+            print(
+                f"error: cannot make the run folder or its log ({exc.strerror or exc}: {exc.filename}); "
+                "point paths.results (or hydra.run.dir) at a folder you can write",
+                file=sys.stderr,
+            )
         sys.exit(2)
     except Exception as exc:
         said = slurm_failure(exc)

@@ -5,6 +5,7 @@ class HarnessError(Exception):
     """A problem with the user's input or environment, reported as one line, exit code 2."""
 
     exit_code = 2
+    reported = False  # said already (by this process or, with several processes, by the main one): exit quietly
 
 
 def first_line(exc: BaseException | str) -> str:

@@ -1,5 +1,8 @@
-"""Ctrl-C and SIGTERM (Slurm preemption, requeue): stop at the next optimizer step with a checkpoint, then say
-in one line how to resume, instead of a traceback and lost steps.
+"""Ctrl-C, SIGTERM (Slurm preemption, requeue) and SIGUSR1 (`sbatch --signal=USR1@SECONDS`, a warning before the time
+limit): stop at the next optimizer step with a checkpoint, then say in one line how to resume, instead of a traceback
+and lost steps. Under `accelerate launch` on Slurm every process gets the scheduler's signal twice (from Slurm and
+from the launcher, which passes its own on): a repeated SIGTERM or SIGUSR1 while the stop is under way is the same
+request and is ignored (the scheduler ends the process itself if it takes too long); only a second Ctrl-C stops at once.
 
 Under Hydra's submitit launcher, Slurm also sends the job USR2 `signal_delay_s` before its time limit (submitit's
 `SUBMITIT_PREEMPT_SIGNAL`), and submitit's handler pickles the call, requeues the job and exits at once, wherever
@@ -18,7 +21,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+FORCE = signal.SIGINT
+"""While a stop is under way, only this signal (a second Ctrl-C at the terminal) interrupts at once."""
 
 
 def handed_over_signals() -> list[signal.Signals]:
@@ -26,7 +31,7 @@ def handed_over_signals() -> list[signal.Signals]:
     preemption signal submitit uses (USR2 unless $SUBMITIT_PREEMPT_SIGNAL names another), when a handler is set."""
     name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
     sig = getattr(signal, "SIG" + name, None)
-    if sig is None or sig in SIGNALS or not callable(signal.getsignal(sig)):
+    if sig is None or sig in (signal.SIGINT, signal.SIGTERM) or not callable(signal.getsignal(sig)):
         return []
     return [sig]
 
@@ -69,8 +74,8 @@ class StopFlag:
             self.then = self.then or functools.partial(self.handlers[signum], signum, None)
             self.signame = self.signame or name
             return
-        if self.training and self.signame is None:
-            self.signame = name
+        if self.training and (self.signame is None or signum != FORCE):
+            self.signame = self.signame or name  # a repeat (Slurm's and the launcher's SIGTERM) asks for the same stop
             return
         raise Interrupted(name)
 
@@ -86,7 +91,7 @@ def graceful_stop() -> Iterator[StopFlag]:
         yield StopFlag()
         return
     handed = handed_over_signals()
-    previous = {s: signal.getsignal(s) for s in (*SIGNALS, *handed)}
+    previous = {s: signal.getsignal(s) for s in (*(s for s in SIGNALS if s not in handed), *handed)}
     flag = StopFlag({s: previous[s] for s in handed})
     for s in previous:
         signal.signal(s, flag.handle)

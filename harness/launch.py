@@ -130,6 +130,14 @@ def step_tasks(env: Mapping[str, str]) -> int:
         return 1
 
 
+def launch_rank(env: Mapping[str, str] | None = None) -> int:
+    """This process's rank in its launch, known before torch.distributed starts: RANK (accelerate, torchrun, or
+    export_distributed_env), else SLURM_PROCID in a Slurm step of several tasks; 0 for a process alone."""
+    env = os.environ if env is None else env
+    value = env.get("RANK") or (env.get("SLURM_PROCID") if step_tasks(env) > 1 else None) or "0"
+    return int(value) if value.isdigit() else 0
+
+
 def export_distributed_env(env: MutableMapping[str, str] | None = None) -> bool:
     """Give a cell started as several tasks of one Slurm step (srun, as submitit runs it) the torch.distributed
     variables accelerate reads.

@@ -234,24 +234,31 @@ def complete_elsewhere(run_dir: Path, run_id: str, current: dict[str, Any]) -> P
 
 def run(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     """Run one cell end to end and write its record into run_dir (one process per cell at a time)."""
-    cfg = validate(cfg)
-    spec, params = prepare_selector(cfg)
-    ident = identity(cfg, spec.uses_budget)
-    run_id = identity_hash(ident)
-    rec = RunRecord(run_dir)
-    token = attempt_token()
-    # the checks that need neither the pool nor the accelerator, before either: another config, another selector file
-    check_record(rec, run_id, ident, {"selector_file_sha256": source_sha256(spec)}, cfg.rerun, token, locked=False)
     export_distributed_env()  # before anything asks for the rank
     main = runtime.is_main_process_env()
+    try:
+        cfg = validate(cfg)
+        spec, params = prepare_selector(cfg)
+        ident = identity(cfg, spec.uses_budget)
+        run_id = identity_hash(ident)
+        rec = RunRecord(run_dir)
+        token = attempt_token()
+        # the checks that need neither the pool nor the accelerator, before either: another config, another selector
+        check_record(rec, run_id, ident, {"selector_file_sha256": source_sha256(spec)}, cfg.rerun, token, locked=False)
+    except HarnessError as exc:  # every process checks the same input and fails alike: the main one says it
+        exc.reported = exc.reported or not main
+        raise
     lock = rec.lock()
-    held = None
-    if main:
+    accelerator = runtime.make_accelerator(cfg.train.mixed_precision, cfg.dist_timeout_minutes)
+
+    def take_lock() -> str | None:
         try:
             lock.acquire(wait=False)
         except LockHeld as exc:
-            held = describe_owner(exc.owner)
-    accelerator = runtime.make_accelerator(cfg.train.mixed_precision, cfg.dist_timeout_minutes)
+            return describe_owner(exc.owner)
+        return None
+
+    held = runtime.together(accelerator, take_lock, main_only=True)  # the main process's lock; the others hear of it
     held = broadcast_object_list([held])[0] if accelerator.num_processes > 1 else held
     if held is not None:
         if main:
@@ -295,51 +302,52 @@ def _run_locked(
     seeds = stage_seeds(cfg.seed, OmegaConf.to_container(cfg.seeds))
 
     # Stage 1: the pool, the evaluation tasks, the tokenizer. Bad input fails here, before anything is written.
+    # Every process loads them on its own (no collective): one that fails ends them all, and one line says why.
     log.info("stage 1/5: pool (%s)", cfg.data.name)
-    pool = load_pool(cfg.data, include_path=cfg.eval.include_path)
-    # What the folder holds, looked at again now that this process owns it, against everything a record depends on.
-    precision = resolved_precision(accelerator, cfg.model.dtype)
-    current = {"selector_file_sha256": source_sha256(spec), "pool_fingerprint": pool.fingerprint(), **precision}
-    verdict = check_record(rec, run_id, ident, current, cfg.rerun, token)
-    # The evaluation tasks are written into the cache (which may lie inside this folder) and then fingerprinted:
-    # a record scored on since-edited tasks or their data is not this config's either.
-    tasks = evaluation.resolve_tasks(cfg.eval, pool, cache)
-    eval_tasks_sha256 = evaluation.tasks_fingerprint(tasks, cfg.eval.include_path)
-    if verdict in ("complete", "resume"):
-        current["eval_tasks_sha256"] = eval_tasks_sha256
+
+    def stage_one() -> tuple:
+        pool = load_pool(cfg.data, include_path=cfg.eval.include_path)
+        # What the folder holds, looked at again now that this process owns it, against everything a record uses.
+        precision = resolved_precision(accelerator, cfg.model.dtype)
+        current = {"selector_file_sha256": source_sha256(spec), "pool_fingerprint": pool.fingerprint(), **precision}
         verdict = check_record(rec, run_id, ident, current, cfg.rerun, token)
+        # The evaluation tasks are written into the cache (which may lie inside this folder) and then fingerprinted:
+        # a record scored on since-edited tasks or their data is not this config's either.
+        tasks = evaluation.resolve_tasks(cfg.eval, pool, cache)
+        eval_tasks_sha256 = evaluation.tasks_fingerprint(tasks, cfg.eval.include_path)
+        if verdict in ("complete", "resume"):
+            current["eval_tasks_sha256"] = eval_tasks_sha256
+            verdict = check_record(rec, run_id, ident, current, cfg.rerun, token)
+        if verdict == "complete":
+            return pool, precision, current, verdict, tasks, eval_tasks_sha256, None, None, None
+        current["eval_tasks_sha256"] = eval_tasks_sha256
+        eval_options = evaluation.evaluate_options(cfg.eval, pool)
+        tokenizer = load_tokenizer(pool, cfg.model, cache)
+        pretrained = cfg.model.source == "pretrained"  # base models ship no template: model.chat_template gives one
+        evaluation.check_chat_template(tokenizer, pool.chat_template, "data.chat_template=true", pretrained=pretrained)
+        evaluation.check_chat_template(tokenizer, eval_options["apply_chat_template"], pretrained=pretrained)
+        tokens = tokenize_pool(pool, tokenizer, cfg.model.max_length, cfg.model.add_bos_token, cache)
+        return pool, precision, current, verdict, tasks, eval_tasks_sha256, eval_options, tokenizer, tokens
+
+    pool, precision, current, verdict, tasks, eval_tasks_sha256, eval_options, tokenizer, tokens = runtime.together(
+        accelerator, stage_one
+    )
     if verdict == "complete":
         if accelerator.is_main_process:
             print(f"already complete: {run_dir} (pass rerun=true to run it again; the old record is archived)")
         return RunOutcome(run_dir=Path(run_dir), skipped=True, reason="complete")
-    elsewhere = (
-        None if cfg.rerun else complete_elsewhere(run_dir, run_id, {**current, "eval_tasks_sha256": eval_tasks_sha256})
-    )
+    elsewhere = None if cfg.rerun else complete_elsewhere(run_dir, run_id, current)
     if elsewhere is not None:  # the same cell under another spelling of its overrides: never paid for twice
         if accelerator.is_main_process:
             again = "pass rerun=true to train it again in that folder"
             print(f"already complete: {elsewhere} (the same cell as {run_dir}; {again})")
         return RunOutcome(run_dir=elsewhere, skipped=True, reason="complete")
-    # The tracker starts before the selection, so a logger that cannot start fails here, not hours later; its files
-    # live outside the run folder (see harness.tracking).
-    tracker, failed = None, None
-    if accelerator.is_main_process:
-        try:
-            tracker = make_tracker(cfg, tracker_dir(cfg), "/".join(Path(run_dir).parts[-4:]))
-        except HarnessError as exc:
-            failed = str(exc)
-        if tracker is not None and on_exit is not None:
-            on_exit.enter_context(tracker)
-    if accelerator.num_processes > 1:  # every process stops, not the main one alone (the others would wait for it)
-        failed = broadcast_object_list([failed])[0]
-    if failed is not None:
-        raise HarnessError(failed)
-    eval_options = evaluation.evaluate_options(cfg.eval, pool)
-    tokenizer = load_tokenizer(pool, cfg.model, cache)
-    pretrained = cfg.model.source == "pretrained"  # base models ship no template: model.chat_template gives one
-    evaluation.check_chat_template(tokenizer, pool.chat_template, "data.chat_template=true", pretrained=pretrained)
-    evaluation.check_chat_template(tokenizer, eval_options["apply_chat_template"], pretrained=pretrained)
-    tokens = tokenize_pool(pool, tokenizer, cfg.model.max_length, cfg.model.add_bos_token, cache)
+    # The tracker starts before the selection, so a logger that cannot start fails here, not hours later (and every
+    # process stops with it); its files live outside the run folder (see harness.tracking).
+    name = "/".join(Path(run_dir).parts[-4:])
+    tracker = runtime.together(accelerator, lambda: make_tracker(cfg, tracker_dir(cfg), name), main_only=True)
+    if tracker is not None and on_exit is not None:
+        on_exit.enter_context(tracker)
     timings["pool_seconds"] = time.perf_counter() - clock
     model_id = pool.fingerprint() + str(model_description(cfg.model))
 
@@ -366,17 +374,18 @@ def _run_locked(
             batch_size=cfg.eval.batch_size,
         )
         targets = target_tasks(tasks, pool)
-        selection, k, plan = select(spec, params, pool, tokens, budget, seeds["selection"], plan_for, signals, targets)
+        # in lockstep: a selector's check of its input fails on every process at the same point, and one line says it
+        selection, k, plan = runtime.together(
+            accelerator,
+            lambda: select(spec, params, pool, tokens, budget, seeds["selection"], plan_for, signals, targets),
+        )
     if accelerator.num_processes > 1:
         selection = broadcast_object_list([selection])[0]
     epochs = training_epochs(selection, pool, plan.epochs)
     recipe = {**recipe_of(cfg.train), "max_steps": plan.max_steps}
     if verdict != "archive":
-        check_resumable(run_dir, plan_fingerprint(epochs, recipe, seeds["order"], model_id))
-    if verdict == "archive" and accelerator.is_main_process:  # every input is checked: what is there moves aside now
-        moved = rec.archive()
-        if moved:
-            log.info("rerun: earlier record moved to %s", moved)
+        fingerprint = plan_fingerprint(epochs, recipe, seeds["order"], model_id)
+        runtime.together(accelerator, lambda: check_resumable(run_dir, fingerprint))
     if manifest is None:
         manifest = build_manifest(cfg, spec, params, pool, selection, k, budget, seeds, ident, run_id, plan)
     manifest.update(
@@ -387,16 +396,22 @@ def _run_locked(
         attempt_token=token,
         tracker=tracker.describe() if tracker is not None else None,
     )
-    if accelerator.is_main_process:  # the manifest first: a folder with files of a run always has it
-        rec.write_manifest(manifest)
+
+    def start_record() -> None:
+        if verdict == "archive":  # every input is checked: what is there moves aside now
+            moved = rec.archive()
+            if moved:
+                log.info("rerun: earlier record moved to %s", moved)
+        rec.write_manifest(manifest)  # the manifest first: a folder with files of a run always has it
         rec.write_config(OmegaConf.to_yaml(cfg))
         if selection.scores is not None:
             rec.write_scores(selection.scores)
-    accelerator.wait_for_everyone()
+
+    runtime.together(accelerator, start_record, main_only=True)  # the others wait, and stop if it fails
 
     # Stage 3: train.
     log.info("stage 3/5: train (%d steps, compute=%s)", plan.steps, plan.compute)
-    model = build_model(cfg.model, tokenizer, seeds["init"])
+    model = runtime.together(accelerator, lambda: build_model(cfg.model, tokenizer, seeds["init"]))
     outcome = train(
         model,
         tokens,
@@ -415,9 +430,8 @@ def _run_locked(
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    # Stage 4: evaluate (on the main process: lm-eval on the in-memory model).
-    results = None
-    if accelerator.is_main_process:
+    # Stage 4: evaluate (on the main process: lm-eval on the in-memory model; the others wait, and stop if it fails).
+    def evaluate_and_record() -> pd.DataFrame:
         log.info("stage 4/5: evaluate (%d lm-eval tasks)", len(tasks))
         start = time.perf_counter()
         evaluated = evaluation.evaluate(
@@ -453,7 +467,9 @@ def _run_locked(
         tracker.table("results", results)
         tracker.finish()
         print_summary(manifest, results, run_dir)
-    accelerator.wait_for_everyone()
+        return results
+
+    results = runtime.together(accelerator, evaluate_and_record, main_only=True)
     return RunOutcome(run_dir=Path(run_dir), skipped=False, manifest=manifest, results=results)
 
 

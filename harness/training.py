@@ -27,6 +27,7 @@ from transformers import get_scheduler
 from harness.config import FLOAT16_TRAINING
 from harness.errors import HarnessError
 from harness.interrupt import Interrupted, StopFlag
+from harness.runtime import together
 from harness.seeding import stage_rng
 from harness.storage import atomic_write_text
 from harness.tokenization import TokenizedPool
@@ -424,8 +425,7 @@ def train(
     model.train()
     rank, world = accelerator.process_index, accelerator.num_processes
     log_path = Path(run_dir) / "train_log.jsonl"
-    if accelerator.is_main_process:
-        trim_log(log_path, start)
+    together(accelerator, lambda: trim_log(log_path, start), main_only=True)
     seen_examples = sum(len(rows) for _, rows in batches[:start])
     seen_tokens = int(sum(data.lengths[rows].sum() for _, rows in batches[:start]))
     seen_response = sum(response_token_count(data, rows) for _, rows in batches[:start])
@@ -493,7 +493,8 @@ def train(
             stopping = _any_process(stop is not None and stop.requested, accelerator)
             if done % cfg.checkpoint_every == 0 or epoch_end or stopping:
                 rank_rng = gather_rng_states(accelerator)  # every process, before the main one writes
-                if accelerator.is_main_process:
+
+                def write(done=done, epoch=epoch, epoch_end=epoch_end, loss=loss_value, rank_rng=rank_rng) -> None:
                     # the kept epoch checkpoint first: a resume point past an epoch's end implies its checkpoint
                     if epoch_end and epoch_checkpoints is not None:
                         avg_lr = float(np.mean([r for (e, _), r in zip(batches, rates) if e == epoch]))
@@ -506,10 +507,11 @@ def train(
                         scheduler,
                         fingerprint,
                         clock_now(done),
-                        loss_value,
+                        loss,
                         rank_rng=rank_rng,
                     )
-                accelerator.wait_for_everyone()
+
+                together(accelerator, write, main_only=True)  # the others wait, and stop if the main one cannot write
             if stopping:
                 raise Interrupted(stop.signame or "SIGTERM", step=done, stage="training")
             if on_step is not None:

@@ -85,3 +85,47 @@ def test_a_cell_warned_by_submitit_checkpoints_before_submitit_requeues_it(tmp_p
     (line,) = [x for x in err.splitlines() if x.startswith("stopped by SIGUSR2")]
     step = int(line.rsplit(" ", 1)[1])
     assert step >= 3 and (cell / "checkpoints" / f"step-{step:08d}").is_dir()  # saved at the stop, not lost
+
+
+def test_a_repeated_stop_signal_waits_for_the_checkpoint_but_a_second_ctrl_c_does_not():
+    """Under `accelerate launch` on Slurm each process gets SIGTERM twice (Slurm's and the launcher's): the second is
+    the same request, not an order to drop the step in progress; a second Ctrl-C at the terminal still stops at once."""
+    with graceful_stop() as stop:
+        stop.training = True
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signame == "SIGTERM"
+        with pytest.raises(Interrupted) as caught:
+            os.kill(os.getpid(), signal.SIGINT)
+        assert caught.value.signame == "SIGINT"
+
+
+def test_sigusr1_stops_training_at_a_checkpoint():
+    """`sbatch --signal=USR1@90` warns before the time limit: training stops at its next checkpoint (by default the
+    signal would end the process mid-step, losing every step since the last checkpoint)."""
+    previous = signal.getsignal(signal.SIGUSR1)
+    with graceful_stop() as stop:
+        assert signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None)
+        stop.training = True
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.requested and stop.signame == "SIGUSR1"
+    assert signal.getsignal(signal.SIGUSR1) is previous
+    assert Interrupted("SIGUSR1", step=3).exit_code == 128 + signal.SIGUSR1
+
+
+def test_submitits_signal_may_be_usr1(monkeypatch):
+    """SUBMITIT_PREEMPT_SIGNAL=USR1: USR1 is submitit's, so its handler runs after the checkpoint (not a plain stop)."""
+    calls: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: calls.append(signum))
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")
+    try:
+        with pytest.raises(Interrupted) as caught:
+            with graceful_stop() as stop:
+                stop.training = True
+                os.kill(os.getpid(), signal.SIGUSR1)
+                assert stop.requested and calls == []
+                raise Interrupted(stop.signame, step=5, stage="training")
+        caught.value.then()
+        assert calls == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

@@ -31,6 +31,7 @@ from harness.errors import HarnessError
 from harness.locking import HeartbeatLock
 from harness.modeling import build_model, matching_parameters, meta_model, model_description, resolved_precision
 from harness.pool import Pool
+from harness.runtime import together
 from harness.seeding import stage_rng, stream_seed
 from harness.signals.projection import generator_identity
 from harness.storage import atomic_write_json, share_mode
@@ -134,9 +135,12 @@ class SignalService:
         lock = HeartbeatLock(path.parent / f"{key}.lock")
         missing = self._agree(not (path / DONE).exists())
         if missing:
-            if self.main:
+
+            def take_lock() -> None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 lock.acquire()
+
+            together(self.accelerator, take_lock, main_only=True)  # the others wait, and stop if it fails
             try:
                 if self._agree(not (path / DONE).exists()):
                     self._build(name, spec, path, build)
@@ -151,12 +155,14 @@ class SignalService:
 
     def _build(self, name: str, spec: dict[str, Any], path: Path, build: Callable[[Path], None]) -> None:
         work = path.with_name(path.name + ".partial")  # kept across interruptions: shards already done stay
-        if self.main:
+
+        def make_work() -> None:
             if work.exists():
                 log.info("signal %s/%s: continuing an interrupted computation", name, path.name)
             work.mkdir(parents=True, exist_ok=True)
             share_mode(work, is_dir=True)
-        self._barrier()
+
+        together(self.accelerator, make_work, main_only=True)
         done_before = work / "seconds.json"
         prior = json.loads(done_before.read_text())["seconds"] if done_before.exists() else 0.0
         frame = {"inner_wall": 0.0, "inner_recorded": 0.0}
@@ -164,9 +170,8 @@ class SignalService:
         start = time.perf_counter()
         if self.main:
             log.info("signal %s: computing (%s)%s", name, path.name, f" on {self.world} processes" * (self.world > 1))
-        try:
-            build(work)
-            self._barrier()
+        try:  # a failure in any process's part (or the main one's writing at its end) stops every process
+            together(self.accelerator, lambda: build(work))
         finally:
             wall = time.perf_counter() - start
             self._stack.pop()
@@ -176,7 +181,8 @@ class SignalService:
         seconds = own + frame["inner_recorded"]
         if self._stack:  # this build ran inside another one: its wall time is inside the parent's
             self._stack[-1]["inner_wall"] += wall
-        if self.main:
+
+        def commit() -> None:
             meta = {"name": name, "spec": spec, "seconds": round(seconds, 3), "base": self._base}
             atomic_write_json(work / DONE, meta)
             if (path / DONE).exists():  # finished elsewhere meanwhile (a lock broken as stale): readers keep theirs
@@ -186,7 +192,8 @@ class SignalService:
                 if path.exists():  # a stale folder without its completion marker
                     shutil.rmtree(path)
                 os.replace(work, path)
-        self._barrier()
+
+        together(self.accelerator, commit, main_only=True)
 
     def shard_rows(self, n: int) -> np.ndarray:
         """The rows of 0..n-1 this process computes when several processes share a signal (every world-th)."""
