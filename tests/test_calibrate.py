@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pandas as pd
+
 from harness import REPO_ROOT
 from harness.report.synthetic import write_sweep
 
@@ -35,3 +37,19 @@ def test_a_folder_without_the_full_cell_says_so(tmp_path):
     done = calibrate("--results", str(tmp_path), "--no-run", "--seeds", "0")
     assert done.returncode != 0 and "no complete `full` cell" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_archived_records_beside_a_live_one_are_left_out(tmp_path):
+    """rerun=true moves an earlier attempt (often of another configuration of the cell) into archive/: the table
+    reads the live record only (it refused the folder as holding several records of the cell)."""
+    write_sweep(tmp_path / "runs", selectors=("random",), budgets=(0.05,), seeds=(0,), n_per_task=5)
+    live = next(p for p in (tmp_path / "runs").glob("**/results.csv") if "full" in p.parts)
+    old = live.parent / "archive" / "20200101-000000"
+    old.mkdir(parents=True)
+    frame = pd.read_csv(live)
+    frame["value"] = 0.0  # another configuration's (worse) result
+    frame.to_csv(old / "results.csv", index=False)
+    done = calibrate("--results", str(tmp_path), "--no-run", "--seeds", "0", "--budgets", "0.05")
+    assert done.returncode == 0, done.stderr
+    full_row = next(line for line in done.stdout.splitlines() if line.startswith("| full"))
+    assert "0.000 ±" not in full_row, done.stdout

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.report.load import ARCHIVE
+
 
 def run_cells(results: Path, seeds: list[int], budgets: list[float], extra: list[str]) -> None:
     """Every (selector, budget, seed) cell through `python -m harness -m`; complete cells are skipped."""
@@ -40,7 +42,10 @@ def run_cells(results: Path, seeds: list[int], budgets: list[float], extra: list
 def load(results: Path, seeds: list[int], budgets: list[float]) -> pd.DataFrame:
     """Accuracy rows of the calibration cells only: `full`, and `random` at the asked budgets, of the asked seeds.
     The folder may hold a whole sweep (other selectors, parameter variants, other budgets): those are left out."""
-    frames = [pd.read_csv(p) for p in sorted(results.glob("runs/**/results.csv"))]
+    paths = sorted(results.glob("runs/**/results.csv"))
+    # live records only: an archive/ folder holds an earlier attempt that rerun=true moved aside (often of another
+    # configuration of the same cell), never the cell's current result
+    frames = [pd.read_csv(p) for p in paths if ARCHIVE not in p.relative_to(results).parts]
     if not frames:
         raise SystemExit(f"no complete runs under {results}")
     table = pd.concat(frames, ignore_index=True)
