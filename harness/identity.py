@@ -76,6 +76,13 @@ def identity(cfg: DictConfig | dict[str, Any], uses_budget: bool = True) -> dict
     return out
 
 
+def comparable_params(selector: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A selector's parameters without those the identity leaves out (ADDED_LATER at their neutral value, INERT_WHEN
+    where they cannot act), so a report does not tell apart records made before and after such a key was added."""
+    ident = identity({"selector": {"name": selector, **params}})["selector"]
+    return {k: v for k, v in ident.items() if k != "name"}
+
+
 def identity_hash(ident: dict[str, Any], length: int = 12) -> str:
     """A short stable hash of an identity (the run id)."""
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:length]

@@ -219,3 +219,25 @@ def test_cluster_score_leaves_one_round_run_ids_as_they_were():
     three_pool = {**three, "selector": {**three["selector"], "cluster_score": "pool"}}
     three_before = {**three, "selector": before["selector"] | {"rounds": 3}}
     assert len({identity_hash(identity(t)) for t in (three, three_pool, three_before)}) == 3
+
+
+def test_a_report_keeps_one_round_records_from_before_and_after_the_key_in_one_row(tmp_path):
+    """Seed 0 recorded before cluster_score existed, seed 1 after: one row at rounds=1 (the key cannot act there),
+    two rows at rounds=3 (the earlier record scored clusters by the pool)."""
+    from harness.report import Settings, build_report
+    from harness.report.synthetic import write_run
+
+    base = {"embedding": "tfidf", "n_clusters": 600, "temperature": 1.0, "round_epochs": 1}
+    for rounds, budget in ((1, 0.1), (3, 0.2)):
+        before, after = {**base, "rounds": rounds}, {**base, "rounds": rounds, "cluster_score": "selected"}
+        for seed, params in ((0, before), (1, after)):
+            write_run(tmp_path, "random", budget, seed)
+            run_id = f"d{rounds}{seed}" * 4
+            write_run(tmp_path, "diversity", budget, seed, selector_params=params, variant="diversity", run_id=run_id)
+    (table,) = build_report(tmp_path, Settings(n_boot=100), tmp_path / "out", ["acc"]).tables.values()
+    rows = table[table["selector"] == "diversity"].set_index(["variant", "budget"])["seeds"].to_dict()
+    assert rows == {
+        ("diversity{cluster_score=-,rounds=1}", 0.1): "0 1",
+        ("diversity{cluster_score=-,rounds=3}", 0.2): "0",
+        ("diversity{cluster_score=selected,rounds=3}", 0.2): "1",
+    }, rows
