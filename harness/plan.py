@@ -149,6 +149,10 @@ def warmup_job(
     return SignalJob(WARMUP, _key(key), flops, steps, f"{n_rows:,} examples x {epochs} epoch(s)")
 
 
+SUBSET = "of what is selected so far"
+"""How the plan names a per-example pass over a selection rather than the pool (iterative kMQ's loss pass)."""
+
+
 def pass_job(
     name: str, warm: SignalJob, size: ModelSize, n_pool: int, tokens_per_example: int, rows: Any = None
 ) -> SignalJob:
@@ -163,8 +167,9 @@ def pass_job(
         per_example = training_flops(size.params, size.trainable, t) + 2 * size.trainable
     else:
         per_example = 2 * size.params * t
-    key = [warm.key, name] if rows is None else [warm.key, name, rows]
-    return SignalJob(PASS, _key(key), per_example * n_pool, what=name)
+    if rows is None:
+        return SignalJob(PASS, _key([warm.key, name]), per_example * n_pool, what=name)
+    return SignalJob(PASS, _key([warm.key, name, rows]), per_example * n_pool, what=f"{name} {SUBSET}")
 
 
 def selection_jobs(
@@ -240,9 +245,9 @@ def jobs_line(jobs: list[SignalJob]) -> str | None:
         )
     if passes:
         names = sorted({j.what for j in passes})
+        over = "" if any(j.what.endswith(SUBSET) for j in passes) else " over the pool"
         parts.append(
-            f"{len(passes)} per-example pass(es) over the pool ({', '.join(names)}), "
-            f"{sum(j.flops for j in passes):.2e} FLOPs"
+            f"{len(passes)} per-example pass(es){over} ({', '.join(names)}), {sum(j.flops for j in passes):.2e} FLOPs"
         )
     return "selection signals: " + "; ".join(parts) + " (a sweep's total counts each one its cells share once)"
 
