@@ -31,6 +31,12 @@ ADDED_LATER = {"model.chat_template": None}
 """Keys added after records existed, left out of the identity while they hold this value (which is what the
 records made before them did), so that adding an option never changes the run ids of existing cells."""
 
+INERT_WHEN = {"selector.cluster_score": {"selector.name": "diversity", "selector.rounds": 1}}
+"""Keys added after records existed that cannot act while other keys hold these values (kMQ's cluster score: with
+one round no cluster is ever scored), left out of the identity then, whatever their value: adding such an option
+changes no existing run id, and where it acts (rounds > 1) it always counts, so a record made before it (which
+scored clusters another way) is never taken for a run of its new default."""
+
 NOT_IN_NAME = ("paths", "logger", "rerun", "plugins", "num_threads", "dist_timeout_minutes", *NOT_IDENTITY)
 """Overrides that never show in a run folder's name (they are not part of the identity)."""
 
@@ -62,9 +68,19 @@ def identity(cfg: DictConfig | dict[str, Any], uses_budget: bool = True) -> dict
     for key, neutral in ADDED_LATER.items():
         if key in flat and flat[key] == neutral:
             _drop(out, key)
+    for key, when in INERT_WHEN.items():
+        if key in flat and all(flat.get(k, "<absent>") == v for k, v in when.items()):
+            _drop(out, key)
     if not uses_budget:
         out["budget"] = 1.0
     return out
+
+
+def comparable_params(selector: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A selector's parameters without those the identity leaves out (ADDED_LATER at their neutral value, INERT_WHEN
+    where they cannot act), so a report does not tell apart records made before and after such a key was added."""
+    ident = identity({"selector": {"name": selector, **params}})["selector"]
+    return {k: v for k, v in ident.items() if k != "name"}
 
 
 def identity_hash(ident: dict[str, Any], length: int = 12) -> str:

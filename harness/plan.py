@@ -149,10 +149,17 @@ def warmup_job(
     return SignalJob(WARMUP, _key(key), flops, steps, f"{n_rows:,} examples x {epochs} epoch(s)")
 
 
-def pass_job(name: str, warm: SignalJob, size: ModelSize, n_pool: int, tokens_per_example: int) -> SignalJob:
-    """A per-example pass over the pool at a warm-up's last checkpoint: `losses` (loss and EL2N) and `embeddings`
-    are one forward pass per example (2*P*T); `grad_norms` is a forward and backward pass per example with the
-    weight gradients of the trainable parameters, then their norm (2*P_trainable)."""
+SUBSET = "of what is selected so far"
+"""How the plan names a per-example pass over a selection rather than the pool (iterative kMQ's loss pass)."""
+
+
+def pass_job(
+    name: str, warm: SignalJob, size: ModelSize, n_pool: int, tokens_per_example: int, rows: Any = None
+) -> SignalJob:
+    """A per-example pass over the pool at a warm-up's last checkpoint, or over `rows` only (n_pool of them, keyed
+    by `rows`): `losses` (loss and EL2N) and `embeddings` are one forward pass per example (2*P*T); `grad_norms` is a
+    forward and backward pass per example with the weight gradients of the trainable parameters, then their norm
+    (2*P_trainable)."""
     from harness.training import training_flops
 
     t = tokens_per_example
@@ -160,7 +167,9 @@ def pass_job(name: str, warm: SignalJob, size: ModelSize, n_pool: int, tokens_pe
         per_example = training_flops(size.params, size.trainable, t) + 2 * size.trainable
     else:
         per_example = 2 * size.params * t
-    return SignalJob(PASS, _key([warm.key, name]), per_example * n_pool, what=name)
+    if rows is None:
+        return SignalJob(PASS, _key([warm.key, name]), per_example * n_pool, what=name)
+    return SignalJob(PASS, _key([warm.key, name, rows]), per_example * n_pool, what=f"{name} {SUBSET}")
 
 
 def selection_jobs(
@@ -175,7 +184,8 @@ def selection_jobs(
     """The signals one cell's selection computes (warm-ups, per-example passes, gradient stores), from the selector's
     own warm-up settings: EL2N and GraNd one warm-up per warm-up seed and a pass (losses, gradient norms) over each;
     diversity's RDS+ embeddings over the first of those warm-ups, and for rounds > 1 one warm-up per later round on
-    what is selected so far (about k*r/rounds examples: this cell's own, `cell` tells them apart) with a loss pass;
+    what is selected so far (about k*r/rounds examples: this cell's own, `cell` tells them apart) with a loss pass
+    over those examples (cluster_score=selected) or over the pool (cluster_score=pool);
     influence and BIDS their LESS warm-up and gradient store (less_costs). Selectors without signals: none."""
     from harness.scores import SCORE_DEFAULTS, warmup_stream_seed
     from harness.seeding import stage_seeds
@@ -213,7 +223,10 @@ def selection_jobs(
         rows = ["selected so far", cell, r]
         chosen = max(1, k * r // rounds)
         warm = warmup_job(cfg, size, t, n_rows=chosen, epochs=int(s.get("round_epochs", 1)), seed=None, rows=rows)
-        jobs += [warm, pass_job("losses", warm, size, n_pool, t)]
+        if s.get("cluster_score", "selected") == "selected":  # the losses of the examples the round's model trained on
+            jobs += [warm, pass_job("losses", warm, size, chosen, t, rows=rows)]
+        else:
+            jobs += [warm, pass_job("losses", warm, size, n_pool, t)]
     return jobs
 
 
@@ -232,9 +245,9 @@ def jobs_line(jobs: list[SignalJob]) -> str | None:
         )
     if passes:
         names = sorted({j.what for j in passes})
+        over = "" if any(j.what.endswith(SUBSET) for j in passes) else " over the pool"
         parts.append(
-            f"{len(passes)} per-example pass(es) over the pool ({', '.join(names)}), "
-            f"{sum(j.flops for j in passes):.2e} FLOPs"
+            f"{len(passes)} per-example pass(es){over} ({', '.join(names)}), {sum(j.flops for j in passes):.2e} FLOPs"
         )
     return "selection signals: " + "; ".join(parts) + " (a sweep's total counts each one its cells share once)"
 

@@ -9,10 +9,18 @@
     rounds = 1 (kMQ): take an equal quota min(k / K, |cluster|) uniformly at random from every cluster,
         redistributing what small clusters cannot fill; when K does not divide k (or K > k), the clusters that take
         one more are drawn at random, never by k-means label (labels follow the seeding order)
-    rounds = R > 1 (iterative kMQ): round 1 takes k / R by equal quota; before each later round, train the proxy on
-        what is selected so far, score each cluster by the current model's mean loss on its examples (the authors'
-        loss option; they also use a reward model), turn scores into weights softmax(score / temperature), and
-        draw that round's share of the budget from the unselected examples of each cluster accordingly
+    rounds = R > 1 (iterative kMQ): round 1 takes k / R by equal quota; then, before each later round,
+        train the proxy on what is selected so far
+        score each cluster by how much that model still gets wrong there: the mean loss of the cluster's examples
+            selected so far, the ones it trained on (cluster_score=selected, default, the authors' rule; they score
+            with a reward model, gold minus generated reward, and name loss as the other option), or of all its
+            members (cluster_score=pool). A cluster with nothing selected yet (K > k / R leaves some) gets the mean
+            of the scored clusters' scores: with no evidence either way, a neutral prior that keeps its examples
+            drawable (the authors' K and budget leave no cluster unscored; their code assumes none is)
+        weights = softmax(score / temperature) (temperature 1: the authors' plain softmax)
+        draw the round's share of k from the unselected examples of each cluster by these weights, redrawing what a
+            cluster cannot fill among the others so that the selection holds exactly k (the authors' code leaves
+            that shortfall unfilled; a fair comparison needs every method at the same budget)
 Authors' defaults: K = 4096 for a 5% budget of a large pool, K = 512 with 3 rounds for the iterative variant.
 """
 
@@ -36,6 +44,8 @@ def check(params: dict) -> None:
     if params["embedding"] not in EMBEDDINGS:
         raise HarnessError(f"unknown embedding {params['embedding']!r}; use one of {list(EMBEDDINGS)}")
     whole(params, "round_epochs", 1)
+    if params["cluster_score"] not in CLUSTER_SCORES:
+        raise HarnessError(f"unknown cluster_score {params['cluster_score']!r}; use one of {list(CLUSTER_SCORES)}")
 
 
 EMBEDDINGS = ("rds", "tfidf")
@@ -80,11 +90,27 @@ def weighted_quotas(rng: np.random.Generator, sizes: np.ndarray, weights: np.nda
     return quota
 
 
-def loss_weights(loss: np.ndarray, labels: np.ndarray, sizes: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(mean loss of each cluster / temperature); a cluster k-means left empty (identical vectors) gets 0."""
-    filled = sizes > 0
-    mean = np.bincount(labels, weights=loss, minlength=len(sizes)) / np.maximum(sizes, 1)
-    score = np.where(filled, mean, -np.inf)
+CLUSTER_SCORES = ("selected", "pool")
+"""Whose losses score a cluster in the iterative rounds: its examples selected so far (the authors') or all its
+members."""
+
+
+def cluster_weights(
+    loss: np.ndarray, labels: np.ndarray, sizes: np.ndarray, temperature: float, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """softmax(score / temperature) per cluster, a cluster's score the mean loss of its scored examples: `rows` (the
+    rows `loss` belongs to, in order) or, if None, the whole pool. A cluster with members but no scored example
+    gets the mean of the scored clusters' scores; one k-means left empty (identical vectors) gets weight 0."""
+    rows = np.arange(len(labels)) if rows is None else np.asarray(rows)
+    scored_labels = labels[rows]
+    counts = np.bincount(scored_labels, minlength=len(sizes))
+    mean = np.bincount(scored_labels, weights=np.asarray(loss, dtype=np.float64), minlength=len(sizes))
+    scored = counts > 0
+    mean = mean / np.maximum(counts, 1)
+    prior = mean[scored].mean() if scored.any() else 0.0
+    score = np.where(scored, mean, prior)
+    filled = np.asarray(sizes) > 0
+    score = np.where(filled, score, -np.inf)
     weights = np.exp((score - score[filled].max()) / temperature)
     return weights / weights.sum()
 
@@ -97,11 +123,13 @@ def select(
     embedding: str = "rds",
     rounds: int = 1,
     temperature: float = 1.0,
+    cluster_score: str = "selected",
     round_epochs: int = 1,
     warmup_epochs: int = 1,
     warmup_fraction: float = 1.0,
 ) -> Selection:
-    """Equal quota per k-means cluster of RDS+ embeddings; iteratively re-weighted by loss when rounds > 1."""
+    """Equal quota per k-means cluster of RDS+ embeddings; when rounds > 1, later rounds re-weighted by the clusters'
+    losses under a proxy trained on the selection so far."""
     n, k = ctx.pool.n, ctx.k
     clusters = n_clusters if n_clusters is not None else default_clusters(n)
     if clusters > n:
@@ -124,12 +152,17 @@ def select(
             break
         available[chosen] = False
         model = ctx.signals.warmup(epochs=round_epochs, seed=warmup_seed(ctx, 100 + r), ids=list(ctx.pool.ids[chosen]))
-        loss = np.asarray(ctx.signals.losses(model)["loss"], dtype=np.float64)
-        weights = loss_weights(loss, labels, sizes, temperature)
+        if cluster_score == "selected":  # a loss pass over the rows this model trained on only (about k*r/R of N)
+            scored = np.sort(chosen)
+            loss = ctx.signals.losses(model, rows=scored)["loss"]
+            unscored = int(np.sum(np.bincount(labels[chosen], minlength=clusters) == 0) - np.sum(sizes == 0))
+        else:  # the pool-wide loss signal
+            scored, loss, unscored = None, ctx.signals.losses(model)["loss"], 0
+        weights = cluster_weights(np.asarray(loss, dtype=np.float64), labels, sizes, temperature, scored)
         left = np.bincount(labels[available], minlength=clusters)
         quotas = weighted_quotas(rng, left, weights, shares[r])
         chosen = np.concatenate([chosen, draw(rng, labels, available, quotas)])
-        history.append({"round": r + 1, "weights_max": float(weights.max() / weights.sum())})
+        history.append({"round": r + 1, "weights_max": float(weights.max()), "unscored_clusters": unscored})
     return Selection(
         ids=list(ctx.pool.ids[np.sort(chosen)]),
         info={"n_clusters": clusters, "cluster_sizes_min_max": [int(sizes.min()), int(sizes.max())], "rounds": history},

@@ -130,6 +130,7 @@ def test_rejected_run_never_removes_an_existing_record(harness_cli, tmp_path):
         (["selector=diversity", "selector.n_clusters=100000"], ["n_clusters=100000", "more than the 300"]),
         (["selector=diversity", "selector.temperature=0"], ["temperature must be a number > 0"]),
         (["selector=el2n", "selector.warmup_schedule=later"], ["unknown warmup_schedule 'later'", "run"]),
+        (["selector=diversity", "selector.cluster_score=gold"], ["unknown cluster_score 'gold'", "'selected', 'pool'"]),
         (["selector=grand", "selector.warmup_seeds=1.5"], ["warmup_seeds must be a whole number", "1.5"]),
         (["selector=diversity", "selector.n_clusters=2.5"], ["n_clusters must be a whole number", "2.5"]),
         (["selector=diversity", "selector.temperature=nan"], ["temperature must be a number > 0", "nan"]),

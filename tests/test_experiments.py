@@ -188,7 +188,7 @@ def test_plan_counts_the_warmups_and_passes_of_score_selectors_once_per_seed(mon
         monkeypatch, capsys, ["selector=diversity", "selector.embedding=rds", "selector.rounds=3", "budget=0.1,0.2"]
     )
     assert "(2 training run(s), 5 warm-up(s), 0 gradient store(s), 5 per-example pass(es))" in out, out
-    assert "(embeddings, losses)" in out, out
+    assert "(embeddings, losses of what is selected so far)" in out, out  # cluster_score=selected: the round's rows
 
 
 def test_diversity_shares_its_warmup_with_el2n_as_the_signal_cache_does(monkeypatch):

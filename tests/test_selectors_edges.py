@@ -46,9 +46,10 @@ class FakeSignals:
     def embeddings(self, warm) -> np.ndarray:
         return self.vectors
 
-    def losses(self, warm) -> dict[str, np.ndarray]:
+    def losses(self, warm, rows=None) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(warm % (2**32))
-        return {"loss": rng.random(len(self.vectors)), "el2n": rng.random(len(self.vectors))}
+        every = {"loss": rng.random(len(self.vectors)), "el2n": rng.random(len(self.vectors))}
+        return every if rows is None else {name: values[rows] for name, values in every.items()}
 
     def grad_norms(self, warm) -> np.ndarray:
         return np.random.default_rng(warm % (2**32) + 1).random(len(self.vectors))
@@ -229,3 +230,35 @@ def test_balanced_random_on_a_pool_with_one_task_keeps_k():
     two = view(["a"] * 12, ["b"] * 12, tasks=["x"] * 2 + ["y"] * 10)
     tasks = [two.frame.set_index("id").loc[i, "task"] for i in run("balanced_random", two, 8).ids]
     assert tasks.count("x") == 2 and tasks.count("y") == 6  # the small task whole, the rest to the other
+
+
+def tasks_view(sizes: list[int]) -> PoolView:
+    """A pool of tasks named a, b, c, ... with the given sizes, interleaved (the rows of one task are not adjacent)."""
+    tasks = [name for i in range(max(sizes)) for name, size in zip("abcdefgh", sizes) if i < size]
+    return view([f"p{i}" for i in range(len(tasks))], ["r"] * len(tasks), tasks=tasks)
+
+
+def test_balanced_random_gives_the_remainder_to_tasks_drawn_at_random():
+    """k = 8 over 6 tasks: two take one more; which two changes with the seed (not always the first names)."""
+    pool = tasks_view([20] * 6)
+    task_of = pool.frame.set_index("id")["task"]
+    extra = set()
+    for seed in range(30):
+        counts = task_of.loc[run("balanced_random", pool, 8, seed=seed).ids].value_counts()
+        assert counts.sum() == 8 and sorted(counts.tolist()) == [1, 1, 1, 1, 2, 2]
+        extra.add(tuple(sorted(counts[counts == 2].index)))
+    assert len(extra) > 3 and len({t for pair in extra for t in pair}) == 6, extra
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_balanced_random_without_a_remainder_draws_as_before(seed):
+    """k divisible by the number of tasks (none too small): the quota stream is not drawn, and every task's examples
+    are ctx.rng()'s draws in task order, as they were before the remainder went to random tasks."""
+    pool = tasks_view([30, 25, 40, 22, 35, 50])
+    k = 120
+    ctx = SelectionContext(pool=pool, budget=k / pool.n, k=k, seed=seed)
+    rng, tasks = ctx.rng(), pool.tasks
+    expected = np.concatenate(
+        [rng.choice(np.flatnonzero(tasks == t), size=k // 6, replace=False) for t in np.unique(tasks)]
+    )
+    assert run("balanced_random", pool, k, seed=seed).ids == list(pool.ids[np.sort(expected)])

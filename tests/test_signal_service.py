@@ -307,7 +307,7 @@ def test_iterative_kmq_weights_skip_empty_clusters():
     labels = np.array([0, 0, 1, 1, 2, 2])
     sizes = np.bincount(labels, minlength=4)  # cluster 3 is empty
     loss = np.array([5.0, 5.0, 0.1, 0.1, 0.1, 0.1])
-    weights = diversity.loss_weights(loss, labels, sizes, temperature=1.0)
+    weights = diversity.cluster_weights(loss, labels, sizes, temperature=1.0)  # cluster_score=pool: every member
     assert np.isfinite(weights).all() and weights[3] == 0 and np.isclose(weights.sum(), 1)
     expected = np.exp([4.9, 0, 0]) / np.exp([4.9, 0, 0]).sum()
     assert np.allclose(weights[:3], expected)

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
+from harness.identity import comparable_params
 from harness.record import changed_inputs, recorded_inputs
 from harness.seeding import stage_seeds
 
@@ -232,12 +233,16 @@ def _normalise(results: pd.DataFrame, dirs: list[Path]) -> pd.DataFrame:
     return results.drop(columns="_source").reset_index(drop=True)
 
 
-def _canonical_json(text: str) -> str:
-    """The same JSON text for the same parameters, whatever the key order (foreign text is kept as it is)."""
+def _canonical_json(text: str, selector: str | None = None) -> str:
+    """The same JSON text for the same parameters, whatever the key order, without the ones a run's identity leaves
+    out (identity.comparable_params: a key added later that cannot act); foreign text is kept as it is."""
     try:
-        return json.dumps(json.loads(text), sort_keys=True)
+        params = json.loads(text)
     except ValueError:
         return text
+    if selector is not None and isinstance(params, dict):
+        params = comparable_params(selector, params)
+    return json.dumps(params, sort_keys=True)
 
 
 def seed_overrides(manifest: dict[str, Any], seed: int) -> dict[str, int]:
@@ -270,7 +275,9 @@ def _add_settings(results: pd.DataFrame, manifests: dict[str, dict[str, Any]]) -
     evaluation tasks' fingerprint."""
     runs = results.drop_duplicates("run_id")[["run_id", "seed"]]
     overrides = {r: json.dumps(seed_overrides(manifests.get(r, {}), s)) for r, s in zip(runs["run_id"], runs["seed"])}
-    results["selector_params"] = results["selector_params"].map(_canonical_json)
+    results["selector_params"] = [
+        _canonical_json(p, s) for p, s in zip(results["selector_params"], results["selector"])
+    ]
     results["seed_overrides"] = results["run_id"].map(overrides)
     results["setting"] = '{"selector": ' + results["selector_params"] + ', "seeds": ' + results["seed_overrides"] + "}"
     results["precision"] = results["run_id"].map({r: resolved_precision(manifests.get(r, {})) for r in overrides})

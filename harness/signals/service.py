@@ -335,32 +335,49 @@ class SignalService:
 
     # ------------------------------------------------------------------ per-example signals
 
-    def _per_example(self, name: str, warm: WarmupRun, epoch: int, compute: Callable[[Any, np.ndarray], dict]) -> dict:
-        """Arrays over the whole pool (pool order) from one warm-up checkpoint, cached as .npy, read memory-mapped;
-        with several processes each computes every world-th row."""
+    def _per_example(
+        self,
+        name: str,
+        warm: WarmupRun,
+        epoch: int,
+        compute: Callable[[Any, np.ndarray], dict],
+        rows: np.ndarray | None = None,
+    ) -> dict:
+        """Arrays over the whole pool (pool order), or over the given pool `rows` only (in their order), from one
+        warm-up checkpoint, cached as .npy, read memory-mapped; with several processes each computes every
+        world-th of them."""
         epoch = warm.epochs - 1 if epoch < 0 else epoch
+        subset = None if rows is None else np.asarray(rows, dtype=np.int64)
+        n = self.pool.n if subset is None else len(subset)
 
         def build(work: Path) -> None:
             model = self.model_at(warm, epoch)
-            rows = self.shard_rows(self.pool.n)
-            arrays = {k: np.asarray(v, dtype=np.float32) for k, v in compute(model, rows).items()}
-            self._merge_parts(work, arrays, rows, self.pool.n)
+            mine = self.shard_rows(n)  # positions in the pool, or in `rows`
+            arrays = {
+                k: np.asarray(v, dtype=np.float32)
+                for k, v in compute(model, mine if subset is None else subset[mine]).items()
+            }
+            self._merge_parts(work, arrays, mine, n)
 
-        path = self.cached(name, {"warmup": warm.key, "epoch": epoch, "batch": self.batch_size}, build)
+        spec: dict[str, Any] = {"warmup": warm.key, "epoch": epoch, "batch": self.batch_size}
+        if subset is not None:  # the whole pool's key stays as it was, so its caches stay valid
+            spec["rows"] = hashlib.sha256(subset.tobytes()).hexdigest()
+        path = self.cached(name, spec, build)
         return {p.stem: np.load(p, mmap_mode="r") for p in sorted(path.glob("*.npy"))}
 
     def _args(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size, "device": self.accelerator.device, "pad_id": self.tokenizer.pad_token_id}
 
-    def losses(self, warm: WarmupRun, epoch: int = -1) -> dict[str, np.ndarray]:
-        """{'loss', 'el2n'}: per example, the mean response-token loss and EL2N (one batched forward pass each)."""
+    def losses(self, warm: WarmupRun, epoch: int = -1, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """{'loss', 'el2n'}: per example, the mean response-token loss and EL2N (one batched forward pass each), over
+        the pool, or over the pool `rows` given (in that order: a pass over a subset costs only the subset)."""
         from harness.signals.per_example import losses_and_el2n
 
         def compute(model: Any, rows: np.ndarray) -> dict:
             loss, el2n = losses_and_el2n(model, self.tokens, rows, **self._args())
             return {"loss": loss, "el2n": el2n}
 
-        return self._per_example("losses", warm, epoch, compute)
+        return self._per_example("losses", warm, epoch, compute, rows)
 
     def grad_norms(self, warm: WarmupRun, epoch: int = -1) -> np.ndarray:
         """GraNd: per-example gradient norms over the trainable parameters (batched per-example gradients)."""
