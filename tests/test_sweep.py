@@ -400,7 +400,8 @@ def test_sbatch_array_passes_usr1_on_to_the_cell_and_lives(tmp_path, procs):
     mark.mkdir()
     (bin_dir / "sbatch").write_text("#!/bin/sh\necho 1\n")  # --dry-run only checks that sbatch exists
     # A process that stops on USR1 as harness.cli does after its checkpoint (exit 128 + 10), after saying so.
-    stops = 'trap \'echo USR1 > "$MARK/got$W"; exit 138\' USR1; touch "$MARK/ready$W"; for _ in $(seq 600); do sleep 0.1; done'
+    stops = 'trap \'echo USR1 > "$MARK/got$W"; exit 138\' USR1; touch "$MARK/ready$W"; '
+    stops += "for _ in $(seq 600); do sleep 0.1; done"
     worker = f"    ( {stops} ) &\n"
     fake = (
         "#!/usr/bin/env bash\n"
