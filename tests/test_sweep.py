@@ -478,6 +478,27 @@ def test_a_running_cell_whose_process_is_gone_is_failed_before_the_sweep_ends(tm
     assert "lock pid" in cells[1]["reason"] and "time limit" in cells[2]["reason"]
 
 
+def test_the_slurm_launcher_starts_cells_with_kill_on_bad_exit(harness_cli, tmp_path, monkeypatch):
+    """The srun line submitit writes into the array's batch script ends every task of a cell when one fails (a task
+    that dies inside a collective would otherwise leave the others waiting until the distributed timeout)."""
+    bin_dir, submitted = tmp_path / "bin", tmp_path / "submitted.sh"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit only checks that srun is there
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {submitted}\necho "sbatch: error: not here" >&2\nexit 1\n')
+    for name in ("srun", "sbatch"):
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cells = ["-m", SLURM, *MICRO, "selector=random,full", "hydra.launcher.gpus_per_node=0"]
+    code, _, err = harness_cli([*cells, "hydra.launcher.tasks_per_node=2"])
+    assert code == 2 and "sbatch refused the sweep" in err, err
+    (srun,) = [line for line in submitted.read_text().splitlines() if line.startswith("srun ")]
+    assert "--kill-on-bad-exit=1" in srun.split(), srun
+    submitted.unlink()
+    code, _, err = harness_cli([*cells, "hydra.launcher.srun_args=['--cpu-bind=none']"])  # the user's own arguments
+    (srun,) = [line for line in submitted.read_text().splitlines() if line.startswith("srun ")]
+    assert code == 2 and "--cpu-bind=none" in srun.split() and "--kill-on-bad-exit=1" not in srun.split(), srun
+
+
 def test_submitit_errors_in_the_launching_process_are_one_line(monkeypatch, capsys):
     """sbatch refusing the array (bad partition): exit 2 and what to fix; a cell whose Slurm job failed: exit 1 and
     where the reasons are. Submitit's traceback wrapped the job's whole log."""
