@@ -36,6 +36,7 @@ def _hydra_main(cfg: DictConfig) -> object:
     from harness.pipeline import run
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_log_on_main_only(run_dir)
     made_now = only_log(run_dir, empty=True)  # Hydra has just made the folder and its empty log
     results_root = Path(to_absolute_path(cfg.paths.results))
     try:
@@ -71,6 +72,20 @@ def interrupted_line(exc: Interrupted, rerun: bool = False) -> str:
     if exc.step:
         return f"{what}; run the same command again to resume from step {exc.step}"
     return f"{what} before training had a checkpoint; run the same command again to start the cell"
+
+
+def run_log_on_main_only(run_dir: Path) -> None:
+    """With several processes, only the main one writes the run folder's harness.log (Hydra gives each process a
+    handler on it, and every stage line would be there once per process); the others keep their lines on stderr."""
+    if launch_rank() == 0:
+        return
+    from harness.record import LOG
+
+    log = (run_dir / LOG).resolve()
+    for handler in list(logging.root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve() == log:
+            logging.root.removeHandler(handler)
+            handler.close()
 
 
 def only_log(run_dir: Path, empty: bool) -> bool:

@@ -213,7 +213,10 @@ def cell_name(data: str, model: str, selector: str, budget: Any, seed: Any, *, _
 
 
 def register_resolvers() -> None:
-    """Resolvers used by conf/ (safe to call more than once)."""
+    """Resolvers used by conf/, and the Slurm launcher's schema (safe to call more than once)."""
+    from harness.launch import register_launcher_schema
+
+    register_launcher_schema()
     if not OmegaConf.has_resolver("harness.cell"):
         OmegaConf.register_new_resolver("harness.cell", cell_name, use_cache=False)
     if not OmegaConf.has_resolver("harness.slug"):

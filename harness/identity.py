@@ -132,6 +132,23 @@ def task_overrides() -> list[str] | None:
         return None
 
 
+def selector_as_configured(overrides: list[str]) -> dict[str, Any] | None:
+    """The running job's selector settings without the command line's `selector.KEY` overrides: its config file,
+    the data pool's adaptation (conf/selector_on/) and any preset, resolved as this job composes them. None outside
+    a Hydra job, or where that composition fails."""
+    try:
+        from hydra import compose
+        from hydra.core.hydra_config import HydraConfig
+
+        name = HydraConfig.get().job.config_name
+        kept = [o for o in overrides if not o.lstrip("~+").startswith("selector.")]
+        configured = compose(config_name=name, overrides=kept).selector
+        tree = OmegaConf.to_container(configured, resolve=True)
+    except Exception:  # not in a Hydra job, or a config that composes only with the selector's overrides
+        return None
+    return {k: v for k, v in tree.items() if k != "name"} if isinstance(tree, dict) else None
+
+
 def override_values(overrides: list[str]) -> dict[str, str]:
     """The dotted keys that overrides set, with their values ('+train.lr=1' -> {'train.lr': '1'}); deletions set
     nothing."""

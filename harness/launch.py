@@ -7,9 +7,39 @@ import os
 import re
 import subprocess
 from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import HarnessError
+
+try:  # the Slurm launcher is an optional extra: pip install -e '.[slurm]'
+    from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+except ImportError:  # without it, hydra/launcher=slurm fails as Hydra says (no such launcher)
+    SlurmQueueConf = None
+
+if SlurmQueueConf is not None:
+
+    @dataclass
+    class SlurmLauncherConf(SlurmQueueConf):
+        """hydra-submitit-launcher's Slurm options plus `srun_args`, which its schema lacks and submitit takes
+        (`slurm_srun_args`): arguments of the srun line that starts a cell's tasks (conf/hydra/launcher/slurm.yaml)."""
+
+        srun_args: list[str] | None = None
+
+
+SLURM_SCHEMA = "slurm_schema"
+"""The name conf/hydra/launcher/slurm.yaml takes its schema by (register_launcher_schema)."""
+
+
+def register_launcher_schema() -> None:
+    """Give Hydra the Slurm launcher's schema with `srun_args` (safe to call more than once; nothing without the
+    submitit launcher installed), so that slurm.yaml can set `srun_args: [--kill-on-bad-exit=1]`."""
+    if SlurmQueueConf is None:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="hydra/launcher", name=SLURM_SCHEMA, node=SlurmLauncherConf, provider="harness")
+
 
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 COUNTS = ("gpus_per_node", "gpus_per_task", "tasks_per_node", "cpus_per_task", "nodes", "mem_gb", "timeout_min")

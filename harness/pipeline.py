@@ -24,7 +24,14 @@ from harness.config import validate
 from harness.data import load_pool, load_truth
 from harness.diagnostics import selection_diagnostics
 from harness.errors import HarnessError
-from harness.identity import cell_base, describe_differences, identity, identity_hash, override_keys, task_overrides
+from harness.identity import (
+    cell_base,
+    describe_differences,
+    identity,
+    identity_hash,
+    selector_as_configured,
+    task_overrides,
+)
 from harness.interrupt import Interrupted, StopFlag, graceful_stop
 from harness.launch import export_distributed_env
 from harness.locking import LockHeld, describe_owner
@@ -474,21 +481,20 @@ def _run_locked(
 
 
 def variant_label(spec: SelectorSpec, params: dict[str, Any]) -> str:
-    """The selector's name plus the parameters set on the command line, e.g. `influence[aggregation=sum]`: what
-    distinguishes this variant from the selector as configured (the paper's defaults and, on the testbed, its
-    adaptations in conf/selector_on/, which every run there shares). Outside Hydra: the parameters that differ
-    from the selector's own defaults."""
+    """The selector's name plus the parameters that differ from the selector as configured, e.g.
+    `influence[aggregation=sum]`: its config file, the data pool's adaptation (conf/selector_on/, which every run there
+    shares) and any preset, without the command line's selector overrides; else its own defaults. An override that
+    restates a configured value is no variant: one run id gets one label however the command line spelled it."""
+
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    defaults = {n: plain(p.default) for n, p in spec.params().items() if p.default is not p.empty}
     overrides = task_overrides()
-    if overrides is not None:
-        keys = override_keys(overrides)
-        changed = {k: params[k] for k in sorted(params) if f"selector.{k}" in keys}
-    else:
-
-        def plain(value: Any) -> Any:
-            return list(value) if isinstance(value, (list, tuple)) else value
-
-        defaults = {n: plain(p.default) for n, p in spec.params().items()}
-        changed = {k: v for k, v in sorted(params.items()) if defaults.get(k, object()) != plain(v)}
+    configured = selector_as_configured(overrides) if overrides is not None else None
+    defaults.update({k: plain(v) for k, v in (configured or {}).items()})
+    missing = object()
+    changed = {k: v for k, v in sorted(params.items()) if defaults.get(k, missing) != plain(v)}
     if not changed:
         return spec.name
     return f"{spec.name}[{','.join(f'{k}={v}' for k, v in changed.items())}]"

@@ -13,6 +13,8 @@
 #   --setup LINE      a shell line run before each cell, e.g. "module load cuda/12.4" (repeatable)
 #   --dry-run         write the batch script and print the sbatch command; submit nothing
 # Everything after `--` goes to sbatch as is (--partition=gpu --time=04:00:00 --cpus-per-task=8 --mem=64G ...).
+# --signal=B:USR1@120 there warns each cell two minutes before the time limit: it stops at a checkpoint and
+# says how to resume (B: is needed: the cell runs in the batch step, which Slurm signals only with B:).
 # The Python that runs the cells is $HARNESS_PYTHON, default the `python` on PATH now (a venv on a shared
 # file system works on every node). Prints the array's job id; `python -m harness.sweep summary DIR` shows
 # how the cells stand.
@@ -75,11 +77,26 @@ SCRIPT=$RECORD/array.sbatch
     echo "cd $(printf %q "$PWD")"
     cat <<'EOF'
 # Slurm's time limit, preemption and requeue send SIGTERM to every process of the batch step, this shell included:
-# note it and go on (the trap runs once the cell's process has stopped), so the cell is reported below only when
-# this shell was not signalled, i.e. when its process ended alone (killed for memory, crashed) and no requeue comes.
-signalled=""
+# note it and go on, so the cell is reported below only when this shell was not signalled, i.e. when its process
+# ended alone (killed for memory, crashed) and no requeue comes. `sbatch --signal=B:USR1@SECONDS` warns this shell
+# alone before the time limit (without B: Slurm signals srun's steps only, and the cell runs in this one): pass it
+# on to the cell, which stops at a checkpoint and says how to resume. Left untrapped, USR1 would end this shell.
+signalled="" cell=""
 trap 'signalled=TERM' TERM
+trap 'signalled=USR1; warn_cell' USR1
 EOF
+    if ((PROCS > 1)); then
+        cat <<'EOF'
+warn_cell() { # `accelerate launch` (torchrun's agent) would die of USR1: its worker processes get it instead
+    [[ -n $cell ]] || return 0 # not started yet: warned once it starts
+    pkill -USR1 -P "$cell" || kill -TERM "$cell" 2>/dev/null || true # no worker yet: the agent stops on SIGTERM
+}
+EOF
+    else
+        cat <<'EOF'
+warn_cell() { [[ -z $cell ]] || kill -USR1 "$cell" 2>/dev/null || true; }
+EOF
+    fi
     for line in "${SETUP[@]}"; do echo "$line"; done
     cat <<EOF
 export HARNESS_SWEEP_RECORD=$(printf %q "$RECORD") HARNESS_SWEEP_CELL=\$SLURM_ARRAY_TASK_ID
@@ -96,10 +113,15 @@ fi
 mapfile -d '' -t overrides <"\$cell_file"
 rm -f "\$cell_file"
 echo "cell \$SLURM_ARRAY_TASK_ID (restart \${SLURM_RESTART_COUNT:-0}): \${overrides[*]}"
-$LAUNCH "\${overrides[@]}"
+# In the background (SIGINT and SIGQUIT as usual for it), so that this shell's traps run while the cell runs.
+( trap - INT QUIT; exec $LAUNCH "\${overrides[@]}" ) &
+cell=\$!
+[[ \$signalled != USR1 ]] || warn_cell
+while kill -0 "\$cell" 2>/dev/null; do wait "\$cell"; done # a trapped signal ends a wait early
+wait "\$cell"
 rc=\$?
 # A cell stopped with this shell (time limit, preemption, requeue) reports when it runs again, or has reported
-# itself (harness.cli's "stopped by SIGTERM" line); any other end reports now, a process killed alone included
+# itself (harness.cli's "stopped by SIGTERM" / "stopped by SIGUSR1" line); any other end reports now, a process killed alone included
 # (rc >= 128: the OOM killer's SIGKILL is 137), or the summary would show it running forever.
 if [[ -z \$signalled ]]; then
     "$PY" -m harness.sweep end-cell $(printf %q "$RECORD") "\$SLURM_ARRAY_TASK_ID" "\$rc" || true

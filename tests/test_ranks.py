@@ -85,3 +85,13 @@ def test_bad_input_found_before_the_process_group_is_said_by_the_main_process(tm
         with pytest.raises(HarnessError, match="budget") as caught:
             run(cfg, tmp_path / "cell")
         assert caught.value.reported is quiet
+
+
+def test_only_the_main_process_writes_the_run_log(tmp_path):
+    """Every process logs its stages to stderr; the run folder's harness.log holds them once (the main process's)."""
+    ranks = srun_two(tmp_path, "cell", ["selector=random"])
+    assert [code for code, _ in ranks] == [0, 0], [err[-3000:] for _, err in ranks]
+    log = (tmp_path / "cell" / "harness.log").read_text().splitlines()
+    for stage in ("stage 1/5", "stage 2/5", "stage 3/5"):  # said by both (evaluation and record: the main alone)
+        assert sum(stage in line for line in log) == 1, log
+        assert all(stage in err for _, err in ranks)  # both processes still say it on stderr

@@ -412,3 +412,19 @@ def test_method_text_says_the_difference_interval_is_not_adjusted():
     assert "percentile interval of the bootstrap, not adjusted for multiple comparisons" in text
     assert "Holm-adjusted p-values" in text
     assert "percentile interval" not in method_text(Settings(correction="none"))
+
+
+def test_records_of_one_setting_share_one_label(tmp_path):
+    """Older records labelled an override that restated the configured value (`el2n[offset=0.1]` where 0.1 is what
+    el2n runs with anyway): the same selector with the same resolved parameters is one row, under the shorter label."""
+    params = {"keep": "drop_top", "offset": 0.1}
+    for seed in (0, 1):
+        write_run(tmp_path, "random", 0.1, seed)
+    write_run(tmp_path, "el2n", 0.1, 0, selector_params=params, variant="el2n[offset=0.1]", folder="a/el2n/b0.1_s0")
+    write_run(tmp_path, "el2n", 0.1, 1, selector_params=params, variant="el2n", folder="b/el2n/b0.1_s1")
+    write_run(tmp_path, "el2n", 0.1, 1, selector_params={**params, "offset": 0.2}, variant="el2n[offset=0.2]")
+    report = build_report(tmp_path, FAST, tmp_path / "out", ["acc"])
+    (table,) = report.tables.values()
+    rows = table.set_index("variant")
+    assert set(rows.index) == {"random", "el2n", "el2n[offset=0.2]"}, rows.index
+    assert rows.at["el2n", "seeds"] == "0 1"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -387,6 +389,69 @@ def test_sbatch_array_reports_a_cell_killed_alone_but_not_one_stopped_with_its_b
     assert [c["state"] for c in summary["cells"]] == ["failed", "pending"]
 
 
+@pytest.mark.parametrize("procs", [1, 2])
+def test_sbatch_array_passes_usr1_on_to_the_cell_and_lives(tmp_path, procs):
+    """`sbatch --signal=B:USR1@N` signals the batch shell alone: it must not die of it (bash's default for USR1), and
+    the cell's process (with --procs > 1, the workers of `accelerate launch`, whose agent would die of it) gets it,
+    stops at its checkpoint and reports itself; the shell then reports nothing, as after Slurm's SIGTERM."""
+    lines, record, bin_dir, mark = tmp_path / "cells.txt", tmp_path / "rec", tmp_path / "bin", tmp_path / "mark"
+    lines.write_text("selector=random seed=0\n")
+    bin_dir.mkdir()
+    mark.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 1\n")  # --dry-run only checks that sbatch exists
+    # A process that stops on USR1 as harness.cli does after its checkpoint (exit 128 + 10), after saying so.
+    stops = 'trap \'echo USR1 > "$MARK/got$W"; exit 138\' USR1; touch "$MARK/ready$W"; '
+    stops += "for _ in $(seq 600); do sleep 0.1; done"
+    worker = f"    ( {stops} ) &\n"
+    fake = (
+        "#!/usr/bin/env bash\n"
+        "if [[ $1 == -m && $2 == harness ]]; then\n"
+        f"    W=0; {stops}; exit 0\n"
+        "elif [[ $1 == -m && $2 == accelerate.commands.launch ]]; then  # no USR1 trap: like torchrun's agent\n"
+        "    W=0\n" + worker + "    a=$!; W=1\n" + worker + "    b=$!\n"
+        '    wait $a; ra=$?; wait $b; rb=$?; touch "$MARK/launcher_done"; exit $((ra > rb ? ra : rb))\n'
+        "fi\n"
+        f'exec {sys.executable} "$@"\n'
+    )
+    (bin_dir / "python").write_text(fake)
+    for name in ("sbatch", "python"):
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.update(HARNESS_PYTHON=str(bin_dir / "python"), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", MARK=str(mark))
+    script = str(REPO_ROOT / "slurm/sbatch_array.sh")
+    done = subprocess.run(
+        ["bash", script, "--dry-run", "--procs", str(procs), "--record", str(record), str(lines)],
+        env=env,
+        text=True,
+        capture_output=True,
+    )
+    assert done.returncode == 0, done.stderr
+    task = subprocess.Popen(  # its own process group, killed below whatever happens
+        ["bash", str(record / "array.sbatch")],
+        env={**env, "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "7"},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not all((mark / f"ready{w}").exists() for w in range(procs)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all((mark / f"ready{w}").exists() for w in range(procs)), task.stderr
+        os.kill(task.pid, signal.SIGUSR1)  # Slurm's B:USR1 warning: the batch shell alone
+        out, err = task.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever is left of the task (a cell orphaned by its shell)
+            os.killpg(task.pid, signal.SIGKILL)
+    assert task.returncode == 138, (task.returncode, out, err)  # the cell's code; the shell was not killed by USR1
+    assert sorted(p.name for p in mark.glob("got*")) == [f"got{w}" for w in range(procs)]
+    if procs > 1:
+        assert (mark / "launcher_done").exists()  # the launcher outlived the warning and saw its workers stop
+    assert not (record / "cells" / "0.json").exists()  # the cell reports itself; the shell adds no "failed" of its own
+
+
 def test_a_running_cell_whose_process_is_gone_is_failed_before_the_sweep_ends(tmp_path):
     """A cell killed at a time limit of a non-requeued array (no end status, no summary of its own) must not show
     'running' forever: a lock without a live holder, or no lock long after its start, means its process is gone."""
@@ -411,6 +476,27 @@ def test_a_running_cell_whose_process_is_gone_is_failed_before_the_sweep_ends(tm
         live.release()
     assert [c["state"] for c in cells] == ["running", "failed", "failed", "running", "complete"], cells
     assert "lock pid" in cells[1]["reason"] and "time limit" in cells[2]["reason"]
+
+
+def test_the_slurm_launcher_starts_cells_with_kill_on_bad_exit(harness_cli, tmp_path, monkeypatch):
+    """The srun line submitit writes into the array's batch script ends every task of a cell when one fails (a task
+    that dies inside a collective would otherwise leave the others waiting until the distributed timeout)."""
+    bin_dir, submitted = tmp_path / "bin", tmp_path / "submitted.sh"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit only checks that srun is there
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {submitted}\necho "sbatch: error: not here" >&2\nexit 1\n')
+    for name in ("srun", "sbatch"):
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cells = ["-m", SLURM, *MICRO, "selector=random,full", "hydra.launcher.gpus_per_node=0"]
+    code, _, err = harness_cli([*cells, "hydra.launcher.tasks_per_node=2"])
+    assert code == 2 and "sbatch refused the sweep" in err, err
+    (srun,) = [line for line in submitted.read_text().splitlines() if line.startswith("srun ")]
+    assert "--kill-on-bad-exit=1" in srun.split(), srun
+    submitted.unlink()
+    code, _, err = harness_cli([*cells, "hydra.launcher.srun_args=['--cpu-bind=none']"])  # the user's own arguments
+    (srun,) = [line for line in submitted.read_text().splitlines() if line.startswith("srun ")]
+    assert code == 2 and "--cpu-bind=none" in srun.split() and "--kill-on-bad-exit=1" not in srun.split(), srun
 
 
 def test_submitit_errors_in_the_launching_process_are_one_line(monkeypatch, capsys):

@@ -283,7 +283,19 @@ def _add_settings(results: pd.DataFrame, manifests: dict[str, dict[str, Any]]) -
     results["precision"] = results["run_id"].map({r: resolved_precision(manifests.get(r, {})) for r in overrides})
     tasks = {r: str(recorded_inputs(manifests.get(r, {}))["eval_tasks_sha256"] or "") for r in overrides}
     results["eval_tasks"] = results["run_id"].map(tasks)
-    return results
+    return _one_label_per_setting(results)
+
+
+def _one_label_per_setting(results: pd.DataFrame) -> pd.DataFrame:
+    """Records of one selector with the same resolved parameters and stage seeds are one variant, with one label (the
+    shortest they carry): older records named an override that restated the configured value, e.g.
+    `influence[aggregation=task_max]` beside `influence`, and would have been rows of their own."""
+    runs = results.drop_duplicates("run_id")
+    labels = {
+        key: min(same["variant"], key=lambda v: (len(v), v))
+        for key, same in runs.groupby(["selector", "setting"], sort=False)
+    }
+    return results.assign(variant=[labels[k] for k in zip(results["selector"], results["setting"])])
 
 
 def _one_record_per_seed(results: pd.DataFrame, folder: Path) -> tuple[pd.DataFrame, list[str]]:
