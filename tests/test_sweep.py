@@ -344,13 +344,27 @@ def test_a_failed_multirun_cell_says_its_error_once(harness_cli, tmp_path):
     assert any(line.startswith("sweep summary: 1 cells: 1 failed") for line in err.splitlines()), err
 
 
+def dry_run_array(tmp_path: Path, fake_python: str, lines: str, *options: str, **extra_env: str) -> tuple[dict, Path]:
+    """slurm/sbatch_array.sh --dry-run over `lines`, with a fake `sbatch` and `fake_python` as the cells' python:
+    the environment to run its array.sbatch with, and its record folder."""
+    bin_dir, record, cells = tmp_path / "bin", tmp_path / "rec", tmp_path / "cells.txt"
+    bin_dir.mkdir()
+    cells.write_text(lines)
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 1\n")  # --dry-run only checks that sbatch exists
+    (bin_dir / "python").write_text(fake_python)
+    for name in ("sbatch", "python"):
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.update(HARNESS_PYTHON=str(bin_dir / "python"), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", **extra_env)
+    command = ["bash", str(REPO_ROOT / "slurm/sbatch_array.sh"), "--dry-run", *options, "--record", str(record)]
+    done = subprocess.run([*command, str(cells)], env=env, text=True, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    return env, record
+
+
 def test_sbatch_array_reports_a_cell_killed_alone_but_not_one_stopped_with_its_batch_shell(tmp_path):
     """A cell's process killed by itself (the OOM killer's SIGKILL: rc 137) while the batch shell lives on is reported
     failed at once; one stopped by Slurm's SIGTERM to the whole step (time limit, preemption) is not: it is requeued."""
-    lines, record, bin_dir = tmp_path / "cells.txt", tmp_path / "rec", tmp_path / "bin"
-    lines.write_text("selector=random seed=0\nselector=random seed=1\n")
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 1\n")  # --dry-run only checks that sbatch exists
     # The cell's `python -m harness`: cell 0 is killed alone, cell 1 signals its whole process group as Slurm does.
     fake = (
         "#!/usr/bin/env bash\n"
@@ -360,16 +374,7 @@ def test_sbatch_array_reports_a_cell_killed_alone_but_not_one_stopped_with_its_b
         "fi\n"
         f'exec {sys.executable} "$@"\n'
     )
-    (bin_dir / "python").write_text(fake)
-    for name in ("sbatch", "python"):
-        (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    env.update(HARNESS_PYTHON=str(bin_dir / "python"), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}")
-    script = str(REPO_ROOT / "slurm/sbatch_array.sh")
-    done = subprocess.run(
-        ["bash", script, "--dry-run", "--record", str(record), str(lines)], env=env, text=True, capture_output=True
-    )
-    assert done.returncode == 0, done.stderr
+    env, record = dry_run_array(tmp_path, fake, "selector=random seed=0\nselector=random seed=1\n")
 
     def task(i: int) -> subprocess.CompletedProcess:
         env_i = {**env, "SLURM_ARRAY_TASK_ID": str(i), "SLURM_ARRAY_JOB_ID": "7"}
@@ -394,11 +399,8 @@ def test_sbatch_array_passes_usr1_on_to_the_cell_and_lives(tmp_path, procs):
     """`sbatch --signal=B:USR1@N` signals the batch shell alone: it must not die of it (bash's default for USR1), and
     the cell's process (with --procs > 1, the workers of `accelerate launch`, whose agent would die of it) gets it,
     stops at its checkpoint and reports itself; the shell then reports nothing, as after Slurm's SIGTERM."""
-    lines, record, bin_dir, mark = tmp_path / "cells.txt", tmp_path / "rec", tmp_path / "bin", tmp_path / "mark"
-    lines.write_text("selector=random seed=0\n")
-    bin_dir.mkdir()
+    mark = tmp_path / "mark"
     mark.mkdir()
-    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 1\n")  # --dry-run only checks that sbatch exists
     # A process that stops on USR1 as harness.cli does after its checkpoint (exit 128 + 10), after saying so.
     stops = 'trap \'echo USR1 > "$MARK/got$W"; exit 138\' USR1; touch "$MARK/ready$W"; '
     stops += "for _ in $(seq 600); do sleep 0.1; done"
@@ -413,19 +415,7 @@ def test_sbatch_array_passes_usr1_on_to_the_cell_and_lives(tmp_path, procs):
         "fi\n"
         f'exec {sys.executable} "$@"\n'
     )
-    (bin_dir / "python").write_text(fake)
-    for name in ("sbatch", "python"):
-        (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    env.update(HARNESS_PYTHON=str(bin_dir / "python"), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", MARK=str(mark))
-    script = str(REPO_ROOT / "slurm/sbatch_array.sh")
-    done = subprocess.run(
-        ["bash", script, "--dry-run", "--procs", str(procs), "--record", str(record), str(lines)],
-        env=env,
-        text=True,
-        capture_output=True,
-    )
-    assert done.returncode == 0, done.stderr
+    env, record = dry_run_array(tmp_path, fake, "selector=random seed=0\n", "--procs", str(procs), MARK=str(mark))
     task = subprocess.Popen(  # its own process group, killed below whatever happens
         ["bash", str(record / "array.sbatch")],
         env={**env, "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "7"},
