@@ -102,9 +102,11 @@ def cluster_weights(
     rows `loss` belongs to, in order) or, if None, the whole pool. A cluster with members but no scored example
     gets the mean of the scored clusters' scores; one k-means left empty (identical vectors) gets weight 0."""
     rows = np.arange(len(labels)) if rows is None else np.asarray(rows)
-    scored_labels = labels[rows]
+    loss = np.asarray(loss, dtype=np.float64)
+    known = np.isfinite(loss)  # an example without response tokens has no loss (NaN): it scores nothing
+    scored_labels = labels[rows[known]]
     counts = np.bincount(scored_labels, minlength=len(sizes))
-    mean = np.bincount(scored_labels, weights=np.asarray(loss, dtype=np.float64), minlength=len(sizes))
+    mean = np.bincount(scored_labels, weights=loss[known], minlength=len(sizes))
     scored = counts > 0
     mean = mean / np.maximum(counts, 1)
     prior = mean[scored].mean() if scored.any() else 0.0

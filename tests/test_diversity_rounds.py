@@ -56,6 +56,16 @@ def test_a_cluster_with_nothing_selected_gets_the_mean_of_the_scored_clusters_an
     assert np.allclose(weights[:3], softmax([2.0, 5.0, 3.5]))  # 3.5: the mean of the scored clusters' scores
 
 
+def test_an_example_without_a_loss_scores_nothing():
+    """A response with no tokens has a NaN loss: it must not turn its cluster's weight (and so every weight) NaN."""
+    labels = np.array([0, 0, 1, 1])
+    loss = np.array([2.0, np.nan, 4.0, 6.0])
+    weights = diversity().cluster_weights(loss, labels, np.bincount(labels), 1.0)
+    assert np.allclose(weights, softmax([2.0, 5.0]))
+    alone = diversity().cluster_weights(np.array([np.nan, 4.0]), labels, np.bincount(labels), 1.0, np.array([0, 2]))
+    assert np.allclose(alone, softmax([4.0, 4.0]))  # cluster 0 unscored: the scored clusters' mean
+
+
 # ---------------------------------------------------------------- the rule end to end, on stand-in signals
 
 
