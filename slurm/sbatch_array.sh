@@ -120,6 +120,9 @@ cell=\$!
 while kill -0 "\$cell" 2>/dev/null; do wait "\$cell"; done # a trapped signal ends a wait early
 wait "\$cell"
 rc=\$?
+# bash (5.2) can lose the status of a child killed by the very signal this shell traps at that moment: wait gives -1.
+# That child ended of that signal; without a trapped signal there is no such race (an unknown end counts as failed).
+if ((rc < 0)); then [[ -n \$signalled ]] && rc=\$((128 + \$(kill -l "\$signalled"))) || rc=1; fi
 # A cell stopped with this shell (time limit, preemption, requeue) reports when it runs again, or has reported
 # itself (harness.cli's "stopped by SIGTERM" / "stopped by SIGUSR1" line); any other end reports now, a process killed alone included
 # (rc >= 128: the OOM killer's SIGKILL is 137), or the summary would show it running forever.
