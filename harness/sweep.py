@@ -25,6 +25,7 @@ import re
 import shlex
 import signal
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -358,6 +359,37 @@ def end_cell(record: Path, cell: int, exit_code: int, log: str | None = None) ->
     return refresh(record)
 
 
+def requeue_cell(record: Path, cell: int, most: int, env: Mapping[str, str] | None = None) -> str:
+    """After a fallback cell has stopped at its checkpoint on SIGUSR1 (`--signal=B:USR1@N`, the time-limit
+    warning): requeue its array task with `scontrol requeue`, at most `most` times (Slurm's SLURM_RESTART_COUNT),
+    and mark it pending, as submitit does for the Hydra launcher's cells. Returns what was done, in one line."""
+    env = os.environ if env is None else env
+    record = Path(record)
+    status = _read_json(record / "cells" / f"{cell}.json") or {}
+    if status.get("state") != "failed" or not str(status.get("reason", "")).startswith("stopped by SIGUSR1"):
+        return f"cell {cell} not requeued: it did not stop on SIGUSR1 ({status.get('state', 'no status')})"
+    restarts = int(env.get("SLURM_RESTART_COUNT", "0") or 0)
+    if most <= 0:
+        return f"cell {cell} not requeued (--max-requeues 0): resubmit the array to resume it from its checkpoint"
+    if restarts >= most:
+        return f"cell {cell} not requeued: it was requeued {restarts} times already (--max-requeues {most})"
+    task = f"{env.get('SLURM_ARRAY_JOB_ID')}_{env.get('SLURM_ARRAY_TASK_ID')}"
+    stopped, attempt = status["reason"], f"{restarts + 1} of at most {most}"
+    # pending before the requeue: scontrol signals this job, and the next attempt marks the cell running
+    write_status(record, cell, {**status, "state": "pending", "reason": f"requeued ({attempt}) after: {stopped}"})
+    try:
+        done = subprocess.run(["scontrol", "requeue", task], capture_output=True, text=True)
+        why = "" if done.returncode == 0 else first_line(done.stderr.strip() or f"exit code {done.returncode}")
+    except OSError as exc:  # no scontrol on this node
+        why = str(exc)
+    if why:
+        write_status(record, cell, {**status, "reason": f"{stopped} (scontrol requeue {task} failed: {why})"})
+        refresh(record)
+        return f"cell {cell} not requeued: scontrol requeue {task} failed: {why}"
+    refresh(record)
+    return f"cell {cell} requeued as {task} ({attempt}); it resumes from its checkpoint"
+
+
 # ---------------------------------------------------------------- the Hydra callback
 
 
@@ -616,11 +648,12 @@ USAGE = """usage: python -m harness.sweep COMMAND ...
   plan LINES_FILE RECORD [LAUNCHER]    write RECORD/plan.json from a file of override lines (sbatch fallback)
   count LINES_FILE                     the number of cells in a file of override lines
   argv LINES_FILE CELL                 the overrides of one cell, NUL-separated (for shell scripts)
-  end-cell RECORD CELL EXIT_CODE [LOG] mark a cell that exited without reporting as failed, with the reason"""
+  end-cell RECORD CELL EXIT_CODE [LOG] mark a cell that exited without reporting as failed, with the reason
+  requeue-cell RECORD CELL MOST        requeue a cell stopped on SIGUSR1 (scontrol requeue), at most MOST times"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Small commands the sbatch fallback and users call: summary, plan, count, argv, end-cell."""
+    """Small commands the sbatch fallback and users call: summary, plan, count, argv, end-cell, requeue-cell."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args[:1] == ["summary"] and len(args) == 2:
@@ -637,6 +670,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write("\0".join(cell_argv(Path(args[1]), int(args[2]))))
         elif args[:1] == ["end-cell"] and len(args) in (4, 5):
             end_cell(Path(args[1]), int(args[2]), int(args[3]), args[4] if len(args) == 5 else None)
+        elif args[:1] == ["requeue-cell"] and len(args) == 4:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the requeue's SIGTERM to this job: finish the record
+            print(requeue_cell(Path(args[1]), int(args[2]), int(args[3])), flush=True)
         else:
             print(USAGE, file=sys.stderr)
             return 2

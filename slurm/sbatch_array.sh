@@ -11,10 +11,12 @@
 #   --gpus N          GPUs per cell (--gpus-per-node=N)
 #   --procs P         processes per cell; P > 1 runs `accelerate launch --multi_gpu --num_processes P -m harness`
 #   --setup LINE      a shell line run before each cell, e.g. "module load cuda/12.4" (repeatable)
+#   --max-requeues N  a cell stopped by the USR1 warning (below) is requeued at most N times (default 3; 0: never)
 #   --dry-run         write the batch script and print the sbatch command; submit nothing
 # Everything after `--` goes to sbatch as is (--partition=gpu --time=04:00:00 --cpus-per-task=8 --mem=64G ...).
 # --signal=B:USR1@120 there warns each cell two minutes before the time limit: it stops at a checkpoint and
-# says how to resume (B: is needed: the cell runs in the batch step, which Slurm signals only with B:).
+# says how to resume (B: is needed: the cell runs in the batch step, which Slurm signals only with B:); the batch
+# shell then requeues its task (`scontrol requeue`), which resumes from that checkpoint, as submitit does.
 # The Python that runs the cells is $HARNESS_PYTHON, default the `python` on PATH now (a venv on a shared
 # file system works on every node). Prints the array's job id; `python -m harness.sweep summary DIR` shows
 # how the cells stand.
@@ -25,7 +27,7 @@ die() {
     exit 2
 }
 
-RECORD="" PARALLEL="" GPUS="" PROCS=1 DRY=0
+RECORD="" PARALLEL="" GPUS="" PROCS=1 DRY=0 MAX_REQUEUES=3
 SETUP=()
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -34,6 +36,7 @@ while [[ $# -gt 0 ]]; do
     --gpus) GPUS=${2:?--gpus needs a number}; shift 2 ;;
     --procs) PROCS=${2:?--procs needs a number}; shift 2 ;;
     --setup) SETUP+=("${2:?--setup needs a shell line}"); shift 2 ;;
+    --max-requeues) MAX_REQUEUES=${2:?--max-requeues needs a number}; shift 2 ;;
     --dry-run) DRY=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     --) break ;;
@@ -52,6 +55,7 @@ PY=${HARNESS_PYTHON:-$(command -v python || command -v python3)}
 N=$("$PY" -m harness.sweep count "$LINES") || exit 2
 ((N > 0)) || die "$LINES has no cell lines; write one line of overrides per cell"
 [[ -z $PARALLEL || $PARALLEL =~ ^[1-9][0-9]*$ ]] || die "--parallel must be a whole number >= 1, got '$PARALLEL'"
+[[ $MAX_REQUEUES =~ ^[0-9]+$ ]] || die "--max-requeues must be a whole number >= 0, got '$MAX_REQUEUES'"
 "$PY" -m harness.launch check "${GPUS:-0}" "$PROCS" || exit 2
 "$PY" -m harness.sweep_lines --check "$LINES" || exit 2 # every cell composes and type-checks before submission
 command -v sbatch >/dev/null 2>&1 || die "sbatch not found; run this on a Slurm login node (or start slurm/cluster.sh)"
@@ -73,6 +77,7 @@ SCRIPT=$RECORD/array.sbatch
     echo "#SBATCH --output=$RECORD/logs/%A_%a.out"
     echo "#SBATCH --ntasks=1"
     echo "#SBATCH --requeue"
+    echo "#SBATCH --open-mode=append" # a requeued task's log keeps the earlier attempts' lines
     [[ -n $GPUS ]] && echo "#SBATCH --gpus-per-node=$GPUS"
     echo "cd $(printf %q "$PWD")"
     cat <<'EOF'
@@ -128,6 +133,8 @@ if ((rc < 0)); then [[ -n \$signalled ]] && rc=\$((128 + \$(kill -l "\$signalled
 # (rc >= 128: the OOM killer's SIGKILL is 137), or the summary would show it running forever.
 if [[ -z \$signalled ]]; then
     "$PY" -m harness.sweep end-cell $(printf %q "$RECORD") "\$SLURM_ARRAY_TASK_ID" "\$rc" || true
+elif [[ \$signalled == USR1 ]]; then # warned before the time limit: a cell that stopped at its checkpoint goes again
+    "$PY" -m harness.sweep requeue-cell $(printf %q "$RECORD") "\$SLURM_ARRAY_TASK_ID" $MAX_REQUEUES || true
 fi
 exit \$rc
 EOF

@@ -210,3 +210,49 @@ def test_a_cell_with_two_slurm_tasks_trains_as_two_processes(slurm_env, tmp_path
     assert sorted(logs) == ["0", "1"]  # one process per Slurm task
     assert "stage 3/5: train" in logs["1"] and "stage 4/5" not in logs["1"]
     assert "stage 4/5" in logs["0"]
+
+
+def test_sbatch_array_cell_warned_before_its_time_limit_is_requeued_and_resumes(slurm_env, tmp_path):
+    # `sbatch --signal=B:USR1@N` warns the batch shell alone; `scancel --batch --signal=USR1` sends the same signal
+    # now. The shell passes it to the cell, which stops at its checkpoint; the shell then requeues the array task,
+    # and the next attempt resumes from that checkpoint.
+    results, lines, record = tmp_path / "results", tmp_path / "cells.txt", tmp_path / "record"
+    long_recipe = ["train.epochs=150", "train.checkpoint_every=1", "seed=7"]
+    made = subprocess.run(
+        [sys.executable, "-m", "harness.sweep_lines", *MICRO, *long_recipe, f"paths.results={results}"],
+        cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    lines.write_text(made.stdout)
+    submit = [str(REPO_ROOT / "slurm/sbatch_array.sh"), "--record", str(record), str(lines), "--", "--mem=2G"]
+    done = subprocess.run(["bash", *submit], cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.strip()
+    task = f"{job}_0"
+    try:
+        deadline = time.time() + LIMIT_S + 90  # Slurm holds a requeued task about a minute before it starts it
+        run_dir = None
+        while time.time() < deadline and run_dir is None:
+            status = json.loads((record / "cells" / "0.json").read_text()) if (record / "cells/0.json").exists() else {}
+            if status.get("run_dir") and list((Path(status["run_dir"]) / "checkpoints").glob("*")):
+                run_dir = Path(status["run_dir"])
+            time.sleep(0.2)
+        assert run_dir is not None, "the cell never reached a checkpoint"
+        warn = subprocess.run(
+            ["scancel", "--batch", "--signal=USR1", task], env=slurm_env, capture_output=True, text=True
+        )
+        assert warn.returncode == 0, warn.stderr
+        while squeue(slurm_env, job).strip() and time.time() < deadline:
+            time.sleep(2)
+        assert not squeue(slurm_env, job).strip(), f"array {job} still queued after {LIMIT_S + 90}s"
+    finally:
+        subprocess.run(["scancel", job], env=slurm_env, capture_output=True)
+    summary = json.loads((record / "summary.json").read_text())
+    assert summary["counts"] == {"complete": 1}, summary
+    assert summary["cells"][0]["slurm"]["restarts"] == 1, summary  # requeued once, by the batch shell
+    logs = "\n".join(p.read_text(errors="replace") for p in (record / "logs").glob("*"))
+    assert "stopped by SIGUSR1" in logs and f"cell 0 requeued as {task} (1 of at most 3)" in logs, logs[-3000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["training"]["resumed_from_step"] > 0, manifest["training"]
+    steps = [json.loads(line)["step"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, manifest["training"]["steps"] + 1))  # one line per step, none twice

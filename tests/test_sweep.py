@@ -21,7 +21,7 @@ from harness import REPO_ROOT
 from harness.errors import HarnessError
 from harness.launch import check_launcher, check_resources, export_distributed_env
 from harness.locking import HeartbeatLock
-from harness.sweep import error_from_log, expand_cells, gather, write_plan, write_status
+from harness.sweep import error_from_log, expand_cells, gather, requeue_cell, write_plan, write_status
 
 SLURM = "hydra/launcher=slurm"
 
@@ -207,6 +207,7 @@ def test_sbatch_fallback_refuses_bad_input_before_submitting(tmp_path):
         ([str(lines)], "sweep cell 1 (seed=oops)"),
         (["--gpus", "1", "--procs", "2", str(lines)], "2 accelerate process(es) per task but only 1 GPU"),
         (["--parallel", "0", str(lines)], "--parallel must be"),
+        (["--max-requeues", "-1", str(lines)], "--max-requeues must be a whole number >= 0, got '-1'"),
         ([str(tmp_path / "none.txt")], "no file of override lines"),
     ):
         done = subprocess.run(
@@ -401,11 +402,16 @@ def test_sbatch_array_reports_a_cell_killed_alone_but_not_one_stopped_with_its_b
 def test_sbatch_array_passes_usr1_on_to_the_cell_and_lives(tmp_path, procs):
     """`sbatch --signal=B:USR1@N` signals the batch shell alone: it must not die of it (bash's default for USR1), and
     the cell's process (with --procs > 1, the workers of `accelerate launch`, whose agent would die of it) gets it,
-    stops at its checkpoint and reports itself; the shell then reports nothing, as after Slurm's SIGTERM."""
+    stops at its checkpoint and reports itself; the shell then requeues the task, which resumes from there."""
     mark = tmp_path / "mark"
     mark.mkdir()
-    # A process that stops on USR1 as harness.cli does after its checkpoint (exit 128 + 10), after saying so.
-    stops = 'trap \'echo USR1 > "$MARK/got$W"; exit 138\' USR1; touch "$MARK/ready$W"; '
+    # A process that stops on USR1 as harness.cli does after its checkpoint (exit 128 + 10), after saying so; the
+    # first one writes the cell's status as the harness's sweep callback does.
+    said = {"cell": 0, "state": "failed", "reason": "stopped by SIGUSR1; run the same command again to resume from "
+            "step 3", "run_dir": str(tmp_path / "run")}  # fmt: skip
+    (mark / "said.json").write_text(json.dumps(said))
+    report = '[[ $W != 0 ]] || { mkdir -p "$HARNESS_SWEEP_RECORD/cells"; cp "$MARK/said.json" "$_/0.json"; }; '
+    stops = f'trap \'echo USR1 > "$MARK/got$W"; {report}exit 138\' USR1; touch "$MARK/ready$W"; '
     stops += "for _ in $(seq 600); do sleep 0.1; done"
     worker = f"    ( {stops} ) &\n"
     fake = (
@@ -419,6 +425,9 @@ def test_sbatch_array_passes_usr1_on_to_the_cell_and_lives(tmp_path, procs):
         f'exec {sys.executable} "$@"\n'
     )
     env, record = dry_run_array(tmp_path, fake, "selector=random seed=0\n", "--procs", str(procs), MARK=str(mark))
+    scontrol = tmp_path / "bin" / "scontrol"
+    scontrol.write_text('#!/bin/sh\necho "$@" > "$MARK/scontrol"\n')
+    scontrol.chmod(0o755)
     task = subprocess.Popen(  # its own process group, killed below whatever happens
         ["bash", str(record / "array.sbatch")],
         env={**env, "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_JOB_ID": "7"},
@@ -442,7 +451,55 @@ def test_sbatch_array_passes_usr1_on_to_the_cell_and_lives(tmp_path, procs):
     assert sorted(p.name for p in mark.glob("got*")) == [f"got{w}" for w in range(procs)]
     if procs > 1:
         assert (mark / "launcher_done").exists()  # the launcher outlived the warning and saw its workers stop
-    assert not (record / "cells" / "0.json").exists()  # the cell reports itself; the shell adds no "failed" of its own
+    assert (mark / "scontrol").read_text().split() == ["requeue", "7_0"]  # its own array task, once
+    assert "cell 0 requeued as 7_0 (1 of at most 3); it resumes from its checkpoint" in out, out
+    status = json.loads((record / "cells" / "0.json").read_text())  # the cell's report, now pending its next attempt
+    assert status["state"] == "pending" and status["run_dir"] == str(tmp_path / "run"), status
+    assert (
+        status["reason"] == "requeued (1 of at most 3) after: stopped by SIGUSR1; run the same command again to "
+        "resume from step 3"
+    ), status
+
+
+def test_requeue_cell_only_for_a_usr1_stop_and_at_most_n_times(tmp_path, monkeypatch):
+    """The fallback requeues a cell after the time-limit warning only when the cell stopped on it (not one that
+    finished or failed on its own), at most --max-requeues times; a refused requeue leaves it failed, saying why."""
+    bin_dir, record = tmp_path / "bin", tmp_path / "rec"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(
+        '#!/bin/sh\necho "$@" >> "$CALLS"\n[ -z "$REFUSE" ] || { echo "$REFUSE" >&2; exit 1; }\n'
+    )
+    (bin_dir / "scontrol").chmod(0o755)
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CALLS", str(calls))
+    write_plan(record, [["seed=0"]], "sbatch", "s1")
+    stopped = {"state": "failed", "reason": "stopped by SIGUSR1; run the same command again to resume from step 9"}
+    env = {"SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "0", "SLURM_RESTART_COUNT": "3"}
+
+    def cell() -> dict:
+        return json.loads((record / "cells" / "0.json").read_text())
+
+    for status in ({"state": "complete"}, {"state": "failed", "reason": "CUDA out of memory"}):
+        write_status(record, 0, status)
+        assert "not requeued: it did not stop on SIGUSR1" in requeue_cell(
+            record, 0, 3, env={**env, "SLURM_RESTART_COUNT": "0"}
+        )
+    write_status(record, 0, stopped)
+    assert "requeued 3 times already (--max-requeues 3)" in requeue_cell(record, 0, 3, env=env)
+    assert "--max-requeues 0" in requeue_cell(record, 0, 0, env={**env, "SLURM_RESTART_COUNT": "0"})
+    assert not calls.exists() and cell()["state"] == "failed"
+    monkeypatch.setenv("REFUSE", "scontrol: error: Job has already finished")
+    said = requeue_cell(record, 0, 4, env=env)
+    assert said == "cell 0 not requeued: scontrol requeue 12_0 failed: scontrol: error: Job has already finished"
+    assert cell()["state"] == "failed" and cell()["reason"].startswith(
+        stopped["reason"] + " (scontrol requeue 12_0 failed"
+    )
+    monkeypatch.delenv("REFUSE")
+    write_status(record, 0, stopped)
+    assert requeue_cell(record, 0, 4, env=env).startswith("cell 0 requeued as 12_0 (4 of at most 4)")
+    assert cell()["state"] == "pending" and gather(record)["cells"][0]["state"] == "pending"
+    assert calls.read_text().splitlines() == ["requeue 12_0", "requeue 12_0"]
 
 
 def test_a_running_cell_whose_process_is_gone_is_failed_before_the_sweep_ends(tmp_path):
