@@ -223,10 +223,10 @@ def selection_jobs(
         rows = ["selected so far", cell, r]
         chosen = max(1, k * r // rounds)
         warm = warmup_job(cfg, size, t, n_rows=chosen, epochs=int(s.get("round_epochs", 1)), seed=None, rows=rows)
-        if s.get("cluster_score", "selected") == "selected":  # the losses of the examples the round's model trained on
-            jobs += [warm, pass_job("losses", warm, size, chosen, t, rows=rows)]
-        else:
-            jobs += [warm, pass_job("losses", warm, size, n_pool, t)]
+        # the losses of the examples the round's model trained on (cluster_score=selected), or of the whole pool
+        on_selected = s.get("cluster_score", "selected") == "selected"
+        n_scored, keyed = (chosen, rows) if on_selected else (n_pool, None)
+        jobs += [warm, pass_job("losses", warm, size, n_scored, t, rows=keyed)]
     return jobs
 
 

@@ -84,6 +84,34 @@ def check_one_array(summary: dict, n: int) -> str:
     return slurm[0]["array_job_id"]
 
 
+def submit_fallback(env: dict, tmp_path: Path, *overrides: str) -> tuple[str, Path, Path]:
+    """The cells of `overrides` (on the micro testbed) written by harness.sweep_lines and submitted with
+    slurm/sbatch_array.sh: the array's job id, its sweep record and the results folder."""
+    results, lines, record = tmp_path / "results", tmp_path / "cells.txt", tmp_path / "record"
+    made = subprocess.run(
+        [sys.executable, "-m", "harness.sweep_lines", *MICRO, *overrides, f"paths.results={results}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    lines.write_text(made.stdout)
+    submit = [str(REPO_ROOT / "slurm/sbatch_array.sh"), "--record", str(record), str(lines), "--", "--mem=2G"]
+    done = subprocess.run(["bash", *submit], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip(), record, results
+
+
+def wait_until_gone(env: dict, job: str, deadline: float) -> None:
+    """Until Slurm's queue no longer holds `job` (fails at `deadline`)."""
+    while squeue(env, job).strip() and time.time() < deadline:
+        time.sleep(2)
+    assert not squeue(env, job).strip(), f"array {job} still queued at its deadline"
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    """The steps of a run's training log, in order."""
+    return [json.loads(line)["step"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
 def test_hydra_slurm_launcher_runs_the_sweep_as_one_array(slurm_env, tmp_path):
     results = tmp_path / "results"
     sweep = ["train.epochs=1", "selector=random,balanced_random"]
@@ -119,23 +147,8 @@ def test_a_sweep_sbatch_refuses_is_one_line(slurm_env, tmp_path):
 
 
 def test_sbatch_array_fallback_runs_every_line(slurm_env, tmp_path):
-    results = tmp_path / "results"
-    made = subprocess.run(
-        [sys.executable, "-m", "harness.sweep_lines", *MICRO, "train.epochs=1", "seed=5,6", f"paths.results={results}"],
-        cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
-    lines = tmp_path / "cells.txt"
-    lines.write_text(made.stdout)
-    record = tmp_path / "record"
-    submit = [str(REPO_ROOT / "slurm/sbatch_array.sh"), "--record", str(record), str(lines), "--", "--mem=2G"]
-    done = subprocess.run(["bash", *submit], cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    job = done.stdout.strip()
-    deadline = time.time() + LIMIT_S
-    while squeue(slurm_env, job).strip() and time.time() < deadline:
-        time.sleep(2)
-    assert not squeue(slurm_env, job).strip(), f"array {job} still queued after {LIMIT_S}s"
+    job, record, results = submit_fallback(slurm_env, tmp_path, "train.epochs=1", "seed=5,6")
+    wait_until_gone(slurm_env, job, time.time() + LIMIT_S)
     summary = json.loads((record / "summary.json").read_text())
     assert summary["counts"] == {"complete": 2}, summary
     assert check_one_array(summary, 2) == job
@@ -186,8 +199,7 @@ def test_requeued_cell_resumes_from_its_checkpoint(slurm_env, tmp_path):
     logs = [*results.rglob(".submitit/*/*_log.*"), *record.glob("*.log")]
     log = "\n".join(p.read_text(errors="replace") for p in logs)
     assert manifest["training"]["resumed_from_step"] > 0 or "resumed from checkpoint" in log
-    steps = [json.loads(line)["step"] for line in (record / "train_log.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, manifest["training"]["steps"] + 1))  # one line per step, none twice
+    assert logged_steps(record) == list(range(1, manifest["training"]["steps"] + 1))  # one line per step, none twice
     assert summary["cells"][0]["slurm"]["restarts"] >= 1  # the same cell, run again by Slurm
     assert len(list(results.rglob("results.csv"))) == 2
 
@@ -216,18 +228,7 @@ def test_sbatch_array_cell_warned_before_its_time_limit_is_requeued_and_resumes(
     # `sbatch --signal=B:USR1@N` warns the batch shell alone; `scancel --batch --signal=USR1` sends the same signal
     # now. The shell passes it to the cell, which stops at its checkpoint; the shell then requeues the array task,
     # and the next attempt resumes from that checkpoint.
-    results, lines, record = tmp_path / "results", tmp_path / "cells.txt", tmp_path / "record"
-    long_recipe = ["train.epochs=150", "train.checkpoint_every=1", "seed=7"]
-    made = subprocess.run(
-        [sys.executable, "-m", "harness.sweep_lines", *MICRO, *long_recipe, f"paths.results={results}"],
-        cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
-    lines.write_text(made.stdout)
-    submit = [str(REPO_ROOT / "slurm/sbatch_array.sh"), "--record", str(record), str(lines), "--", "--mem=2G"]
-    done = subprocess.run(["bash", *submit], cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    job = done.stdout.strip()
+    job, record, _ = submit_fallback(slurm_env, tmp_path, "train.epochs=150", "train.checkpoint_every=1", "seed=7")
     task = f"{job}_0"
     try:
         deadline = time.time() + LIMIT_S + 90  # Slurm holds a requeued task about a minute before it starts it
@@ -242,9 +243,7 @@ def test_sbatch_array_cell_warned_before_its_time_limit_is_requeued_and_resumes(
             ["scancel", "--batch", "--signal=USR1", task], env=slurm_env, capture_output=True, text=True
         )
         assert warn.returncode == 0, warn.stderr
-        while squeue(slurm_env, job).strip() and time.time() < deadline:
-            time.sleep(2)
-        assert not squeue(slurm_env, job).strip(), f"array {job} still queued after {LIMIT_S + 90}s"
+        wait_until_gone(slurm_env, job, deadline)
     finally:
         subprocess.run(["scancel", job], env=slurm_env, capture_output=True)
     summary = json.loads((record / "summary.json").read_text())
@@ -254,5 +253,4 @@ def test_sbatch_array_cell_warned_before_its_time_limit_is_requeued_and_resumes(
     assert "stopped by SIGUSR1" in logs and f"cell 0 requeued as {task} (1 of at most 3)" in logs, logs[-3000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["training"]["resumed_from_step"] > 0, manifest["training"]
-    steps = [json.loads(line)["step"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, manifest["training"]["steps"] + 1))  # one line per step, none twice
+    assert logged_steps(run_dir) == list(range(1, manifest["training"]["steps"] + 1))  # one line per step, none twice
