@@ -26,6 +26,25 @@ def testbed_config(data_cfg: DictConfig) -> TestbedConfig:
     return TestbedConfig(**{k: v for k, v in values.items() if k in TESTBED_FIELDS})
 
 
+def pretraining_corpus(data_cfg: DictConfig, n: int) -> Pool:
+    """`n` clean examples from the testbed's generator under another seed (its own draws of problems and facts),
+    with no planted noise, duplicates or filler: what the testbed's pretrained stand-in proxy learns the skills
+    from (selectors' `warmup_base=pretrained`), never what a run trains or is evaluated on."""
+    from harness.seeding import stream_seed
+
+    cfg = dataclasses.replace(
+        testbed_config(data_cfg),
+        seed=stream_seed(int(data_cfg.seed), "pretraining-corpus"),
+        n_pool=n,
+        noise_rate=0.0,
+        dup_rate=0.0,
+        filler_rate=0.0,
+    )
+    pool = generate_testbed(cfg)
+    pool.delimiter = data_cfg.delimiter
+    return pool
+
+
 def load_truth(data_cfg: DictConfig) -> pd.DataFrame | None:
     """The planted truth of the pool `load_pool(data_cfg)` returns (id, truth_noisy, truth_dup_group, truth_filler).
 

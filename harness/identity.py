@@ -27,15 +27,20 @@ NOT_IDENTITY = (
 )
 """Keys inside those groups that never change the result (where and how fast it runs, what is kept)."""
 
-ADDED_LATER = {"model.chat_template": None}
+ADDED_LATER = {"model.chat_template": None, "selector.warmup_base": "model"}
 """Keys added after records existed, left out of the identity while they hold this value (which is what the
 records made before them did), so that adding an option never changes the run ids of existing cells."""
 
-INERT_WHEN = {"selector.cluster_score": {"selector.name": "diversity", "selector.rounds": 1}}
+INERT_WHEN = {
+    "selector.cluster_score": {"selector.name": "diversity", "selector.rounds": 1},
+    "selector.base_examples": {"selector.warmup_base": "model"},
+    "selector.base_epochs": {"selector.warmup_base": "model"},
+}
 """Keys added after records existed that cannot act while other keys hold these values (kMQ's cluster score: with
 one round no cluster is ever scored), left out of the identity then, whatever their value: adding such an option
 changes no existing run id, and where it acts (rounds > 1) it always counts, so a record made before it (which
-scored clusters another way) is never taken for a run of its new default."""
+scored clusters another way) is never taken for a run of its new default. Likewise the pretrained stand-in's
+settings while warm-ups start from the model as configured."""
 
 NOT_IN_NAME = ("paths", "logger", "rerun", "plugins", "num_threads", "dist_timeout_minutes", *NOT_IDENTITY)
 """Overrides that never show in a run folder's name (they are not part of the identity)."""

@@ -9,6 +9,7 @@ import shutil
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import evaluation, record, runtime
 from harness.config import validate
-from harness.data import load_pool, load_truth
+from harness.data import load_pool, load_truth, pretraining_corpus
 from harness.diagnostics import selection_diagnostics
 from harness.errors import HarnessError
 from harness.identity import (
@@ -379,6 +380,7 @@ def _run_locked(
             cache_dir=cache,
             accelerator=accelerator,
             batch_size=cfg.eval.batch_size,
+            pretraining_corpus=partial(pretraining_corpus, cfg.data) if cfg.data.source == "testbed" else None,
         )
         targets = target_tasks(tasks, pool)
         # in lockstep: a selector's check of its input fails on every process at the same point, and one line says it

@@ -14,7 +14,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ class ModelSize:
     vocab: int = 0
 
 
-WARMUP, PASS, STORE = "warm-up", "per-example pass", "gradient store"
+WARMUP, PASS, STORE, BASE = "warm-up", "per-example pass", "gradient store", "pretrained stand-in"
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,7 @@ def warmup_job(
     model: DictConfig | None = None,
     recipe: dict[str, Any] | None = None,
     schedule_epochs: int | None = None,
+    base: dict[str, int] | None = None,
 ) -> SignalJob:
     """A warm-up run (SignalService.warmup): `epochs` passes over n_rows examples at the recipe's batch, with the
     recipe's values replaced by `recipe`, on `model` (default: the proxy). Keyed as its cache entry is: the model as
@@ -145,8 +146,23 @@ def warmup_job(
         "seed": seed,
         "schedule_epochs": schedule_epochs,
     }
+    if base is not None:  # started from the pretrained stand-in: another warm-up than one from the model as it is
+        key["base"] = base
     flops = training_flops(size.params, size.trainable, steps * gbs * tokens_per_example)
     return SignalJob(WARMUP, _key(key), flops, steps, f"{n_rows:,} examples x {epochs} epoch(s)")
+
+
+def base_jobs(
+    cfg: DictConfig, size: ModelSize, tokens_per_example: int, base: dict[str, int] | None
+) -> list[SignalJob]:
+    """The testbed's pretrained stand-in that warm-ups start from (SignalService.pretrained_base): the scratch model
+    trained `epochs` passes over `examples` generated ones, every parameter, one per pool, model and recipe."""
+    if base is None:
+        return []
+    job = warmup_job(
+        cfg, size, tokens_per_example, n_rows=base["examples"], epochs=base["epochs"], seed=None, rows="pretraining"
+    )
+    return [replace(job, kind=BASE)]
 
 
 SUBSET = "of what is selected so far"
@@ -187,7 +203,7 @@ def selection_jobs(
     what is selected so far (about k*r/rounds examples: this cell's own, `cell` tells them apart) with a loss pass
     over those examples (cluster_score=selected) or over the pool (cluster_score=pool);
     influence and BIDS their LESS warm-up and gradient store (less_costs). Selectors without signals: none."""
-    from harness.scores import SCORE_DEFAULTS, warmup_stream_seed
+    from harness.scores import SCORE_DEFAULTS, warmup_base, warmup_stream_seed
     from harness.seeding import stage_seeds
     from harness.training import compute_plan
 
@@ -202,6 +218,13 @@ def selection_jobs(
     if name not in SCORE_PASSES and name != "diversity":
         return jobs
     size = size_of(cfg.model)[0]
+    base = warmup_base(s)
+
+    def with_base(jobs: list[SignalJob]) -> list[SignalJob]:  # the stand-in is trained only if something warms up
+        if not any(j.kind == WARMUP for j in jobs):
+            return jobs
+        return base_jobs(cfg, size_of(OmegaConf.merge(cfg.model, {"lora": {"enabled": False}}))[0], t, base) + jobs
+
     if name in SCORE_PASSES:
         p = {**SCORE_DEFAULTS, **s}
         epochs = int(p["warmup_epochs"])
@@ -210,24 +233,26 @@ def selection_jobs(
         for i in range(int(p["warmup_seeds"])):
             seed_i = warmup_stream_seed(selection_seed, i)
             span_i = span if span is not None and span > epochs else None
-            warm = warmup_job(cfg, size, t, n_rows=n, epochs=epochs, seed=seed_i, schedule_epochs=span_i)
+            warm = warmup_job(cfg, size, t, n_rows=n, epochs=epochs, seed=seed_i, schedule_epochs=span_i, base=base)
             jobs += [warm, pass_job(SCORE_PASSES[name], warm, size, n_pool, t)]
-        return jobs
+        return with_base(jobs)
     if s.get("embedding", "rds") == "rds":
         n = max(1, round(float(s.get("warmup_fraction", 1.0)) * n_pool))
         seed_0 = warmup_stream_seed(selection_seed, 0)  # shared with EL2N's and GraNd's first warm-up
-        warm = warmup_job(cfg, size, t, n_rows=n, epochs=int(s.get("warmup_epochs", 1)), seed=seed_0)
+        warm = warmup_job(cfg, size, t, n_rows=n, epochs=int(s.get("warmup_epochs", 1)), seed=seed_0, base=base)
         jobs += [warm, pass_job("embeddings", warm, size, n_pool, t)]
     rounds = int(s.get("rounds", 1))
     for r in range(1, rounds):
         rows = ["selected so far", cell, r]
         chosen = max(1, k * r // rounds)
-        warm = warmup_job(cfg, size, t, n_rows=chosen, epochs=int(s.get("round_epochs", 1)), seed=None, rows=rows)
+        warm = warmup_job(
+            cfg, size, t, n_rows=chosen, epochs=int(s.get("round_epochs", 1)), seed=None, rows=rows, base=base
+        )
         # the losses of the examples the round's model trained on (cluster_score=selected), or of the whole pool
         on_selected = s.get("cluster_score", "selected") == "selected"
         n_scored, keyed = (chosen, rows) if on_selected else (n_pool, None)
         jobs += [warm, pass_job("losses", warm, size, n_scored, t, rows=keyed)]
-    return jobs
+    return with_base(jobs)
 
 
 def jobs_line(jobs: list[SignalJob]) -> str | None:
@@ -236,7 +261,8 @@ def jobs_line(jobs: list[SignalJob]) -> str | None:
     passes = [j for j in jobs if j.kind == PASS]
     if not jobs:
         return None
-    parts = []
+    stand_in = [j for j in jobs if j.kind == BASE]
+    parts = [f"the pretrained stand-in, {j.what} = {j.steps:,} steps, {j.flops:.2e} FLOPs" for j in stand_in]
     if warmups:
         sizes = sorted({j.what for j in warmups})
         parts.append(
@@ -342,7 +368,7 @@ def less_costs(
     """Warm-up and gradient-feature costs of an influence or BIDS cell: FLOPs, the store, the feature pass's memory,
     the lines that say them, and the two jobs (warm-up, gradient store) under the keys by which a sweep shares them
     (one warm-up per seed and settings; `seed`: the cell's, default cfg.seed)."""
-    from harness.scores import warmup_stream_seed
+    from harness.scores import warmup_base, warmup_stream_seed
     from harness.seeding import stage_seeds
     from harness.signals.less import DEFAULTS
     from harness.training import training_flops
@@ -359,6 +385,9 @@ def less_costs(
         settings["warmup_seed"] if settings["warmup_seed"] is not None else warmup_stream_seed(selection_seed, 0)
     )
     recipe = {"lr": s.warmup_lr, "scheduler": s.warmup_scheduler, "warmup_ratio": s.warmup_ratio}
+    base = warmup_base(settings)
+    plain = OmegaConf.merge(cfg.model, {"lora": {"enabled": False}})
+    base_job = base_jobs(cfg, (size_of or model_size)(plain)[0], tokens_per_example, base)
     warm_job = warmup_job(
         cfg,
         warm,
@@ -368,6 +397,7 @@ def less_costs(
         seed=warm_seed,
         model=model,
         recipe=recipe,
+        base=base,
     )
     warm_steps, warm_flops = warm_job.steps, warm_job.flops
     n_val, val_from = validation_count(cfg)
@@ -386,6 +416,7 @@ def less_costs(
     )
     what = "LoRA adapters" if s.warmup_mode == "lora" else "parameters"
     lines = [
+        *(f"pretrained stand-in: {j.what} = {j.steps:,} steps, {j.flops:.2e} FLOPs" for j in base_job),
         f"warm-up: {warm_n:,} examples x {s.warmup_epochs} epochs = {warm_steps:,} steps, {warm_flops:.2e} FLOPs "
         f"({count(warm.trainable)} trainable {what})",
         f"gradient store: {n_pool + n_val:,} examples ({n_val:,} validation: {val_from}) x d={s.proj_dim} x "
@@ -396,12 +427,12 @@ def less_costs(
     store_keys = ("proj_dim", "projection", "proj_seed", "adam_formula", "store_dtype", "feature_modules")
     store_key = _key([warm_job.key, {k: settings.get(k) for k in store_keys}])
     return {
-        "warm_flops": warm_flops,
+        "warm_flops": warm_flops + sum(j.flops for j in base_job),
         "grad_flops": grad_flops,
         "memory": memory,
         "batch": batch,
         "lines": lines,
-        "jobs": [warm_job, SignalJob(STORE, store_key, grad_flops)],
+        "jobs": [*base_job, warm_job, SignalJob(STORE, store_key, grad_flops)],
     }
 
 
@@ -485,7 +516,7 @@ def sweep_flops(cells: list[list[str]], first: DictConfig, n_pool: int, tokens_p
         return sizes[key]
 
     trained: set[str] = set()
-    signals: dict[str, dict[str, float]] = {WARMUP: {}, PASS: {}, STORE: {}}
+    signals: dict[str, dict[str, float]] = {WARMUP: {}, PASS: {}, STORE: {}, BASE: {}}
     total = 0.0
     for i, members in enumerate(groups.values()):
         cfg = first if i == 0 else cell_config(members[0])
@@ -508,6 +539,8 @@ def sweep_flops(cells: list[list[str]], first: DictConfig, n_pool: int, tokens_p
     what = f"{len(trained)} training run(s), {len(signals[WARMUP])} warm-up(s), {len(signals[STORE])} gradient store(s)"
     if signals[PASS]:
         what += f", {len(signals[PASS])} per-example pass(es)"
+    if signals[BASE]:
+        what += f", {len(signals[BASE])} pretrained stand-in(s)"
     return total, what
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from harness.clustering import default_clusters, kmeans
 from harness.errors import HarnessError
 from harness.params import number, whole
-from harness.scores import check_warmup, warmup_seed
+from harness.scores import BASE_DEFAULTS, check_warmup, warmup_base, warmup_seed
 from harness.selection import Selection, SelectionContext, equal_quotas, register
 
 
@@ -117,7 +117,7 @@ def cluster_weights(
     return weights / weights.sum()
 
 
-@register("diversity", check=check)
+@register("diversity", check=check, shared=BASE_DEFAULTS)
 def select(
     ctx: SelectionContext,
     *,
@@ -129,6 +129,7 @@ def select(
     round_epochs: int = 1,
     warmup_epochs: int = 1,
     warmup_fraction: float = 1.0,
+    **base: object,
 ) -> Selection:
     """Equal quota per k-means cluster of RDS+ embeddings; when rounds > 1, later rounds re-weighted by the clusters'
     losses under a proxy trained on the selection so far."""
@@ -138,7 +139,9 @@ def select(
         raise HarnessError(f"n_clusters={clusters} is more than the {n} examples of the pool; use fewer clusters")
     rng = ctx.rng()
     if embedding == "rds":
-        warm = ctx.signals.warmup(epochs=warmup_epochs, seed=warmup_seed(ctx, 0), fraction=warmup_fraction)
+        warm = ctx.signals.warmup(
+            epochs=warmup_epochs, seed=warmup_seed(ctx, 0), fraction=warmup_fraction, base=warmup_base(base)
+        )
         vectors = np.asarray(ctx.signals.embeddings(warm))
     else:
         frame = ctx.pool.frame
@@ -153,7 +156,9 @@ def select(
         if shares[r] == 0:  # k < rounds: the later rounds have nothing to draw, so no proxy is trained for them
             break
         available[chosen] = False
-        model = ctx.signals.warmup(epochs=round_epochs, seed=warmup_seed(ctx, 100 + r), ids=list(ctx.pool.ids[chosen]))
+        model = ctx.signals.warmup(
+            epochs=round_epochs, seed=warmup_seed(ctx, 100 + r), ids=list(ctx.pool.ids[chosen]), base=warmup_base(base)
+        )
         if cluster_score == "selected":  # a loss pass over the rows this model trained on only (about k*r/R of N)
             scored = np.sort(chosen)
             loss = ctx.signals.losses(model, rows=scored)["loss"]

@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from conftest import MICRO, MICRO_POOL, MICRO_RECIPE, message_lines
+from conftest import MICRO, MICRO_POOL, MICRO_RECIPE, message_lines, user_lm_eval_task
 
 
 def assert_one_line_error(code: int, err: str, tmp_path, *fragments: str) -> None:
@@ -130,6 +130,12 @@ def test_rejected_run_never_removes_an_existing_record(harness_cli, tmp_path):
         (["selector=diversity", "selector.n_clusters=100000"], ["n_clusters=100000", "more than the 300"]),
         (["selector=diversity", "selector.temperature=0"], ["temperature must be a number > 0"]),
         (["selector=el2n", "selector.warmup_schedule=later"], ["unknown warmup_schedule 'later'", "run"]),
+        (["selector=el2n", "selector.warmup_base=scratch"], ["unknown warmup_base 'scratch'", "'model', 'pretrained'"]),
+        (["selector=grand", "selector.base_epochs=0"], ["base_epochs must be a whole number >= 1", "got 0"]),
+        (
+            ["selector=bids", "selector.warmup_base=pretrained", "selector.base_examples=2.5"],
+            ["base_examples must be a whole number", "2.5"],
+        ),
         (["selector=diversity", "selector.cluster_score=gold"], ["unknown cluster_score 'gold'", "'selected', 'pool'"]),
         (["selector=grand", "selector.warmup_seeds=1.5"], ["warmup_seeds must be a whole number", "1.5"]),
         (["selector=diversity", "selector.n_clusters=2.5"], ["n_clusters must be a whole number", "2.5"]),
@@ -265,7 +271,6 @@ def test_the_smallest_budget_named_keeps_an_example(n):
 def test_a_chat_template_the_tokenizer_lacks_fails_before_training(harness_cli, tmp_path):
     """Asking for the chat template with a tokenizer that has none: one line before anything is written (it was
     lm-eval's traceback after training, or the tokenizer's while tokenizing the pool)."""
-    from conftest import user_lm_eval_task
 
     code, _, err = harness_cli([*MICRO, "eval.apply_chat_template=true"])
     assert_one_line_error(code, err, tmp_path, "eval.apply_chat_template=true needs a tokenizer with a chat template")
@@ -278,6 +283,21 @@ def test_a_chat_template_the_tokenizer_lacks_fails_before_training(harness_cli, 
     args = [*MICRO_RECIPE, "data=jsonl", f"data.path={pool}", "data.chat_template=true", "eval=lm_eval"]
     code, _, err = harness_cli([*args, "eval.tasks=[my_task]", f"eval.include_path={tmp_path / 'tasks'}"])
     assert_one_line_error(code, err, tmp_path, "data.chat_template=true needs a tokenizer with a chat template")
+
+
+def test_a_pretrained_stand_in_needs_the_testbed(harness_cli, tmp_path):
+    """warmup_base=pretrained trains the testbed's scratch model on generated examples: on another pool it is one
+    line (before any record is written), not a warm-up from something else."""
+    rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(40)]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = tmp_path / "items.jsonl"
+    data.write_text(json.dumps({"question": "q1", "options": ["a1", "a2"], "label": 0}) + "\n")
+    user_lm_eval_task(tmp_path / "tasks", data)
+    args = [*MICRO_RECIPE, "data=jsonl", f"data.path={pool}", "eval=lm_eval", "eval.tasks=[my_task]"]
+    args += [f"eval.include_path={tmp_path / 'tasks'}", "selector=el2n", "selector.warmup_base=pretrained"]
+    code, _, err = harness_cli(args)
+    assert_one_line_error(code, err, tmp_path, "a pool that is not the testbed", "use selector.warmup_base=model")
 
 
 def test_no_tokens_to_generate_fails_before_training(harness_cli, tmp_path):

@@ -173,15 +173,22 @@ def test_plan_total_counts_every_cell_and_each_shared_warmup_once(monkeypatch, c
 
 def test_plan_counts_the_warmups_and_passes_of_score_selectors_once_per_seed(monkeypatch, capsys):
     # EL2N and GraNd: 3 warm-ups per seed (1 epoch over the pool), shared by both selectors and both budgets; each
-    # takes its own pass over the pool after every warm-up (losses: forward; gradient norms: forward and backward)
+    # takes its own pass over the pool after every warm-up (losses: forward; gradient norms: forward and backward);
+    # on the testbed the warm-ups start from the pretrained stand-in, trained once for the whole sweep
     out = plan_lines(monkeypatch, capsys, ["selector=el2n,grand", "budget=0.1,0.2", "seed=0,1"])
-    assert "(8 training run(s), 6 warm-up(s), 0 gradient store(s), 12 per-example pass(es))" in out, out
+    counted = "(8 training run(s), 6 warm-up(s), 0 gradient store(s), 12 per-example pass(es), 1 pretrained stand-in"
+    assert counted in out, out
     per_token, tokens = 6 * P, 100  # every parameter trains (the proxy has no LoRA)
     train = per_token * 32 * tokens * 2 * 2 * (4 + 7) * 10  # 2 selectors x 2 seeds, k = 100 and 200: 4 and 7 steps
     warm = per_token * 32 * tokens * 32  # 1,000 examples: 32 steps of 32
+    stand_in = per_token * 32 * tokens * 250 * 10  # 8,000 examples: 10 epochs of 250 steps of 32
     losses, norms = 2 * P * tokens * 1000, (per_token * tokens + 2 * P) * 1000
-    assert f"total {train + 6 * (warm + losses + norms):.2e} FLOPs" in out, out
-    assert "selection signals: 3 warm-up(s) of 1,000 examples x 1 epoch(s) = 96 steps" in out, out
+    assert f"total {train + stand_in + 6 * (warm + losses + norms):.2e} FLOPs" in out, out
+    assert "selection signals: the pretrained stand-in, 8,000 examples x 10 epoch(s) = 2,500 steps" in out, out
+    assert "3 warm-up(s) of 1,000 examples x 1 epoch(s) = 96 steps" in out, out
+    # without it (warmup_base=model): no stand-in, other warm-ups
+    out = plan_lines(monkeypatch, capsys, ["selector=el2n", "selector.warmup_base=model", "budget=0.1"])
+    assert "pretrained stand-in" not in out and "(1 training run(s), 3 warm-up(s)" in out, out
     # diversity: RDS+ embeddings over one warm-up (for every budget), and per later round of the iterative variant a
     # warm-up on what that cell selected so far
     out = plan_lines(
@@ -199,7 +206,9 @@ def test_diversity_shares_its_warmup_with_el2n_as_the_signal_cache_does(monkeypa
         return {j.key for j in plan.selection_jobs(cfg, 1000, 100, 100, cfg.seed) if j.kind == plan.WARMUP}
 
     el2n, rds = warmups("selector=el2n"), warmups("selector=diversity", "selector.embedding=rds")
-    assert len(el2n) == 3 and len(rds) == 1 and rds <= el2n
+    assert len(el2n) == 3 and len(rds) == 1 and not rds & el2n  # on the testbed EL2N's start from the stand-in
+    el2n = warmups("selector=el2n", "selector.warmup_base=model")
+    assert len(el2n) == 3 and rds <= el2n
     assert not rds & warmups("selector=el2n", "selector.warmup_schedule=run")  # the first epoch of a 10-epoch run
     assert not rds & warmups("selector=diversity", "selector.embedding=rds", "seed=1")
     assert not warmups("selector=diversity")  # the testbed's TF-IDF embeddings need no warm-up

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from harness import REPO_ROOT
 from harness.config import register_resolvers, validate
@@ -135,3 +136,21 @@ def test_override_keys():
         "selector",
         "selector.k",
     }
+
+
+def test_warmup_base_keeps_the_run_ids_of_warm_ups_from_the_model_and_counts_where_it_acts():
+    """warmup_base=model (what every record before the key did) and the stand-in's settings beside it leave a run
+    id as it was; the testbed's pretrained stand-in, and each of its settings, make other cells."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = validate(compose(config_name="config", overrides=["selector=influence"]))
+    assert cfg.selector.warmup_base == "model"  # influence on the testbed: warm-ups from the model as configured
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    added = ("warmup_base", "base_examples", "base_epochs")
+    before = {**tree, "selector": {k: v for k, v in tree["selector"].items() if k not in added}}
+    assert identity_hash(identity(tree)) == identity_hash(identity(before))  # a record made before the keys
+    assert identity_hash(identity(tree)) == run_id("selector=influence", "selector.base_epochs=3")  # cannot act
+    pretrained = run_id("selector=influence", "selector.warmup_base=pretrained")
+    assert len({identity_hash(identity(tree)), pretrained, run_id("selector=el2n")}) == 3
+    assert run_id("selector=el2n", "selector.base_epochs=3") != run_id("selector=el2n")  # acts on the testbed
+    assert run_id("selector=el2n", "selector.base_examples=100") != run_id("selector=el2n")

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import multiprocessing as mp
 import time
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +19,8 @@ from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from harness.config import ScratchModelSchema, TrainSchema
+from harness.data import pretraining_corpus
+from harness.errors import HarnessError
 from harness.modeling import load_tokenizer
 from harness.selection import SelectionContext, get_selector, load_plugins
 from harness.signals.service import SignalService
@@ -40,8 +43,9 @@ RECIPE = OmegaConf.merge(
 )
 
 
-def service_for(pool, truth, model_cfg, train_cfg, cache: Path) -> tuple:
-    """(pool, truth in pool order, a signal service over the pool) with a tokenizer trained in `cache`."""
+def service_for(pool, truth, model_cfg, train_cfg, cache: Path, data_cfg=None) -> tuple:
+    """(pool, truth in pool order, a signal service over the pool) with a tokenizer trained in `cache`; with the
+    testbed's `data_cfg`, warm-ups may start from its pretrained stand-in."""
     truth = truth.set_index("id").loc[pool.examples["id"]].reset_index()
     tok = load_tokenizer(pool, model_cfg, cache)
     tokens = tokenize_pool(pool, tok, model_cfg.max_length, False, cache)
@@ -54,6 +58,7 @@ def service_for(pool, truth, model_cfg, train_cfg, cache: Path) -> tuple:
         cache_dir=cache,
         accelerator=Accelerator(cpu=True),
         batch_size=64,
+        pretraining_corpus=partial(pretraining_corpus, data_cfg) if data_cfg is not None else None,
     )
     return pool, truth, service
 
@@ -101,27 +106,54 @@ def default_bed(tmp_path_factory):
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
         cfg = compose("config")
     pool, truth = generate_testbed_with_truth(testbed_config(cfg.data))
-    return service_for(pool, truth, cfg.model, cfg.train, tmp_path_factory.mktemp("default-signals"))
+    return service_for(pool, truth, cfg.model, cfg.train, tmp_path_factory.mktemp("default-signals"), cfg.data)
 
 
-def test_el2n_and_grand_find_the_planted_noise(default_bed):
-    """On the default testbed, after the papers' one warm-up epoch, the planted (mismatched) noise scores
-    high pool-wide, and the share drop_top skips is mostly noise and filler. (Whether drop_top then keeps
-    fewer noisy examples than random depends on the warm-up seeds: see the README.)"""
+def testbed_params(selector: str) -> dict:
+    """The selector's parameters as `python -m harness selector=NAME` composes them on the testbed."""
+    from hydra import compose, initialize_config_dir
+
+    from harness import REPO_ROOT
+
+    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
+        cfg = compose("config", overrides=[f"selector={selector}"])
+    return {k: v for k, v in OmegaConf.to_container(cfg.selector, resolve=True).items() if k != "name"}
+
+
+def test_el2n_and_grand_find_the_planted_noise_and_drop_top_skips_it(default_bed):
+    """On the default testbed, with the testbed's settings (warm-ups from the pretrained stand-in, one epoch, three
+    warm-up seeds, offset 0.10): the planted (mismatched) noise scores high pool-wide and in every skill, what
+    drop_top skips is mostly noise and filler, and drop_top keeps fewer noisy examples than random at every budget
+    and selection seed."""
     pool, truth, service = default_bed
     noisy = truth["truth_noisy"].to_numpy()
+    tasks = pool.examples["task"].to_numpy()
+    el2n_params, grand_params = testbed_params("el2n"), testbed_params("grand")
+    assert el2n_params["warmup_base"] == grand_params["warmup_base"] == "pretrained"
     ctx = context(pool, service, 0.15, epochs=10)
-    el2n = pick("el2n", ctx, warmup_epochs=1, warmup_seeds=2, keep="drop_top", offset=0.10)
-    grand = pick("grand", ctx, warmup_epochs=1, warmup_seeds=2)
-    assert all(u["cached"] for u in service.used if u["name"] == "warmup")  # GraNd reused EL2N's warm-ups
-    auroc_el2n = roc_auc_score(noisy, el2n.scores.to_numpy())
-    auroc_grand = roc_auc_score(noisy, grand.scores.to_numpy())
-    assert auroc_el2n > 0.75 and auroc_grand > 0.85, (auroc_el2n, auroc_grand)
+    el2n = pick("el2n", ctx, **el2n_params)
+    assert [u["name"] for u in service.used].count("pretrained_base") == 1
+    grand = pick("grand", ctx, **grand_params)
+    assert all(u["cached"] for u in service.used if u["name"] in ("warmup", "pretrained_base"))  # shared warm-ups
+    scores = el2n.scores.to_numpy()
+    assert roc_auc_score(noisy, scores) > 0.9 and roc_auc_score(noisy, grand.scores.to_numpy()) > 0.85
+    for task in sorted(set(tasks)):  # the stand-in has learned every skill, reversal and sorting included
+        assert roc_auc_score(noisy[tasks == task], scores[tasks == task]) > 0.8, task
     # the NLP recipe's premise: what drop_top skips (the top 10%) is mostly the planted junk (9% of the pool)
     junk = noisy | truth["truth_filler"].to_numpy()
-    skipped = np.argsort(-el2n.scores.to_numpy(), kind="stable")[: round(0.10 * pool.n)]
-    assert junk[skipped].mean() > 3 * junk.mean(), (junk[skipped].mean(), junk.mean())
+    skipped = np.argsort(-scores, kind="stable")[: round(0.10 * pool.n)]
+    assert junk[skipped].mean() > 0.7, junk[skipped].mean()
     assert not set(pool.examples["id"].to_numpy()[skipped]) & set(el2n.ids)
+    is_noisy = dict(zip(pool.examples["id"], noisy))
+    kept = {}
+    for seed in (0, 1, 2):
+        for budget in (0.05, 0.1, 0.15):
+            at = context(pool, service, budget, seed=seed, epochs=10)
+            kept[seed, budget] = tuple(
+                sum(is_noisy[i] for i in pick(name, at, **params).ids)
+                for name, params in (("el2n", el2n_params), ("random", {}))
+            )
+    assert all(mine < theirs for mine, theirs in kept.values()), kept
 
 
 def redundant_duplicates(truth, ids: list[str]) -> int:
@@ -368,3 +400,33 @@ def test_el2n_scores_early_in_a_recipe_length_run_on_request(bed):
     assert len(warmups) == 1
     meta = json.loads((service.root / "warmup" / warmups[0]["key"] / "meta.json").read_text())
     assert meta["spec"]["schedule_epochs"] == 4 and meta["spec"]["epochs"] == 1
+
+
+def test_warm_ups_start_from_the_pretrained_stand_in_built_once(tmp_path, bed):
+    """warmup_base=pretrained: the stand-in (the scratch model trained on clean generated examples that are not the
+    pool's) is built once and shared; warm-ups from it are other signals than warm-ups from the random init, and a
+    LoRA warm-up's frozen weights are the stand-in's. A pool that is not the testbed has no stand-in."""
+    tb = TestbedConfig(n_pool=300, n_validation_per_task=4, n_eval_per_task=4, n_facts=24)
+    data_cfg = OmegaConf.create({**dataclasses.asdict(tb), "source": "testbed", "delimiter": " "})
+    pool, truth, service = service_for(*generate_testbed_with_truth(tb), MODEL, RECIPE, tmp_path, data_cfg)
+    corpus = pretraining_corpus(data_cfg, 200)
+    assert corpus.n == 200 and corpus.fingerprint() != pool.fingerprint()
+    assert corpus.fingerprint() == pretraining_corpus(data_cfg, 200).fingerprint()  # deterministic
+    base = {"examples": 200, "epochs": 1}
+    warm = service.warmup(epochs=1, seed=0, base=base)
+    assert [(u["name"], u["cached"]) for u in service.used] == [("pretrained_base", False), ("warmup", False)]
+    assert service.used[0]["seconds"] > 0
+    assert service.warmup(epochs=1, seed=0).key != warm.key  # from the random init: another warm-up
+    service.used.clear()
+    service.warmup(epochs=1, seed=1, base=base)
+    assert [(u["name"], u["cached"]) for u in service.used] == [("pretrained_base", True), ("warmup", False)]
+    stand_in = torch.load(warm.base / "model.pt", weights_only=True)
+    fresh = service._proxy(service._with_lora(None), warm.init_seed, None).state_dict()
+    assert not torch.equal(stand_in["model.embed_tokens.weight"], fresh["model.embed_tokens.weight"])  # it trained
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    adapted = service.model_at(service.warmup(epochs=1, seed=0, base=base, lora=lora), 0)
+    frozen = {n: p for n, p in adapted.named_parameters() if not p.requires_grad}
+    name = next(n for n in frozen if n.endswith("embed_tokens.weight"))
+    assert torch.equal(frozen[name].detach(), stand_in["model.embed_tokens.weight"])
+    with pytest.raises(HarnessError, match="use selector.warmup_base=model"):
+        bed[2].warmup(epochs=1, seed=0, base=base)  # a service without the testbed's generator

@@ -20,7 +20,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.params import names, number, whole
-from harness.scores import warmup_seed
+from harness.scores import BASE_DEFAULTS, check_base, warmup_base, warmup_seed
 from harness.selection import SelectionContext
 
 DEFAULTS: dict[str, Any] = {
@@ -41,8 +41,9 @@ DEFAULTS: dict[str, Any] = {
     "proj_seed": 0,
     "adam_formula": "paper",
     "store_dtype": "float16",
+    **BASE_DEFAULTS,
 }
-"""The paper's settings (the keyword defaults of both selectors)."""
+"""The paper's settings (the keyword defaults of both selectors), and where the warm-up starts (harness.scores)."""
 
 CHOICES = {
     "warmup_mode": ("lora", "full"),
@@ -81,6 +82,7 @@ def check(params: dict[str, Any]) -> None:
     number(params, "warmup_lr", 0, math.inf, low_open=True)
     number(params, "warmup_ratio", 0, 1, high_open=True)
     names(params, "feature_modules", allow_none=True)
+    check_base(params)
     if params["warmup_mode"] == "lora":
         whole(params, "lora_r", 1)
         number(params, "lora_alpha", 0, math.inf, low_open=True)
@@ -128,7 +130,12 @@ def influence_matrix(ctx: SelectionContext, params: dict[str, Any]) -> tuple[np.
     recipe = {"lr": p["warmup_lr"], "scheduler": p["warmup_scheduler"], "warmup_ratio": p["warmup_ratio"]}
     seed = p["warmup_seed"] if p["warmup_seed"] is not None else warmup_seed(ctx, 0)
     warm = ctx.signals.warmup(
-        epochs=p["warmup_epochs"], seed=seed, fraction=p["warmup_fraction"], recipe=recipe, lora=lora
+        epochs=p["warmup_epochs"],
+        seed=seed,
+        fraction=p["warmup_fraction"],
+        recipe=recipe,
+        lora=lora,
+        base=warmup_base(p),
     )
     settings = {
         "proj_dim": p["proj_dim"],

@@ -29,7 +29,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import HarnessError
 from harness.locking import HeartbeatLock
-from harness.modeling import build_model, matching_parameters, meta_model, model_description, resolved_precision
+from harness.modeling import (
+    add_lora,
+    build_model,
+    matching_parameters,
+    meta_model,
+    model_description,
+    resolved_precision,
+)
 from harness.pool import Pool
 from harness.runtime import together
 from harness.seeding import stage_rng, stream_seed
@@ -60,6 +67,9 @@ class WarmupRun:
     init_seed: int
     """The seed the warm-up's model was built with: a checkpoint keeps only the trained weights, so the frozen
     rest (a scratch model's random base under LoRA) is rebuilt from it."""
+    base: Path | None = None
+    """The pretrained stand-in the warm-up started from (SignalService.pretrained_base), None: the model as
+    configured."""
 
     def checkpoint(self, epoch: int) -> Path:
         return self.path / "epochs" / f"epoch-{epoch:03d}" / "state.pt"
@@ -79,8 +89,10 @@ class SignalService:
         cache_dir: Path,
         accelerator: Any,
         batch_size: int = 64,
+        pretraining_corpus: Callable[[int], Pool] | None = None,
     ) -> None:
         self.pool, self.tokens, self.tokenizer = pool, tokens, tokenizer
+        self.pretraining_corpus = pretraining_corpus  # n -> clean generated examples disjoint from the pool
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.root = Path(cache_dir) / "signals"
         self.accelerator = accelerator
@@ -241,12 +253,14 @@ class SignalService:
         recipe: dict[str, Any] | None = None,
         lora: dict[str, Any] | None = None,
         schedule_epochs: int | None = None,
+        base: dict[str, int] | None = None,
     ) -> WarmupRun:
         """The proxy trained by the one training loop on a random `fraction` of the pool (or the given ids) for
         `epochs`, with a checkpoint (weights and Adam's moments by parameter name) kept after every epoch.
         `recipe` overrides training-recipe values (e.g. lr); `lora` wraps the model in LoRA adapters first.
         With `schedule_epochs` (> epochs) the learning-rate schedule spans that many epochs and training stops after
-        `epochs`: the model early in a full-length run, where the data-diet papers take their scores."""
+        `epochs`: the model early in a full-length run, where the data-diet papers take their scores.
+        With `base` ({"examples", "epochs"}) the proxy starts from that pretrained stand-in (pretrained_base)."""
         if epochs < 1:
             raise ValueError("a warm-up needs at least one epoch")
         if ids is not None:
@@ -268,13 +282,16 @@ class SignalService:
         span = epochs
         if schedule_epochs is not None and schedule_epochs > epochs:
             span = spec["schedule_epochs"] = schedule_epochs
+        base_path = self.pretrained_base(**base) if base else None
+        if base_path is not None:  # absent otherwise, so the keys of warm-ups from the model as configured stay
+            spec["base"] = base_path.name
 
         init_seed = stream_seed(seed, "warmup-init")
 
         def build(work: Path) -> None:
             from harness.training import count_steps, train
 
-            model = build_model(model_cfg, self.tokenizer, init_seed)
+            model = self._proxy(model_cfg, init_seed, base_path)
             train(
                 model,
                 self.tokens,
@@ -300,7 +317,58 @@ class SignalService:
 
         path = self.cached("warmup", spec, build)
         info = json.loads((path / "warmup.json").read_text())
-        return WarmupRun(path, self.key("warmup", spec), rows, epochs, tuple(info["avg_lrs"]), lora, init_seed)
+        return WarmupRun(
+            path, self.key("warmup", spec), rows, epochs, tuple(info["avg_lrs"]), lora, init_seed, base_path
+        )
+
+    def pretrained_base(self, examples: int, epochs: int) -> Path:
+        """The scratch proxy pretrained by the one training loop (the recipe's settings) for `epochs` passes over
+        `examples` clean generated examples disjoint from the pool: the testbed's stand-in for the pretrained
+        checkpoint that the papers' proxies start from. Cached like any signal; its folder holds `model.pt`."""
+        if self.model_cfg.source != "scratch" or self.pretraining_corpus is None:
+            what = "a pretrained model" if self.model_cfg.source != "scratch" else "a pool that is not the testbed"
+            raise HarnessError(
+                f"warmup_base=pretrained pretrains the testbed's scratch model on generated examples, and this run "
+                f"has {what}; use selector.warmup_base=model"
+            )
+        corpus = self.pretraining_corpus(examples)
+        train_cfg = OmegaConf.merge(self.train_cfg, {"epochs": epochs})
+        train_cfg.compute, train_cfg.steps = "epochs", None
+        spec = {"corpus": corpus.fingerprint(), "examples": examples, "epochs": epochs, "recipe": _recipe(train_cfg)}
+        model_cfg = self._with_lora({"enabled": False})
+
+        def build(work: Path) -> None:
+            from harness.tokenization import tokenize_pool
+            from harness.training import train
+
+            tokens = tokenize_pool(corpus, self.tokenizer, model_cfg.max_length, model_cfg.add_bos_token, work)
+            model = build_model(model_cfg, self.tokenizer, stream_seed(0, "pretrained-base-init"))
+            train(
+                model,
+                tokens,
+                [np.arange(corpus.n)] * epochs,
+                train_cfg,
+                stream_seed(0, "pretrained-base-order"),
+                work / "run",
+                self.accelerator,
+                pad_id=self.tokenizer.pad_token_id,
+                model_id=digest(spec),
+            )
+            if self.main:
+                torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, work / "model.pt")
+                shutil.rmtree(work / "run", ignore_errors=True)
+                shutil.rmtree(work / "tokenized", ignore_errors=True)
+
+        return self.cached("pretrained_base", spec, build)
+
+    def _proxy(self, model_cfg: DictConfig, init_seed: int, base: Path | None) -> torch.nn.Module:
+        """A fresh proxy: the model as configured, or (with `base`) the pretrained stand-in's weights under the
+        same LoRA adapters."""
+        if base is None:
+            return build_model(model_cfg, self.tokenizer, init_seed)
+        model = build_model(OmegaConf.merge(model_cfg, {"lora": {"enabled": False}}), self.tokenizer, init_seed)
+        model.load_state_dict(torch.load(base / "model.pt", map_location="cpu", weights_only=True))
+        return add_lora(model, model_cfg.lora, init_seed) if model_cfg.lora.enabled else model
 
     def _with_lora(self, lora: dict[str, Any] | None) -> DictConfig:
         """The proxy's model config, its LoRA settings replaced by `lora` when given ({"enabled": False}: train
@@ -321,7 +389,7 @@ class SignalService:
         """The warm-up's model as it was at the end of `epoch` (-1: the last), on the device, in eval mode."""
         epoch = warm.epochs - 1 if epoch < 0 else epoch
         state = torch.load(warm.checkpoint(epoch), map_location="cpu", weights_only=False)
-        model = build_model(self._with_lora(warm.lora), self.tokenizer, warm.init_seed)
+        model = self._proxy(self._with_lora(warm.lora), warm.init_seed, warm.base)
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, value in state["model"].items():
