@@ -132,12 +132,31 @@ def explain(exc: BaseException) -> str:
         detail = first_line(cause)
         if detail not in first:
             first = f"{first}: {detail}"
-    if "Could not override" in first or "not in struct" in first:
+    swept = _swept_group_key(first)
+    if swept:
+        first += (
+            f" (a multirun composes its config once with the default {swept[0]} before it sweeps, and that one has "
+            f"no such key: write ++{swept[1]}=... to set it where it exists and add it where not, or run one "
+            f"command per {swept[0]})"
+        )
+    elif "Could not override" in first or "not in struct" in first:
         first += (
             " (check the key's spelling; `python -m harness --cfg job` prints every key; "
             "a key the config does not have yet takes a leading +)"
         )
     return first
+
+
+def _swept_group_key(message: str) -> tuple[str, str] | None:
+    """(group, key) when Hydra could not override `group.key` in a multirun that sweeps the group itself
+    (`-m selector=bids,influence selector.warmup_base=...`): its first composition takes the group's default."""
+    override = re.match(r"Could not override '(\w+)\.([\w.]+)'", message)
+    if not override or not any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+        return None
+    group = override.group(1)
+    if not any(re.match(rf"^{group}=[^=]*,", a) for a in sys.argv[1:]):
+        return None
+    return group, f"{group}.{override.group(2)}"
 
 
 def new_mapping_keys(exc: BaseException) -> str | None:

@@ -28,21 +28,31 @@ def testbed_config(data_cfg: DictConfig) -> TestbedConfig:
 
 def pretraining_corpus(data_cfg: DictConfig, n: int) -> Pool:
     """`n` clean examples from the testbed's generator under another seed (its own draws of problems and facts),
-    with no planted noise, duplicates or filler: what the testbed's pretrained stand-in proxy learns the skills
-    from (selectors' `warmup_base=pretrained`), never what a run trains or is evaluated on."""
+    with no planted noise, duplicates or filler, and none whose prompt is a prompt of the pool, its validation
+    examples or its evaluation items: what the testbed's pretrained stand-in proxy learns the skills from
+    (selectors' `warmup_base=pretrained`), never what a run trains or is evaluated on."""
     from harness.seeding import stream_seed
 
-    cfg = dataclasses.replace(
-        testbed_config(data_cfg),
-        seed=stream_seed(int(data_cfg.seed), "pretraining-corpus"),
-        n_pool=n,
-        noise_rate=0.0,
-        dup_rate=0.0,
-        filler_rate=0.0,
-    )
-    pool = generate_testbed(cfg)
-    pool.delimiter = data_cfg.delimiter
-    return pool
+    pool = generate_testbed(testbed_config(data_cfg))
+    held = set(pool.examples["prompt"]) | set(pool.validation["prompt"]) | set(pool.eval_items["prompt"])
+    size = n
+    while True:  # the generator's small skills repeat prompts: draw more until n unseen ones remain
+        cfg = dataclasses.replace(
+            testbed_config(data_cfg),
+            seed=stream_seed(int(data_cfg.seed), "pretraining-corpus"),
+            n_pool=size,
+            noise_rate=0.0,
+            dup_rate=0.0,
+            filler_rate=0.0,
+        )
+        corpus = generate_testbed(cfg)
+        unseen = corpus.examples[~corpus.examples["prompt"].isin(held)]
+        if len(unseen) >= n:
+            break
+        size = int(size * 1.25) + 1
+    corpus = dataclasses.replace(corpus, examples=unseen.head(n).reset_index(drop=True))
+    corpus.delimiter = data_cfg.delimiter
+    return corpus
 
 
 def load_truth(data_cfg: DictConfig) -> pd.DataFrame | None:

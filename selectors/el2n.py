@@ -11,6 +11,9 @@
 Defaults: 3 warm-up seeds (the vision paper uses 10 for images; 3 keeps the testbed fast), 1 warm-up epoch (the
 NLP paper finds scores unreliable before one epoch; the vision paper scores at 10% of training, 1 of our 10
 epochs), offset 0.05 (our choice: about the testbed's planted noise rate; the papers tune it).
+The proxy: the papers fine-tune a pretrained model; warm-ups start from the model as configured (warmup_base=model),
+or from the testbed's pretrained stand-in (warmup_base=pretrained, the testbed's setting: its scratch model has not
+learned every skill after one epoch; see harness/scores.py).
 Deviation, kept as the default for now: each warm-up trains with its own schedule, annealed within its epochs.
 The papers take scores early in a full-length run, with the learning rate still near its peak:
 `warmup_schedule=run` does that (the first `warmup_epochs` of a run whose schedule spans the recipe's epochs).

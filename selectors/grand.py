@@ -6,7 +6,7 @@
     score(x) = mean of GraNd(x) over the warm-up runs
     keep k examples by the keep rule (drop_top, the NLP recipe and default; hardest; easiest), as for EL2N.
 The vision paper also scores GraNd at initialisation; here scores come after at least one warm-up epoch, as the
-NLP follow-up advises, and share their warm-ups with EL2N.
+NLP follow-up advises, and share their warm-ups with EL2N (from the same proxy: warmup_base, as for EL2N).
 """
 
 from harness.scores import SCORE_DEFAULTS, check_scores, select_by_score

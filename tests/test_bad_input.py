@@ -285,6 +285,14 @@ def test_a_chat_template_the_tokenizer_lacks_fails_before_training(harness_cli, 
     assert_one_line_error(code, err, tmp_path, "data.chat_template=true needs a tokenizer with a chat template")
 
 
+def test_a_selector_key_in_a_multirun_over_selectors_says_how(harness_cli, tmp_path):
+    """`-m selector=el2n,grand selector.warmup_base=model` failed with "check the key's spelling": Hydra composes a
+    multirun once with the default selector (random), which has no such key. The line says what works."""
+    code, _, err = harness_cli(["-m", *MICRO, "selector=el2n,grand", "selector.warmup_base=model"])
+    assert_one_line_error(code, err, tmp_path, "default selector", "++selector.warmup_base=...", "one command per")
+    assert "spelling" not in err
+
+
 def test_a_pretrained_stand_in_needs_the_testbed(harness_cli, tmp_path):
     """warmup_base=pretrained trains the testbed's scratch model on generated examples: on another pool it is one
     line (before any record is written), not a warm-up from something else."""

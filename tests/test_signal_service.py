@@ -411,6 +411,8 @@ def test_warm_ups_start_from_the_pretrained_stand_in_built_once(tmp_path, bed):
     pool, truth, service = service_for(*generate_testbed_with_truth(tb), MODEL, RECIPE, tmp_path, data_cfg)
     corpus = pretraining_corpus(data_cfg, 200)
     assert corpus.n == 200 and corpus.fingerprint() != pool.fingerprint()
+    held = set(pool.examples["prompt"]) | set(pool.validation["prompt"]) | set(pool.eval_items["prompt"])
+    assert not held & set(corpus.examples["prompt"])  # nothing the run trains on, validates or evaluates
     assert corpus.fingerprint() == pretraining_corpus(data_cfg, 200).fingerprint()  # deterministic
     base = {"examples": 200, "epochs": 1}
     warm = service.warmup(epochs=1, seed=0, base=base)
