@@ -109,7 +109,7 @@ def default_bed(tmp_path_factory):
     return service_for(pool, truth, cfg.model, cfg.train, tmp_path_factory.mktemp("default-signals"), cfg.data)
 
 
-def testbed_params(selector: str) -> dict:
+def composed_selector_params(selector: str) -> dict:
     """The selector's parameters as `python -m harness selector=NAME` composes them on the testbed."""
     from hydra import compose, initialize_config_dir
 
@@ -128,7 +128,7 @@ def test_el2n_and_grand_find_the_planted_noise_and_drop_top_skips_it(default_bed
     pool, truth, service = default_bed
     noisy = truth["truth_noisy"].to_numpy()
     tasks = pool.examples["task"].to_numpy()
-    el2n_params, grand_params = testbed_params("el2n"), testbed_params("grand")
+    el2n_params, grand_params = composed_selector_params("el2n"), composed_selector_params("grand")
     assert el2n_params["warmup_base"] == grand_params["warmup_base"] == "pretrained"
     ctx = context(pool, service, 0.15, epochs=10)
     el2n = pick("el2n", ctx, **el2n_params)
