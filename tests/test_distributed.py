@@ -66,12 +66,16 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
 
 
 def test_two_processes_share_the_work_of_a_signal(tmp_path):
-    """EL2N's warm-up trains on both processes, its per-example losses are split between them (every second
-    row each) and put together in pool order: the same numbers as one process computes."""
-    extra = ("selector=el2n", "selector.warmup_seeds=1", "train.epochs=1")
+    """EL2N's pretrained stand-in and warm-up train on both processes, its per-example losses are split between
+    them (every second row each) and put together in pool order: the same numbers as one process computes."""
+    stand_in = ("selector.base_examples=64", "selector.base_epochs=1")  # the testbed's warmup_base=pretrained, small
+    extra = ("selector=el2n", "selector.warmup_seeds=1", "train.epochs=1", *stand_in)
     one, _, _ = launch(tmp_path, "one", 1, extra)
     two, _, done = launch(tmp_path, "two", 2, extra)
     assert "on 2 processes" in done.stderr
+    for cell in (one, two):
+        used = pd.read_json(cell / "manifest.json", typ="series")["selection_signals"]
+        assert [u["name"] for u in used][:2] == ["pretrained_base", "warmup"]
     arrays = []
     for cell in (one, two):
         (losses,) = (cell / "results" / "cache" / "signals" / "losses").glob("*/el2n.npy")

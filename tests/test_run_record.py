@@ -818,14 +818,15 @@ def test_a_folder_of_other_files_is_refused_untouched(harness_cli, tmp_path):
 
 
 def test_an_override_that_restates_the_configured_value_is_no_variant(tmp_path):
-    """offset=0.1 is el2n's value on the testbed (conf/selector_on/el2n_testbed.yaml; its own default is 0.05): a run
+    """offset=0.15 is el2n's value on the testbed (conf/selector_on/el2n_testbed.yaml; its own default is 0.05): a run
     that spells it out is the same run id as one that does not, and must land in the same leaderboard row."""
-    el2n = [*SHORT, "selector=el2n", "selector.warmup_seeds=1"]
+    el2n = [*SHORT, "selector=el2n", "selector.warmup_seeds=1", "selector.base_examples=64", "selector.base_epochs=1"]
     labels = {}
-    for name, extra in (("spelled", ["selector.offset=0.1"]), ("plain", [])):
+    for name, extra in (("spelled", ["selector.offset=0.15"]), ("plain", [])):
         code, out, err = run_harness([*el2n, *extra], tmp_path / name)
         assert code == 0, err
         results = pd.read_csv(record_path(out) / "results.csv")
         labels[name] = (results["run_id"].iloc[0], results["variant"].iloc[0])
     assert labels["spelled"] == labels["plain"], labels
-    assert labels["plain"][1] == "el2n[warmup_seeds=1]"  # a value other than the configured one still shows
+    # values other than the configured ones still show
+    assert labels["plain"][1] == "el2n[base_epochs=1,base_examples=64,warmup_seeds=1]", labels
