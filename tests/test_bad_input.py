@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from conftest import MICRO, MICRO_POOL, MICRO_RECIPE, message_lines, user_lm_eval_task
@@ -268,18 +269,24 @@ def test_the_smallest_budget_named_keeps_an_example(n):
     assert budget_to_k(suggested, n) >= 1
 
 
-def test_a_chat_template_the_tokenizer_lacks_fails_before_training(harness_cli, tmp_path):
-    """Asking for the chat template with a tokenizer that has none: one line before anything is written (it was
-    lm-eval's traceback after training, or the tokenizer's while tokenizing the pool)."""
-
-    code, _, err = harness_cli([*MICRO, "eval.apply_chat_template=true"])
-    assert_one_line_error(code, err, tmp_path, "eval.apply_chat_template=true needs a tokenizer with a chat template")
+def jsonl_pool_with_a_task(tmp_path: Path) -> Path:
+    """A 40-row JSONL pool and a user lm-eval task `my_task` under tmp_path/tasks; returns the pool's path."""
     rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(40)]
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = tmp_path / "items.jsonl"
     data.write_text(json.dumps({"question": "q1", "options": ["a1", "a2"], "label": 0}) + "\n")
     user_lm_eval_task(tmp_path / "tasks", data)
+    return pool
+
+
+def test_a_chat_template_the_tokenizer_lacks_fails_before_training(harness_cli, tmp_path):
+    """Asking for the chat template with a tokenizer that has none: one line before anything is written (it was
+    lm-eval's traceback after training, or the tokenizer's while tokenizing the pool)."""
+
+    code, _, err = harness_cli([*MICRO, "eval.apply_chat_template=true"])
+    assert_one_line_error(code, err, tmp_path, "eval.apply_chat_template=true needs a tokenizer with a chat template")
+    pool = jsonl_pool_with_a_task(tmp_path)
     args = [*MICRO_RECIPE, "data=jsonl", f"data.path={pool}", "data.chat_template=true", "eval=lm_eval"]
     code, _, err = harness_cli([*args, "eval.tasks=[my_task]", f"eval.include_path={tmp_path / 'tasks'}"])
     assert_one_line_error(code, err, tmp_path, "data.chat_template=true needs a tokenizer with a chat template")
@@ -296,12 +303,7 @@ def test_a_selector_key_in_a_multirun_over_selectors_says_how(harness_cli, tmp_p
 def test_a_pretrained_stand_in_needs_the_testbed(harness_cli, tmp_path):
     """warmup_base=pretrained trains the testbed's scratch model on generated examples: on another pool it is one
     line (before any record is written), not a warm-up from something else."""
-    rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(40)]
-    pool = tmp_path / "pool.jsonl"
-    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    data = tmp_path / "items.jsonl"
-    data.write_text(json.dumps({"question": "q1", "options": ["a1", "a2"], "label": 0}) + "\n")
-    user_lm_eval_task(tmp_path / "tasks", data)
+    pool = jsonl_pool_with_a_task(tmp_path)
     args = [*MICRO_RECIPE, "data=jsonl", f"data.path={pool}", "eval=lm_eval", "eval.tasks=[my_task]"]
     args += [f"eval.include_path={tmp_path / 'tasks'}", "selector=el2n", "selector.warmup_base=pretrained"]
     code, _, err = harness_cli(args)
