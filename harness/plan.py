@@ -153,12 +153,13 @@ def warmup_job(
 
 
 def base_jobs(
-    cfg: DictConfig, size: ModelSize, tokens_per_example: int, base: dict[str, int] | None
+    cfg: DictConfig, tokens_per_example: int, base: dict[str, int] | None, size_of: SizeOf | None = None
 ) -> list[SignalJob]:
     """The testbed's pretrained stand-in that warm-ups start from (SignalService.pretrained_base): the scratch model
     trained `epochs` passes over `examples` generated ones, every parameter, one per pool, model and recipe."""
     if base is None:
         return []
+    size = (size_of or model_size)(OmegaConf.merge(cfg.model, {"lora": {"enabled": False}}))[0]
     job = warmup_job(
         cfg, size, tokens_per_example, n_rows=base["examples"], epochs=base["epochs"], seed=None, rows="pretraining"
     )
@@ -223,7 +224,7 @@ def selection_jobs(
     def with_base(jobs: list[SignalJob]) -> list[SignalJob]:  # the stand-in is trained only if something warms up
         if not any(j.kind == WARMUP for j in jobs):
             return jobs
-        return base_jobs(cfg, size_of(OmegaConf.merge(cfg.model, {"lora": {"enabled": False}}))[0], t, base) + jobs
+        return base_jobs(cfg, t, base, size_of) + jobs
 
     if name in SCORE_PASSES:
         p = {**SCORE_DEFAULTS, **s}
@@ -386,8 +387,7 @@ def less_costs(
     )
     recipe = {"lr": s.warmup_lr, "scheduler": s.warmup_scheduler, "warmup_ratio": s.warmup_ratio}
     base = warmup_base(settings)
-    plain = OmegaConf.merge(cfg.model, {"lora": {"enabled": False}})
-    base_job = base_jobs(cfg, (size_of or model_size)(plain)[0], tokens_per_example, base)
+    base_job = base_jobs(cfg, tokens_per_example, base, size_of)
     warm_job = warmup_job(
         cfg,
         warm,
